@@ -1,0 +1,1 @@
+"""The ``mamlctl`` command line: one module per stage, each exposing ``register(app)``."""

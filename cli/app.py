@@ -1,0 +1,95 @@
+"""Root of the ``mamlctl`` Typer application.
+
+``mamlctl --help`` must stay instant (< 0.5 s): this module and every command module import
+only typer/click/stdlib at the top; torch, mlflow, onnxruntime, sqlalchemy and pandas are
+imported inside the command functions that need them.
+
+Each command module exposes ``register(app: typer.Typer) -> None``. Domain errors
+(:class:`mamlctl.errors.MamlctlError`) become one line on stderr and exit code 1 here, and only
+here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from mamlctl import __version__
+from mamlctl.errors import MamlctlError
+
+#: Command modules under ``mamlctl.cli``, registered in this order (the pipeline's order).
+COMMAND_MODULES: tuple[str, ...] = (
+    # foundation (registry database, ingest, families)
+    # MAML engine
+)
+
+
+class _ErrorMappingGroup(TyperGroup):
+    """Turns domain errors raised anywhere below into a one-line message and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MamlctlError as err:
+            click.echo(f"error: {err}", err=True)
+            raise typer.Exit(code=1) from None
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            raise typer.Exit(code=130) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mamlctl {__version__}")
+        raise typer.Exit()
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="mamlctl",
+        cls=_ErrorMappingGroup,
+        help="Model registry and MLOps for MAML-meta-learned time-series initializers.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        rich_markup_mode=None,
+    )
+
+    @app.callback()
+    def _root(
+        version: bool = typer.Option(
+            False, "--version", callback=_version, is_eager=True, help="Print the version."
+        ),
+    ) -> None:
+        """Model registry and MLOps for MAML-meta-learned time-series initializers."""
+
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"mamlctl.cli.{name}")
+        module.register(app)
+    return app
+
+
+app = build_app()
+
+
+def main() -> None:
+    """Console-script entry point. Unexpected bugs print one line unless MAMLCTL_DEBUG=1."""
+    try:
+        app()
+    except SystemExit:
+        raise
+    except Exception as err:  # pragma: no cover - last line of defence
+        if os.environ.get("MAMLCTL_DEBUG"):
+            raise
+        click.echo(
+            f"internal error: {type(err).__name__}: {' '.join(str(err).split())} "
+            "(set MAMLCTL_DEBUG=1 for a traceback)",
+            err=True,
+        )
+        sys.exit(2)

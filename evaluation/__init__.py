@@ -1,0 +1,1 @@
+"""Evaluation on public data: M4 protocol and the NAB anomaly benchmark."""

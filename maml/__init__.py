@@ -1,0 +1,1 @@
+"""The functional MAML engine (torch.func), model configs, baselines, ONNX export."""

@@ -1,0 +1,119 @@
+"""Plain, frozen domain objects that cross stage boundaries.
+
+ORM rows become these before they leave ``mamlctl.registry``; torch tensors never appear
+here (a serving-only install must be able to import this module). Arrays are numpy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
+#: The alias a family's scoring follows unless configured otherwise.
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def registered_model_name(family: str) -> str:
+    """The MLflow registered-model name of a family's initializers."""
+    return f"maml-{family}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Family:
+    """A group of series sharing a sampling interval and a dominant period.
+
+    ``period`` is None for the explicit "no cycle" family kind. ``window`` (L) is the model's
+    input length, ``horizon`` (H) the number of values forecast, ``support`` (K) the number of
+    recent points a series is adapted on.
+    """
+
+    name: str
+    period: int | None
+    interval_seconds: float | None
+    window: int
+    horizon: int
+    support: int
+    alias: str = CHAMPION
+
+    @property
+    def registered_model(self) -> str:
+        return registered_model_name(self.name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeriesInfo:
+    """A series' identity and summary, without its points."""
+
+    series_id: str
+    family: str | None
+    n_points: int
+    first_ts: datetime | int | None
+    last_ts: datetime | int | None
+    interval_seconds: float | None = None
+    detected_period: int | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Series:
+    """A series with its points, in time order. ``timestamps`` is None for integer positions."""
+
+    series_id: str
+    values: FloatArray
+    timestamps: npt.NDArray[np.datetime64] | None = None
+    family: str | None = None
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InitializerRef:
+    """A registered initializer: one MLflow model version of a family."""
+
+    family: str
+    registered_model: str
+    version: int
+    run_id: str
+    aliases: tuple[str, ...] = ()
+    source_uri: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdaptedModelRecord:
+    """A per-series adapted model file, as recorded in the registry database."""
+
+    series_id: str
+    family: str
+    registered_model: str
+    initializer_version: int
+    initializer_run_id: str
+    path: str
+    sha256: str
+    adapted_at: datetime
+    support: int
+    window: int
+    horizon: int
+    residual_scale: float
+    threshold: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Score:
+    """The answer for one window: forecast, and when ``actual`` was given, the anomaly view."""
+
+    series_id: str
+    forecast: tuple[float, ...]
+    residual: tuple[float, ...] | None
+    anomaly_score: float | None
+    is_anomaly: bool | None
+    registered_model: str
+    initializer_version: int
+    adapted_at: datetime

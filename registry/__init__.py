@@ -1,0 +1,1 @@
+"""SQLAlchemy registry database (series, families, initializers, adapted models) and MLflow store."""

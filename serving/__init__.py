@@ -1,0 +1,1 @@
+"""onnxruntime scoring: runtime, model source, HTTP app. Never imports torch or mlflow."""

@@ -1,0 +1,1 @@
+"""Ingest and validation, period/family detection, windows and tasks, metrics, baselines."""
