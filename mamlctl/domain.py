@@ -40,6 +40,8 @@ class Family:
     horizon: int
     support: int
     alias: str = CHAMPION
+    #: Version the alias pointed at when last promoted, as mirrored in the registry database.
+    champion_version: int | None = None
 
     @property
     def registered_model(self) -> str:
@@ -58,6 +60,10 @@ class SeriesInfo:
     interval_seconds: float | None = None
     detected_period: int | None = None
     source: str | None = None
+    #: "detected" or "assigned" (by the user); None while the series has no family.
+    family_origin: str | None = None
+    #: Autocorrelation at the detected period (strength of the cycle).
+    period_strength: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +89,8 @@ class InitializerRef:
     run_id: str
     aliases: tuple[str, ...] = ()
     source_uri: str | None = None
+    created_at: datetime | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +111,10 @@ class AdaptedModelRecord:
     residual_scale: float
     threshold: float
     metadata: dict[str, str] = field(default_factory=dict)
+    #: False for an adapted model superseded by a newer one (history is kept).
+    is_current: bool = True
+    #: Position of the last support point the model was adapted on (None when unknown).
+    support_end: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
