@@ -1,0 +1,99 @@
+"""Family queries. Every function takes the caller's session and never commits."""
+
+from __future__ import annotations
+
+from mamlctl.registry.tables import FamilyRow
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mamlctl.domain import Family
+from mamlctl.errors import InputError, NotFoundError
+
+
+def family_from_row(row: FamilyRow) -> Family:
+    return Family(
+        name=row.name,
+        period=row.period,
+        interval_seconds=row.interval_seconds,
+        window=row.window,
+        horizon=row.horizon,
+        support=row.support,
+        alias=row.alias,
+        champion_version=row.champion_version,
+    )
+
+
+def family_row(session: Session, name: str) -> FamilyRow:
+    """The ORM row of a family; :class:`NotFoundError` naming the known families otherwise."""
+    row = session.scalars(select(FamilyRow).where(FamilyRow.name == name)).one_or_none()
+    if row is None:
+        known = session.scalars(select(FamilyRow.name).order_by(FamilyRow.name).limit(20)).all()
+        hint = f"known: {', '.join(known)}" if known else "none yet: run `mamlctl families detect`"
+        raise NotFoundError(f"unknown family {name!r} ({hint})")
+    return row
+
+
+def get_family(session: Session, name: str) -> Family:
+    """The family called ``name``; raises :class:`NotFoundError` when there is none."""
+    return family_from_row(family_row(session, name))
+
+
+def find_family(session: Session, name: str) -> Family | None:
+    row = session.scalars(select(FamilyRow).where(FamilyRow.name == name)).one_or_none()
+    return None if row is None else family_from_row(row)
+
+
+def list_families(session: Session) -> list[Family]:
+    rows = session.scalars(select(FamilyRow).order_by(FamilyRow.name)).all()
+    return [family_from_row(r) for r in rows]
+
+
+def validate_family(family: Family) -> None:
+    """Reject a family whose period, window, horizon or support cannot work."""
+    if not family.name or len(family.name) > 128 or any(c.isspace() for c in family.name):
+        raise InputError(f"invalid family name {family.name!r}: 1-128 characters, no spaces")
+    if family.period is not None and family.period < 2:
+        raise InputError(f"family {family.name}: period must be >= 2 or none, got {family.period}")
+    if family.window < 1 or family.horizon < 1:
+        raise InputError(
+            f"family {family.name}: window and horizon must be >= 1, "
+            f"got window={family.window} horizon={family.horizon}"
+        )
+    if family.support < family.window + family.horizon:
+        raise InputError(
+            f"family {family.name}: support K={family.support} must be >= window + horizon "
+            f"= {family.window + family.horizon} (one support window at least)"
+        )
+    if family.interval_seconds is not None and not family.interval_seconds > 0:
+        raise InputError(f"family {family.name}: interval must be positive")
+
+
+def upsert_family(session: Session, family: Family, *, overwrite: bool = True) -> Family:
+    """Insert ``family``, or update the existing one of that name.
+
+    ``overwrite=False`` keeps an existing family unchanged (user-tuned L/H/K survive a
+    re-detection) and returns it as stored. ``champion_version`` is never changed here.
+    """
+    validate_family(family)
+    row = session.scalars(select(FamilyRow).where(FamilyRow.name == family.name)).one_or_none()
+    if row is None:
+        row = FamilyRow(name=family.name, champion_version=family.champion_version)
+        session.add(row)
+    elif not overwrite:
+        return family_from_row(row)
+    row.period = family.period
+    row.interval_seconds = family.interval_seconds
+    row.window = family.window
+    row.horizon = family.horizon
+    row.support = family.support
+    row.alias = family.alias
+    session.flush()
+    return family_from_row(row)
+
+
+def set_family_champion(session: Session, name: str, version: int | None) -> Family:
+    """Mirror the MLflow alias promotion of ``name`` (the version now serving) in the database."""
+    row = family_row(session, name)
+    row.champion_version = version
+    session.flush()
+    return family_from_row(row)
