@@ -218,4 +218,5 @@ def read_results(out_dir: str | Path, detector: str, key: str) -> npt.NDArray[np
     frame = pd.read_csv(path)
     if "anomaly_score" not in frame.columns:
         raise InputError(f"{path} has no anomaly_score column")
-    return frame["anomaly_score"].to_numpy(dtype=np.float64)
+    scores: npt.NDArray[np.float64] = frame["anomaly_score"].to_numpy(dtype=np.float64)
+    return scores
