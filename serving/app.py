@@ -1,0 +1,343 @@
+"""The ASGI app factory: ``create_app(settings, source)``.
+
+Shape of the app::
+
+    ScoringApp (plain ASGI)            auth, body limit, metrics, POST /v1/score fast path
+      └── FastAPI                      GET /v1/series/{id}, /healthz, /readyz, /metrics,
+                                       /openapi.json, /docs  (+ POST /v1/score for the docs)
+
+``POST /v1/score`` is answered by the thin outer layer straight from ASGI messages (FastAPI's
+routing, dependency and pydantic layers would cost more than the model itself); the FastAPI
+route of the same path exists so that OpenAPI documents it and behaves identically if the
+inner app is mounted alone. The state (models, lineage) lives in :class:`StateHolder`: loaded
+in the background at startup (``/readyz`` answers 503 until then), re-built off the event loop
+when the source's fingerprint changes and swapped as one reference; a request reads the
+reference once, so it finishes on the state it started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from mamlctl.serving import schemas
+from mamlctl.serving.metrics import Metrics
+from mamlctl.serving.scoring import ClientError, parse, score, series_detail
+from mamlctl.serving.source import ModelSource
+from mamlctl.serving.state import ServingState, build_state, empty_state
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from mamlctl.errors import MamlctlError
+from mamlctl.settings import Settings
+
+log = logging.getLogger("mamlctl.serving")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+SCORE_PATH = "/v1/score"
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class ServeOptions(BaseModel):
+    """Server knobs (unknown keys fail)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reload_interval: float = Field(default=2.0, gt=0, description="Seconds between DB polls.")
+    max_body_bytes: int = Field(default=schemas.DEFAULT_MAX_BODY, ge=1024)
+    max_batch: int = Field(default=schemas.DEFAULT_MAX_BATCH, ge=1)
+    reload: bool = Field(default=True, description="Poll the source for new models.")
+
+
+class StateHolder:
+    """The one mutable reference: the current :class:`ServingState`."""
+
+    def __init__(self, source: ModelSource, metrics: Metrics) -> None:
+        self.source = source
+        self.metrics = metrics
+        self.state: ServingState = empty_state()
+        self.ready = False
+        self.last_error: str | None = None
+        self._lock = threading.Lock()  # one build at a time
+
+    def reload(self, *, force: bool = False) -> bool:
+        """Rebuild and swap when the source changed (blocking; run it off the event loop)."""
+        with self._lock:
+            try:
+                fingerprint = self.source.fingerprint()
+                if self.ready and not force and fingerprint == self.state.fingerprint:
+                    return False
+                records = self.source.current()
+                new = build_state(
+                    records,
+                    models_dir=self.source.models_dir,
+                    fingerprint=fingerprint,
+                    generation=self.state.generation + 1,
+                )
+            except MamlctlError as err:
+                self.last_error = str(err)
+                self.metrics.reloads.labels("error").inc()
+                log.error(
+                    "reload failed, still serving generation %d: %s", self.state.generation, err
+                )
+                return False
+            self.state = new  # the atomic swap
+            self.ready = True
+            self.last_error = None
+            self.metrics.reloads.labels("ok").inc()
+            self.metrics.models_loaded.set(new.n_series)
+            self.metrics.generation.set(new.generation)
+            self.metrics.load_failures.set(len(new.failures))
+            log.info("serving generation %d: %s", new.generation, new.summary())
+            return True
+
+
+@dataclass(slots=True)
+class _Poller:
+    holder: StateHolder
+    interval: float
+    enabled: bool
+
+    async def run(self) -> None:
+        await asyncio.to_thread(self.holder.reload, force=True)
+        while self.enabled:
+            await asyncio.sleep(self.interval)
+            await asyncio.to_thread(self.holder.reload)
+
+
+class ScoringApp:
+    """Outer ASGI layer (see module docstring). ``api`` is the inner FastAPI app."""
+
+    def __init__(self, settings: Settings, source: ModelSource, options: ServeOptions) -> None:
+        self.options = options
+        self.metrics = Metrics.create()
+        self.holder = StateHolder(source, self.metrics)
+        token = settings.api_token.get_secret_value() if settings.api_token else None
+        self._token = f"Bearer {token}".encode() if token else None
+        self.api = _build_api(self)
+        m = self.metrics
+        self._latency = m.latency.labels(SCORE_PATH)
+        self._ok = m.requests.labels(SCORE_PATH, "200")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)
+            return
+        path = scope["path"]
+        if self._token is not None and path not in OPEN_PATHS and not self._authorized(scope):
+            self._count(path, 401, "unauthorized")
+            await _send(
+                send,
+                401,
+                b'{"detail":"missing or wrong bearer token"}',
+                [(b"www-authenticate", b"Bearer")],
+            )
+            return
+        if path == SCORE_PATH and scope["method"] == "POST":
+            await self._score(scope, receive, send)
+            return
+        await self.api(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        assert self._token is not None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                return hmac.compare_digest(value, self._token)
+        return False
+
+    def _count(self, path: str, status: int, kind: str | None) -> None:
+        endpoint = path if path in _KNOWN_PATHS else "other"
+        self.metrics.requests.labels(endpoint, str(status)).inc()
+        if kind is not None:
+            self.metrics.errors.labels(endpoint, kind).inc()
+
+    async def _score(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        status, payload, rows, kind = 200, b"", 0, None
+        try:
+            body = await _read_body(scope, receive, self.options.max_body_bytes)
+            state = self.holder.state  # read once: this request finishes on this state
+            if not self.holder.ready:
+                raise ClientError(503, ["state"], "models are still loading", "not_ready")
+            items, is_batch = parse(body, max_batch=self.options.max_batch)
+            payload, rows = score(state, items, is_batch=is_batch)
+        except ClientError as err:
+            status, payload, kind = err.status, err.body(), err.kind
+        except Exception:  # a server bug must not kill the worker; the client gets a 500
+            log.exception("scoring failed")
+            status, kind = 500, "internal"
+            payload = b'{"detail":"internal error while scoring (see server log)"}'
+        await _send(send, status, payload)
+        self._latency.observe(time.perf_counter() - start)
+        if status == 200:
+            self._ok.inc()
+            self.metrics.rows.inc(rows)
+        else:
+            self._count(SCORE_PATH, status, kind)
+
+
+_KNOWN_PATHS = frozenset({SCORE_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json"})
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise ClientError(
+                    400, ["header", "content-length"], "bad length", "header"
+                ) from None
+            if declared > limit:
+                raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientError(400, ["body"], "client disconnected", "disconnect")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(limit: int) -> ClientError:
+    return ClientError(413, ["body"], f"request body exceeds {limit} bytes", "too_large")
+
+
+async def _send(send: Send, status: int, body: bytes, extra: list[Any] | None = None) -> None:
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(doc), status_code=status, media_type="application/json")
+
+
+def _build_api(outer: ScoringApp) -> FastAPI:
+    holder, options = outer.holder, outer.options
+    poller = _Poller(holder, options.reload_interval, options.reload)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(poller.run(), name="mamlctl-reload")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            holder.source.close()
+
+    api = FastAPI(
+        title="mamlctl scoring API",
+        version="1",
+        summary="Forecasts and anomaly scores from per-series adapted MAML models (onnxruntime).",
+        lifespan=lifespan,
+        responses={401: {"model": schemas.ErrorBody, "description": "Missing/wrong token."}},
+    )
+
+    @api.exception_handler(ClientError)
+    async def _client_error(_: Request, err: ClientError) -> Response:
+        return _json({"detail": err.detail}, err.status)
+
+    errors: dict[int | str, dict[str, Any]] = {
+        404: {"model": schemas.ErrorBody, "description": "Unknown series."},
+        413: {"model": schemas.ErrorBody, "description": "Body over the size limit."},
+        422: {"model": schemas.ErrorBody, "description": "Invalid input (field named)."},
+        503: {"model": schemas.ErrorBody, "description": "Models still loading."},
+    }
+
+    @api.post(
+        SCORE_PATH,
+        response_model=schemas.ScoreResult | schemas.BatchResult,
+        responses=errors,
+        summary="Forecast, residual and anomaly score for one item or a batch of items.",
+    )
+    async def score_route(
+        request: Request, body: schemas.ScoreItem | schemas.ScoreBatch
+    ) -> Response:
+        del body  # documented shape; validation is the hot path's (identical rules)
+        raw = await request.body()
+        if not holder.ready:
+            raise ClientError(503, ["state"], "models are still loading", "not_ready")
+        items, is_batch = parse(raw, max_batch=options.max_batch)
+        payload, _ = score(holder.state, items, is_batch=is_batch)
+        return Response(payload, media_type="application/json")
+
+    @api.get(
+        "/v1/series/{series_id}",
+        response_model=schemas.SeriesDetail,
+        responses={404: errors[404]},
+        summary="Family, model lineage and threshold of a served series.",
+    )
+    async def series_route(series_id: str) -> Response:
+        return _json(series_detail(holder.state, series_id))
+
+    @api.get("/healthz", response_model=schemas.Health, summary="Liveness (no auth).")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get(
+        "/readyz",
+        response_model=schemas.Ready,
+        responses={503: {"model": schemas.ErrorBody}},
+        summary="Ready once the models are loaded (no auth).",
+    )
+    async def readyz() -> Response:
+        if not holder.ready:
+            detail = holder.last_error or "models are still loading"
+            return _json({"detail": detail}, 503)
+        return _json({"status": "ready", **holder.state.summary()})
+
+    @api.get("/metrics", summary="Prometheus metrics.", response_class=Response)
+    async def metrics() -> Response:
+        return Response(generate_latest(outer.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return api
+
+
+def create_app(
+    settings: Settings, source: ModelSource, *, options: ServeOptions | None = None
+) -> ScoringApp:
+    """The scoring ASGI app for ``source``'s models, configured by ``settings``/``options``."""
+    return ScoringApp(settings, source, options or ServeOptions())
+
+
+def app_from_env() -> ScoringApp:
+    """uvicorn ``--factory`` entry point: settings from the environment, registry source.
+
+    ``MAMLCTL_SERVE_RELOAD_INTERVAL`` sets the poll interval (``mamlctl serve`` passes it).
+    """
+    import os
+
+    from mamlctl.serving.source import RegistrySource
+
+    settings = Settings()
+    interval = float(os.environ.get("MAMLCTL_SERVE_RELOAD_INTERVAL", "2.0"))
+    return create_app(
+        settings, RegistrySource(settings), options=ServeOptions(reload_interval=interval)
+    )

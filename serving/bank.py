@@ -1,0 +1,524 @@
+"""Weight banks: one onnxruntime graph serving every series of one model architecture.
+
+A per-series ONNX file (the contract of :mod:`mamlctl.maml.export`) is a graph ``window [B, L]
+-> forecast [B, H], sigma [B, H]`` whose per-series numbers (weights, ``loc``, ``scale``,
+``residual_scale``) are initializers. Thousands of such files share one graph and differ only
+in those numbers, so instead of one session per series the server builds ONE "bank" graph per
+structure:
+
+* every float initializer whose values differ between the group's files is stacked into a bank
+  ``[N, ...]`` (row ``i`` = series ``i``) that is fed to the session as an input (onnxruntime
+  wraps a contiguous numpy array without copying it, so a 400 MB bank costs nothing per run);
+* the bank graph takes ``window [B, L]`` and ``row [B] int64``, ``Gather``-s each request row's
+  numbers and computes the original graph with batched operators:
+
+  ============================  ==========================================================
+  original op (banked input)    bank graph
+  ============================  ==========================================================
+  elementwise (Add, Mul, ...)   Gather -> ``[B, 1.., *s]`` (pre-reshaped bank), broadcast
+  MatMul ``x @ W``              ``Unsqueeze(x) [B,1,in] @ W[B,in,out]`` -> Squeeze
+  Gemm ``x @ W^T + b``          transposed bank, batched MatMul, then ``+ b[B, out]``
+  Conv1d ``W [Co, Ci, k]``      im2col: one ``Gather`` of the k dilated taps -> ``[B, Ci*k,
+                                T]``, batched MatMul with ``W [B, Co, Ci*k]``, ``+ b[B,Co,1]``
+  op on weights only            folded in numpy over the whole bank at build time
+  ============================  ==========================================================
+
+The bank graph is derived from the file's own graph (not re-implemented from the model config),
+so any architecture made of these operators banks, and the numbers are computed in the same
+order as the file computes them: elementwise steps give bit-identical results, batched MatMul
+may differ from Gemm in the last bits (tests bound it at 1e-6 of the series' scale). A graph
+using a banked number in any other way raises :class:`BankUnsupported`; the caller then serves
+that group with one session per series (see :mod:`mamlctl.serving.runtime`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+#: Names of the bank graph's request inputs.
+WINDOW = "window"
+ROW = "row"
+BANK_PREFIX = "bank."
+
+_ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mod", "PRelu"})
+_FOLD_UNARY: dict[str, Any] = {
+    "Identity": lambda a: a,
+    "Neg": np.negative,
+    "Exp": np.exp,
+    "Log": np.log,
+    "Sqrt": np.sqrt,
+    "Abs": np.abs,
+    "Reciprocal": np.reciprocal,
+    "Relu": lambda a: np.maximum(a, np.zeros((), a.dtype)),
+    "Tanh": np.tanh,
+}
+_FOLD_BINARY: dict[str, Any] = {
+    "Add": np.add,
+    "Sub": np.subtract,
+    "Mul": np.multiply,
+    "Div": np.divide,
+    "Pow": np.power,
+    "Max": np.maximum,
+    "Min": np.minimum,
+}
+_SHAPE_OPS = frozenset({"Shape", "Size"})
+_FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16})
+
+
+class BankUnsupported(Exception):
+    """This graph cannot be turned into a bank graph; serve its series one session each."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BankGraph:
+    """A bank graph and its banks. ``model`` has inputs ``window``, ``row`` and ``bank.*``."""
+
+    model: onnx.ModelProto
+    banks: dict[str, npt.NDArray[Any]] = field(repr=False)
+    n_rows: int
+    window: int
+    outputs: tuple[str, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(a.nbytes) for a in self.banks.values())
+
+
+# ----------------------------------------------------------------------------- file parsing
+
+
+def normalise_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Turn ``Constant`` nodes holding a tensor into initializers (in place; returns model).
+
+    Exporters put some per-series numbers in Constant nodes and others in initializers; after
+    this every number lives in an initializer, so the structure key ignores values.
+    """
+    graph = model.graph
+    keep = []
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            attr = {a.name: a for a in node.attribute}
+            if "value" in attr:
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(attr["value"].t)
+                tensor.name = node.output[0]
+                graph.initializer.append(tensor)
+                continue
+        keep.append(node)
+    if len(keep) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+    return model
+
+
+def structure_key(model: onnx.ModelProto) -> str:
+    """sha256 of everything but the initializer values: files with equal keys bank together."""
+    graph = model.graph
+    digest = hashlib.sha256()
+    for node in graph.node:
+        digest.update(node.SerializeToString())
+    for vi in (*graph.input, *graph.output):
+        digest.update(vi.SerializeToString())
+    for init in graph.initializer:
+        digest.update(f"{init.name}|{init.data_type}|{tuple(init.dims)}".encode())
+    for opset in model.opset_import:
+        digest.update(f"{opset.domain}:{opset.version}".encode())
+    return digest.hexdigest()
+
+
+def initializer_arrays(model: onnx.ModelProto) -> dict[str, npt.NDArray[Any]]:
+    """Every initializer as a numpy array (copies: the proto may be freed afterwards)."""
+    return {
+        init.name: np.array(numpy_helper.to_array(init), copy=True)
+        for init in model.graph.initializer
+    }
+
+
+def template_of(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` without initializer data (only names, types and shapes survive)."""
+    template = onnx.ModelProto()
+    template.CopyFrom(model)
+    for init in template.graph.initializer:
+        init.ClearField("raw_data")
+        for name in ("float_data", "double_data", "int32_data", "int64_data"):
+            init.ClearField(name)
+    return template
+
+
+# ----------------------------------------------------------------------------- the rewrite
+
+
+def _value_ranks(model: onnx.ModelProto, arrays: dict[str, npt.NDArray[Any]]) -> dict[str, Any]:
+    """Static shape (tuple of int | None per dim) of every value shape inference can type."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.initializer[:]
+    probe.graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in arrays.items())
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=True, data_prop=True)
+    except Exception as err:  # onnx raises several unrelated types here
+        raise BankUnsupported(f"shape inference failed: {err}") from None
+    shapes: dict[str, Any] = {}
+    graph = inferred.graph
+    for vi in (*graph.input, *graph.value_info, *graph.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            shapes[vi.name] = tuple(
+                d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim
+            )
+    for name, arr in arrays.items():
+        shapes[name] = tuple(arr.shape)
+    return shapes
+
+
+def _pad_rank(arr: npt.NDArray[Any], rank: int) -> npt.NDArray[Any]:
+    """Per-row view ``[N, *s]`` broadcast-aligned to a value of ``rank`` whose axis 0 is batch."""
+    per_row = arr.shape[1:]
+    while len(per_row) > rank - 1:
+        if per_row[0] != 1:
+            raise BankUnsupported("a banked number broadcasts along the batch axis")
+        per_row = per_row[1:]
+    shape = (arr.shape[0], *([1] * (rank - 1 - len(per_row))), *per_row)
+    return np.ascontiguousarray(arr.reshape(shape))
+
+
+class _Rewriter:
+    def __init__(
+        self,
+        template: onnx.ModelProto,
+        banks: dict[str, npt.NDArray[Any]],
+        shared: dict[str, npt.NDArray[Any]],
+    ) -> None:
+        self.template = template
+        self.banks = dict(banks)  # value name -> [N, ...] (grows when folding)
+        self.shared = dict(shared)  # value name -> array
+        self.shapes = _value_ranks(template, {**shared, **{k: v[0] for k, v in banks.items()}})
+        self.nodes: list[onnx.NodeProto] = []
+        self.feeds: dict[str, npt.NDArray[Any]] = {}  # bank input name -> padded bank
+        self.gathered: dict[tuple[str, int], str] = {}
+        self.batched: set[str] = set()
+        self.dynamic: set[str] = set()  # shape-like values derived from the window
+        self.counter = 0
+
+    # -- helpers
+    def _fresh(self, stem: str) -> str:
+        self.counter += 1
+        return f"bank_rw.{stem}.{self.counter}"
+
+    def _rank(self, name: str) -> int:
+        shape = self.shapes.get(name)
+        if shape is None:
+            raise BankUnsupported(f"rank of value {name!r} is unknown")
+        return len(shape)
+
+    def _gather(self, name: str, rank: int, arr: npt.NDArray[Any] | None = None) -> str:
+        """Name of ``Gather(bank, row)`` for bank value ``name`` aligned to ``rank``."""
+        key = (name if arr is None else self._fresh(name), rank)
+        if key in self.gathered:
+            return self.gathered[key]
+        padded = _pad_rank(self.banks[name] if arr is None else arr, rank)
+        feed = f"{BANK_PREFIX}{key[0]}.r{rank}"
+        self.feeds[feed] = padded
+        out = self._fresh(f"g.{name}")
+        self.nodes.append(helper.make_node("Gather", [feed, ROW], [out], axis=0))
+        self.gathered[key] = out
+        return out
+
+    def _const(self, stem: str, arr: npt.NDArray[Any]) -> str:
+        name = self._fresh(stem)
+        self.shared[name] = arr
+        return name
+
+    # -- classification
+    def run(self) -> None:
+        graph = self.template.graph
+        self.batched.add(WINDOW)
+        for node in graph.node:
+            kinds = [self._kind(i) for i in node.input if i]
+            if node.op_type in _SHAPE_OPS and "batched" in kinds:
+                self.nodes.append(node)
+                self.dynamic.update(node.output)
+            elif "batched" in kinds:
+                self._batched_node(node)
+                self.batched.update(node.output)
+            elif "dynamic" in kinds:
+                if "bank" in kinds and node.op_type != "Expand":
+                    raise BankUnsupported(f"{node.op_type} mixes a banked number and a shape")
+                if node.op_type in ("Expand", "ConstantOfShape"):
+                    self._batched_node(node)
+                    self.batched.update(node.output)
+                else:
+                    self.nodes.append(node)
+                    self.dynamic.update(node.output)
+            elif "bank" in kinds:
+                self._fold(node)
+            else:
+                self.nodes.append(node)
+
+    def _kind(self, name: str) -> str:
+        if name in self.batched:
+            return "batched"
+        if name in self.dynamic:
+            return "dynamic"
+        if name in self.banks:
+            return "bank"
+        return "shared"
+
+    # -- weight-only nodes: fold over the bank in numpy
+    def _fold(self, node: onnx.NodeProto) -> None:
+        op = node.op_type
+        ins = list(node.input)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        n = next(self.banks[i].shape[0] for i in ins if i in self.banks)
+
+        def per_row(name: str) -> npt.NDArray[Any]:
+            if name in self.banks:
+                return self.banks[name]
+            return self.shared[name][None, ...]
+
+        if op in _FOLD_UNARY and len(ins) == 1:
+            out = _FOLD_UNARY[op](per_row(ins[0]))
+        elif op in _FOLD_BINARY and len(ins) == 2:
+            a, b = per_row(ins[0]), per_row(ins[1])
+            rank = max(a.ndim, b.ndim)
+            out = _FOLD_BINARY[op](_pad_rank(a, rank), _pad_rank(b, rank))
+        elif op == "Transpose":
+            a = per_row(ins[0])
+            perm = attrs.get("perm", list(reversed(range(a.ndim - 1))))
+            out = np.transpose(a, (0, *(p + 1 for p in perm)))
+        elif op == "Cast":
+            out = per_row(ins[0]).astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
+        elif op in ("Reshape", "Unsqueeze", "Squeeze", "Flatten") and all(
+            i in self.banks or i in self.shared for i in ins
+        ):
+            # shape[1:] of a representative row tells the per-row result shape
+            target = self.shapes.get(node.output[0])
+            if target is None or None in target:
+                raise BankUnsupported(f"{op} of a banked number has an unknown shape")
+            out = per_row(ins[0]).reshape((n, *target))
+        else:
+            raise BankUnsupported(f"cannot fold {op} over banked numbers")
+        out = np.ascontiguousarray(out)
+        if out.shape[0] != n:
+            raise BankUnsupported(f"folding {op} lost the series axis")
+        self.banks[node.output[0]] = out
+
+    # -- nodes on batched data with banked numbers
+    def _batched_node(self, node: onnx.NodeProto) -> None:
+        banked = [i for i in node.input if i in self.banks]
+        if not banked:
+            self.nodes.append(node)
+            return
+        op = node.op_type
+        if op in _ELEMENTWISE or op == "Expand":
+            rank = self._rank(node.output[0])
+            inputs = [
+                self._gather(i, rank) if i in self.banks and (op != "Expand" or k == 0) else i
+                for k, i in enumerate(node.input)
+            ]
+            if op == "Expand" and node.input[1] in self.banks:
+                raise BankUnsupported("Expand to a banked shape")
+            self._emit_like(node, inputs)
+        elif op == "MatMul":
+            self._matmul(node)
+        elif op == "Gemm":
+            self._gemm(node)
+        elif op == "Conv":
+            self._conv(node)
+        else:
+            raise BankUnsupported(f"{op} takes a banked number as input")
+
+    def _emit_like(self, node: onnx.NodeProto, inputs: Sequence[str]) -> None:
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        del new.input[:]
+        new.input.extend(inputs)
+        self.nodes.append(new)
+
+    def _batched_matmul(self, x: str, w_bank: npt.NDArray[Any], out: str, stem: str) -> None:
+        """``out[b] = x[b] @ w_bank[row[b]]`` for ``x`` of rank 2 (``[B, in]``) or 3."""
+        rank = self._rank(x)
+        if rank < 2:
+            raise BankUnsupported("MatMul of a rank-1 value with a banked matrix")
+        w = self._gather(stem, max(rank, 3), w_bank)
+        if rank == 2:
+            axes = self._const("axes", np.array([1], dtype=np.int64))
+            x3 = self._fresh("x3")
+            y3 = self._fresh("y3")
+            self.nodes.append(helper.make_node("Unsqueeze", [x, axes], [x3]))
+            self.nodes.append(helper.make_node("MatMul", [x3, w], [y3]))
+            self.nodes.append(helper.make_node("Squeeze", [y3, axes], [out]))
+        else:
+            self.nodes.append(helper.make_node("MatMul", [x, w], [out]))
+
+    def _matmul(self, node: onnx.NodeProto) -> None:
+        a, b = node.input
+        if a in self.banks or b not in self.banks:
+            raise BankUnsupported("MatMul with a banked left operand")
+        w = self.banks[b]
+        if w.ndim != 3:
+            raise BankUnsupported("MatMul with a banked operand that is not a matrix")
+        self._batched_matmul(a, w, node.output[0], b)
+
+    def _gemm(self, node: onnx.NodeProto) -> None:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("transA", 0):
+            raise BankUnsupported("Gemm with transA")
+        a, b = node.input[0], node.input[1]
+        c = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if a in self.banks or self._rank(a) != 2:
+            raise BankUnsupported("Gemm with a banked or non-matrix left operand")
+        alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+        out = node.output[0]
+        prod = self._fresh("gemm") if c is not None else out
+        if b in self.banks:
+            w = self.banks[b]
+            if attrs.get("transB", 0):
+                w = np.transpose(w, (0, 2, 1))
+            if alpha != 1.0:
+                w = w * np.asarray(alpha, dtype=w.dtype)
+            self._batched_matmul(a, np.ascontiguousarray(w), prod, b)
+        else:
+            new = helper.make_node("Gemm", [a, b], [prod], **attrs)
+            self.nodes.append(new)
+        if c is None:
+            return
+        if c in self.banks:
+            bias = self.banks[c]
+            if beta != 1.0:
+                bias = bias * np.asarray(beta, dtype=bias.dtype)
+            c_in = self._gather(c, 2, bias)
+        else:
+            c_in = c
+            if beta != 1.0:
+                c_in = self._const("beta_c", (self.shared[c] * beta).astype(self.shared[c].dtype))
+        self.nodes.append(helper.make_node("Add", [prod, c_in], [out]))
+
+    def _conv(self, node: onnx.NodeProto) -> None:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        x, w_name = node.input[0], node.input[1]
+        bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if w_name not in self.banks or x in self.banks:
+            raise BankUnsupported("Conv with a banked input that is not the weight")
+        w = self.banks[w_name]  # [N, Co, Ci, k]
+        if w.ndim != 4 or attrs.get("group", 1) != 1:
+            raise BankUnsupported("only 1-D, ungrouped Conv banks")
+        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            raise BankUnsupported("Conv with auto_pad")
+        shape = self.shapes.get(x)
+        if shape is None or len(shape) != 3 or shape[2] is None:
+            raise BankUnsupported("Conv input length is not static")
+        _, co, ci, k = w.shape
+        t = int(shape[2])
+        (dil,) = attrs.get("dilations", [1])
+        (stride,) = attrs.get("strides", [1])
+        pad_l, pad_r = attrs.get("pads", [0, 0])
+        t_pad = t + pad_l + pad_r
+        t_out = (t_pad - dil * (k - 1) - 1) // stride + 1
+        src = x
+        if pad_l or pad_r:
+            pads = self._const("pads", np.array([0, 0, pad_l, 0, 0, pad_r], dtype=np.int64))
+            src = self._fresh("xpad")
+            self.nodes.append(helper.make_node("Pad", [x, pads], [src]))
+        taps = (np.arange(k)[:, None] * dil + np.arange(t_out)[None, :] * stride).astype(np.int64)
+        cols4 = self._fresh("cols4")  # [B, Ci, k, T_out]
+        self.nodes.append(
+            helper.make_node("Gather", [src, self._const("taps", taps)], [cols4], axis=2)
+        )
+        cols = self._fresh("cols")  # [B, Ci*k, T_out]
+        shape_c = self._const("shape", np.array([0, ci * k, t_out], dtype=np.int64))
+        self.nodes.append(helper.make_node("Reshape", [cols4, shape_c], [cols]))
+        wg = self._gather(w_name, 3, np.ascontiguousarray(w.reshape(w.shape[0], co, ci * k)))
+        out = node.output[0]
+        prod = self._fresh("conv") if bias_name else out
+        self.nodes.append(helper.make_node("MatMul", [wg, cols], [prod]))
+        if bias_name:
+            if bias_name in self.banks:
+                bias = self.banks[bias_name][:, :, None]  # [N, Co, 1]
+                b_in = self._gather(bias_name, 3, bias)
+            else:
+                b_in = self._const("bias", self.shared[bias_name].reshape(co, 1))
+            self.nodes.append(helper.make_node("Add", [prod, b_in], [out]))
+
+
+def build_bank(
+    template: onnx.ModelProto,
+    rows: Sequence[dict[str, npt.NDArray[Any]]],
+) -> BankGraph:
+    """Bank graph for files sharing ``template``'s structure; ``rows[i]`` = file i's numbers.
+
+    ``template`` is any one of the files (its initializer data is ignored), ``rows`` the
+    :func:`initializer_arrays` of each file in row order. Numbers equal in every file stay
+    constants; the others become banks. Raises :class:`BankUnsupported`.
+    """
+    if not rows:
+        raise BankUnsupported("no series to bank")
+    graph = template.graph
+    inputs = [vi.name for vi in graph.input]
+    if inputs != [WINDOW]:
+        raise BankUnsupported(f"graph inputs are {inputs}, expected [{WINDOW!r}]")
+    window_shape = _value_ranks_input(template)
+    names = [init.name for init in graph.initializer]
+    banks: dict[str, npt.NDArray[Any]] = {}
+    shared: dict[str, npt.NDArray[Any]] = {}
+    first = rows[0]
+    for name in names:
+        ref = first[name]
+        if ref.dtype.kind == "f" and any(not np.array_equal(r[name], ref) for r in rows[1:]):
+            banks[name] = np.stack([r[name] for r in rows])
+        else:
+            if any(not np.array_equal(r[name], ref) for r in rows[1:]):
+                raise BankUnsupported(f"non-float initializer {name!r} differs between files")
+            shared[name] = ref
+    rewriter = _Rewriter(template, banks, shared)
+    rewriter.run()
+    outputs = tuple(vi.name for vi in graph.output)
+    for out in outputs:
+        if out not in rewriter.batched:
+            raise BankUnsupported(f"output {out!r} does not depend on the window")
+    used = {i for node in rewriter.nodes for i in node.input}
+    initializers = [
+        numpy_helper.from_array(np.asarray(arr), name)
+        for name, arr in rewriter.shared.items()
+        if name in used
+    ]
+    feeds = {k: v for k, v in rewriter.feeds.items() if k in used}
+    bank_inputs = [
+        helper.make_tensor_value_info(
+            name, helper.np_dtype_to_tensor_dtype(arr.dtype), [None, *arr.shape[1:]]
+        )
+        for name, arr in feeds.items()
+    ]
+    new_graph = helper.make_graph(
+        rewriter.nodes,
+        f"{graph.name or 'model'}_bank",
+        [
+            helper.make_tensor_value_info(WINDOW, TensorProto.FLOAT, ["batch", window_shape]),
+            helper.make_tensor_value_info(ROW, TensorProto.INT64, ["batch"]),
+            *bank_inputs,
+        ],
+        list(graph.output),
+        initializers,
+    )
+    model = helper.make_model(new_graph, opset_imports=list(template.opset_import))
+    model.ir_version = template.ir_version
+    return BankGraph(
+        model=model, banks=feeds, n_rows=len(rows), window=window_shape, outputs=outputs
+    )
+
+
+def _value_ranks_input(template: onnx.ModelProto) -> int:
+    dims = template.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 2 or not dims[1].HasField("dim_value"):
+        raise BankUnsupported("window input is not [batch, L] with a static L")
+    if template.graph.input[0].type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise BankUnsupported("window input is not float32")
+    return int(dims[1].dim_value)

@@ -1,0 +1,102 @@
+"""Request and response documents of the scoring API, as pydantic models for OpenAPI.
+
+The hot path (``POST /v1/score``) validates with hand-written checks in
+:mod:`mamlctl.serving.scoring` (pydantic would triple its latency); these models are the
+documented contract those checks implement, and the tests validate live responses against them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Largest number of items in one batch request (more: 422). Configurable per app.
+DEFAULT_MAX_BATCH = 4096
+#: Largest request body in bytes (more: 413). Configurable per app.
+DEFAULT_MAX_BODY = 1 << 20
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScoreItem(_Doc):
+    """One window of one series; ``actual`` = what happened next (1..H values), optional."""
+
+    series_id: Annotated[str, Field(min_length=1, max_length=512)]
+    window: Annotated[list[float], Field(description="The L most recent raw values, oldest first.")]
+    actual: Annotated[
+        list[float] | None,
+        Field(default=None, min_length=1, description="Observed values after the window."),
+    ] = None
+
+
+class ScoreBatch(_Doc):
+    """Several items (any mix of series) scored in one call."""
+
+    items: Annotated[list[ScoreItem], Field(min_length=1, max_length=DEFAULT_MAX_BATCH)]
+
+
+class Lineage(_Doc):
+    """The model that answered: initializer (registered model + version) and adaptation."""
+
+    family: str
+    registered_model: str
+    initializer_version: int
+    initializer_run_id: str
+    adapted_at: str
+    model_sha256: str
+    generation: int = Field(description="Reload generation of the server state that answered.")
+
+
+class ScoreResult(_Doc):
+    series_id: str
+    forecast: list[float] = Field(description="H forecast values in raw units.")
+    sigma: list[float] = Field(description="Scale of each forecast step (anomaly scoring).")
+    residual: list[float] | None = Field(description="actual - forecast, when actual was given.")
+    anomaly_score: list[float] | None = Field(description="Per actual value, in [0, 1].")
+    is_anomaly: list[bool] | None = Field(description="anomaly_score >= threshold.")
+    threshold: float
+    lineage: Lineage
+
+
+class BatchResult(_Doc):
+    results: list[ScoreResult]
+
+
+class SeriesDetail(_Doc):
+    series_id: str
+    family: str
+    window: int
+    horizon: int
+    threshold: float
+    residual_scale: float
+    served_by: str = Field(description="'bank' (shared graph) or 'sessions' (fallback).")
+    lineage: Lineage
+
+
+class ErrorItem(_Doc):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(_Doc):
+    detail: list[ErrorItem] | str
+
+
+class Health(_Doc):
+    status: str
+
+
+class Ready(_Doc):
+    status: str
+    generation: int
+    series: int
+    bank_groups: int
+    session_groups: int
+    bank_bytes: int
+    failures: int
+    loaded_at: str
+    load_seconds: float

@@ -1,0 +1,245 @@
+"""The immutable serving state: which series are served, by which runtime row, with what lineage.
+
+A state is built off the request path (:func:`build_state`) from the registry's current adapted
+models and never mutated afterwards; hot reload builds a new one and swaps a single reference,
+so a request that started on the old state finishes on it.
+
+Loading a model file: its path must lie below the models folder and its bytes must hash to the
+sha256 the registry recorded (:func:`mamlctl.registry.model_files.open_verified`), its
+``mamlctl.series_id`` metadata must name the series of the row and its input must be the
+contract's ``window [batch, L]``. Files that fail are not served (their series answer 404 with
+the reason) and are listed in :attr:`ServingState.failures`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy.typing as npt
+import onnx
+from mamlctl.registry.model_files import open_verified
+from mamlctl.serving.bank import (
+    BankUnsupported,
+    build_bank,
+    initializer_arrays,
+    normalise_constants,
+    structure_key,
+    template_of,
+)
+from mamlctl.serving.runtime import BankRuntime, Runtime, SessionsRuntime, make_session
+
+from mamlctl.domain import AdaptedModelRecord
+from mamlctl.errors import MamlctlError
+
+log = logging.getLogger("mamlctl.serving")
+
+META_PREFIX = "mamlctl."
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeriesEntry:
+    """How one series is served, and the lineage every response about it names."""
+
+    series_id: str
+    family: str
+    group: int
+    row: int
+    window: int
+    horizon: int
+    threshold: float
+    residual_scale: float
+    registered_model: str
+    initializer_version: int
+    initializer_run_id: str
+    adapted_at: str
+    sha256: str
+    #: Pre-rendered ``lineage`` object of responses (built once per state, not per request).
+    lineage: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServingState:
+    """Everything a request needs; immutable once built."""
+
+    entries: Mapping[str, SeriesEntry]
+    runtimes: tuple[Runtime, ...]
+    fingerprint: str
+    generation: int
+    loaded_at: datetime
+    load_seconds: float
+    failures: Mapping[str, str]
+
+    @property
+    def n_series(self) -> int:
+        return len(self.entries)
+
+    def summary(self) -> dict[str, Any]:
+        kinds = [r.kind for r in self.runtimes]
+        return {
+            "generation": self.generation,
+            "series": self.n_series,
+            "bank_groups": kinds.count("bank"),
+            "session_groups": kinds.count("sessions"),
+            "bank_bytes": sum(r.nbytes for r in self.runtimes),
+            "failures": len(self.failures),
+            "loaded_at": self.loaded_at.isoformat(),
+            "load_seconds": round(self.load_seconds, 4),
+        }
+
+
+def empty_state() -> ServingState:
+    return ServingState(
+        entries={},
+        runtimes=(),
+        fingerprint="",
+        generation=0,
+        loaded_at=datetime.now(UTC),
+        load_seconds=0.0,
+        failures={},
+    )
+
+
+@dataclass(slots=True)
+class _Loaded:
+    record: AdaptedModelRecord
+    meta: dict[str, str]
+    window: int
+    arrays: dict[str, npt.NDArray[Any]]
+
+
+def _window_of(model: onnx.ModelProto) -> int:
+    inputs = model.graph.input
+    if len(inputs) != 1 or inputs[0].name != "window":
+        raise MamlctlError("model file does not have the single input 'window'")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 2 or not dims[1].HasField("dim_value"):
+        raise MamlctlError("model input 'window' is not [batch, L] with a fixed L")
+    return int(dims[1].dim_value)
+
+
+def _load_one(models_dir: Path, record: AdaptedModelRecord) -> tuple[_Loaded, onnx.ModelProto]:
+    data = open_verified(models_dir, record.path, sha256=record.sha256)
+    try:
+        model = onnx.load_from_string(data)
+    except Exception:  # protobuf raises DecodeError, onnx may raise others
+        raise MamlctlError(f"model file {record.path!r} is not an ONNX model") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    named = meta.get(f"{META_PREFIX}series_id")
+    if named != record.series_id:
+        raise MamlctlError(
+            f"model file {record.path!r} belongs to series {named!r}, not {record.series_id!r}"
+        )
+    window = _window_of(model)
+    if window != record.window:
+        raise MamlctlError(
+            f"model file {record.path!r} takes {window} points, the registry says {record.window}"
+        )
+    normalise_constants(model)
+    return _Loaded(record=record, meta=meta, window=window, arrays=initializer_arrays(model)), model
+
+
+def _entry(item: _Loaded, *, group: int, row: int, generation: int) -> SeriesEntry:
+    rec, meta = item.record, item.meta
+
+    def pick(key: str, fallback: Any) -> str:
+        return meta.get(f"{META_PREFIX}{key}", str(fallback))
+
+    registered = pick("registered_model", rec.registered_model)
+    version = int(pick("initializer_version", rec.initializer_version))
+    adapted_at = pick("adapted_at", rec.adapted_at.isoformat())
+    lineage = {
+        "family": rec.family,
+        "registered_model": registered,
+        "initializer_version": version,
+        "initializer_run_id": pick("initializer_run_id", rec.initializer_run_id),
+        "adapted_at": adapted_at,
+        "model_sha256": rec.sha256,
+        "generation": generation,
+    }
+    return SeriesEntry(
+        series_id=rec.series_id,
+        family=rec.family,
+        group=group,
+        row=row,
+        window=item.window,
+        horizon=rec.horizon,
+        threshold=float(rec.threshold),
+        residual_scale=float(rec.residual_scale),
+        registered_model=registered,
+        initializer_version=version,
+        initializer_run_id=lineage["initializer_run_id"],
+        adapted_at=adapted_at,
+        sha256=rec.sha256,
+        lineage=lineage,
+    )
+
+
+def build_state(
+    records: Iterable[AdaptedModelRecord],
+    *,
+    models_dir: Path,
+    fingerprint: str,
+    generation: int,
+) -> ServingState:
+    """Load, verify and bank every record's model file; see the module docstring."""
+    start = time.perf_counter()
+    groups: dict[str, list[_Loaded]] = {}
+    templates: dict[str, onnx.ModelProto] = {}
+    failures: dict[str, str] = {}
+    for record in records:
+        try:
+            item, model = _load_one(models_dir, record)
+        except MamlctlError as err:
+            failures[record.series_id] = str(err)
+            log.error("not serving series %s: %s", record.series_id, err)
+            continue
+        key = structure_key(model)
+        if key not in templates:
+            templates[key] = template_of(model)
+        groups.setdefault(key, []).append(item)
+
+    runtimes: list[Runtime] = []
+    entries: dict[str, SeriesEntry] = {}
+    for key, items in groups.items():
+        runtime = _runtime_for(templates[key], items, models_dir=models_dir)
+        group = len(runtimes)
+        runtimes.append(runtime)
+        for row, item in enumerate(items):
+            entries[item.record.series_id] = _entry(
+                item, group=group, row=row, generation=generation
+            )
+    return ServingState(
+        entries=entries,
+        runtimes=tuple(runtimes),
+        fingerprint=fingerprint,
+        generation=generation,
+        loaded_at=datetime.now(UTC),
+        load_seconds=time.perf_counter() - start,
+        failures=failures,
+    )
+
+
+def _runtime_for(template: onnx.ModelProto, items: list[_Loaded], *, models_dir: Path) -> Runtime:
+    rows = [item.arrays for item in items]
+    try:
+        bank = build_bank(template, rows)
+    except BankUnsupported as err:
+        log.warning(
+            "serving %d series with one session each (graph cannot bank: %s)", len(items), err
+        )
+        blobs = [open_verified(models_dir, it.record.path, sha256=it.record.sha256) for it in items]
+        return SessionsRuntime(
+            sessions=[make_session(b) for b in blobs],
+            window=items[0].window,
+            model_bytes=sum(len(b) for b in blobs),
+        )
+    finally:
+        for item in items:  # the banks hold what is needed now; free the per-file copies
+            item.arrays = {}
+    return BankRuntime.from_bank(bank)
