@@ -27,6 +27,7 @@ from mamlctl.errors import MamlctlError
 COMMAND_MODULES: tuple[str, ...] = (
     # foundation (registry database, ingest, families)
     # MAML engine
+    "experiment",
     "serve",
 )
 
