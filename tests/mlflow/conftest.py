@@ -1,0 +1,158 @@
+"""Fixtures for the MLflow store tests: an embedded SQLite store per test and one real
+``mlflow server`` subprocess for the whole session (SQLite backend, loopback, free port)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mamlctl.registry.mlflow_store import MlflowStore, open_store
+
+from mamlctl.settings import Settings
+
+SERVER_START_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_health(url: str, *, timeout_s: float, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited early with status {process.returncode}")
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"{url}/health", timeout=1.0) as response,
+        ):
+            if response.status == 200:
+                return
+        time.sleep(0.25)
+    raise RuntimeError(f"mlflow server at {url} not healthy after {timeout_s:.0f} s")
+
+
+def stop_process_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server's process group (uvicorn workers included), SIGKILL if it lingers."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URI of a real ``mlflow server`` (started once, always terminated)."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log = (root / "server.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        wait_for_health(uri, timeout_s=SERVER_START_TIMEOUT_S, process=process)
+        yield uri
+    finally:
+        stop_process_group(process)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An embedded MLflow SQLite file with MLflow's schema, made once (migrations take
+    seconds on a loaded machine) and copied into each test's home."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    client = MlflowClient(tracking_uri=f"sqlite:///{path}", registry_uri=f"sqlite:///{path}")
+    client.search_experiments()
+    client.search_registered_models()
+    return path
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, migrated_mlflow_db: Path) -> Path:
+    """No MLflow/mamlctl URIs leak in from the environment; MAMLCTL_HOME is a fresh folder
+    whose embedded MLflow database is a copy of the migrated template."""
+    for key in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_REGISTRY_URI",
+        "MAMLCTL_TRACKING_URI",
+        "MAMLCTL_REGISTRY_URI",
+        "MAMLCTL_DATABASE_URL",
+        "MLFLOW_RUN_ID",
+    ):
+        monkeypatch.delenv(key, raising=False)
+    home = tmp_path / "home"
+    (home / "mlflow").mkdir(parents=True)
+    shutil.copyfile(migrated_mlflow_db, home / "mlflow" / "mlflow.db")
+    monkeypatch.setenv("MAMLCTL_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def embedded_settings(clean_env: Path) -> Settings:
+    return Settings(home=clean_env)
+
+
+@pytest.fixture(params=["embedded", "server"])
+def backend(
+    request: pytest.FixtureRequest, clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """Run a test once against the embedded store and once against the real server."""
+    if request.param == "server":
+        uri: str = request.getfixturevalue("mlflow_server")
+        monkeypatch.setenv("MAMLCTL_TRACKING_URI", uri)
+    return str(request.param)
+
+
+@pytest.fixture
+def store(backend: str, clean_env: Path) -> MlflowStore:
+    """A store on the parametrised backend; family names are unique per test (shared server)."""
+    return open_store(Settings())
+
+
+@pytest.fixture
+def family(request: pytest.FixtureRequest) -> str:
+    """A family name unique to this test (the session's server is shared between tests)."""
+    name = request.node.name.replace("[", "-").replace("]", "").replace("_", "-")
+    return f"t-{name}"[:100]
