@@ -26,8 +26,17 @@ from mamlctl.errors import MamlctlError
 #: Command modules under ``mamlctl.cli``, registered in this order (the pipeline's order).
 COMMAND_MODULES: tuple[str, ...] = (
     # foundation (registry database, ingest, families)
+    "db",
+    "ingest",
+    "families",
+    "series",
+    "status",
     # MAML engine
     "experiment",
+    # MLflow store: registered initializers, aliases, UI
+    "models",
+    "promote",
+    "ui",
     "serve",
 )
 
