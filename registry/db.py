@@ -176,3 +176,21 @@ def _engine_of(target: Settings | str | Engine) -> tuple[Engine, bool]:
 def _first_line(err: BaseException) -> str:
     orig = getattr(err, "orig", None) or err
     return " ".join(str(orig).split())[:300]
+
+
+@contextmanager
+def transaction(settings: Settings, *, migrate: bool | None = None) -> Iterator[Session]:
+    """One command = one transaction: commit on success, roll back on any error.
+
+    Database failures surface as :class:`StoreError` with one line; domain errors pass through.
+    """
+    from mamlctl.errors import MamlctlError
+
+    with open_registry(settings, migrate=migrate) as factory:
+        try:
+            with factory.begin() as session:
+                yield session
+        except MamlctlError:
+            raise
+        except SQLAlchemyError as err:
+            raise StoreError(f"registry database error: {_first_line(err)}") from None

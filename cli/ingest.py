@@ -1,0 +1,123 @@
+"""``mamlctl ingest PATH...``: read, validate and store series (one transaction)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+NAN_HELP = (
+    "NaN/missing-value policy. reject (default): a NaN anywhere is an error naming file, series "
+    "and position, and nothing is stored. interpolate: fill NaN runs linearly between "
+    "neighbours (edges take the nearest value); the count filled is reported."
+)
+
+
+def ingest_command(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Files or folders (a folder = every .csv/.csv.gz/.parquet below it)."),
+    ],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="auto (from the header), long (series_id,[timestamp,]value), m4 (wide CSV), "
+            "nab (timestamp,value; series id = file name).",
+        ),
+    ] = "auto",
+    interval: Annotated[
+        str | None,
+        typer.Option(
+            "--interval",
+            help="Sampling interval, e.g. 5min, 1h, 1d, 1w. Default: median timestamp step, or "
+            "the M4 file name's frequency (Hourly/Daily/Weekly), else unknown.",
+        ),
+    ] = None,
+    nan: Annotated[str, typer.Option("--nan", help=NAN_HELP)] = "reject",
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            help="merge (default): the file holds each series from its start; the overlap must "
+            "match the stored points, only new points are added (re-ingest is idempotent). "
+            "append: the file's points continue the stored series (e.g. an M4 test file).",
+        ),
+    ] = "merge",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Ingest series files into the registry database.
+
+    Every file is read and validated before anything is written; any problem (malformed CSV,
+    non-numeric or infinite value, NaN under --nan reject, duplicate or non-monotonic timestamp,
+    a changed historical value) stops with one line naming file, series and problem, and the
+    database stays exactly as it was.
+    """
+    from mamlctl.cli.output import emit_json, load_settings, print_table, progress
+    from mamlctl.registry.db import transaction
+    from mamlctl.registry.ingest_files import ingest, prepare_ingest
+    from mamlctl.timeseries.periodicity import parse_interval
+
+    from mamlctl.errors import InputError
+
+    if fmt not in ("auto", "long", "m4", "nab"):
+        raise InputError(f"unknown --format {fmt!r}: use auto, long, m4 or nab")
+    if nan not in ("reject", "interpolate"):
+        raise InputError(f"unknown --nan {nan!r}: use reject or interpolate")
+    if mode not in ("merge", "append"):
+        raise InputError(f"unknown --mode {mode!r}: use merge or append")
+    interval_seconds = parse_interval(interval) if interval is not None else None
+    settings = load_settings()
+
+    with progress() as bar:
+        task = bar.add_task("reading", total=None, info="")
+        prepared = prepare_ingest(
+            paths,
+            fmt=fmt,  # type: ignore[arg-type]
+            interval_seconds=interval_seconds,
+            nan=nan,  # type: ignore[arg-type]
+            on_file=lambda p: bar.update(task, advance=1, info=p.name),
+        )
+        store = bar.add_task("storing", total=len(prepared.batch), info="")
+        with transaction(settings) as session:
+            summary = ingest(
+                session,
+                prepared,
+                mode=mode,  # type: ignore[arg-type]
+                on_progress=lambda k: bar.update(store, advance=k),
+            )
+
+    nan_line = f"NaN policy: {nan}" + (
+        f" ({prepared.interpolated} values interpolated)" if nan == "interpolate" else ""
+    )
+    totals = {
+        "files": len(prepared.files),
+        "series": len(summary.results),
+        "series_new": summary.count("new"),
+        "series_appended": summary.count("appended"),
+        "series_unchanged": summary.count("unchanged"),
+        "points_read": sum(f.points for f in prepared.files),
+        "points_added": summary.points_added,
+        "nan_policy": nan,
+        "interpolated": prepared.interpolated,
+        "mode": mode,
+    }
+    if json_out:
+        emit_json({**totals, "files_detail": list(prepared.files)})
+        return
+    if len(prepared.files) <= 20:
+        print_table(
+            None,
+            ["file", "format", "series", "points read"],
+            [(Path(f.path).name, f.format, f.series, f.points) for f in prepared.files],
+        )
+    typer.echo(
+        f"{totals['series']} series ({totals['series_new']} new, {totals['series_appended']} "
+        f"appended, {totals['series_unchanged']} unchanged), {totals['points_added']} points "
+        f"added of {totals['points_read']} read from {totals['files']} file(s). {nan_line}."
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ingest")(ingest_command)

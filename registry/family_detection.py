@@ -1,0 +1,71 @@
+"""The family stage: detect each stored series' period and put it into its named family.
+
+Families are created with their documented defaults when new and left as they are when they
+exist (a user's L/H/K survive re-detection). A series the user assigned explicitly keeps its
+family unless ``reassign`` is set; its detected period is still recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from mamlctl.registry.family_queries import upsert_family
+from mamlctl.registry.series_queries import load_many_series, record_detection
+from mamlctl.registry.tables import SeriesRow
+from mamlctl.timeseries.families import Detection, detect_family
+from mamlctl.timeseries.periodicity import infer_interval
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+CHUNK = 200
+
+
+def detect_families(
+    session: Session,
+    *,
+    series_ids: Sequence[str] | None = None,
+    reassign: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[Detection]:
+    """Detect and store period and family for ``series_ids`` (default: every series)."""
+    rows = session.execute(
+        select(SeriesRow.series_id, SeriesRow.interval_seconds, SeriesRow.family_origin).order_by(
+            SeriesRow.id
+        )
+    ).all()
+    meta = {sid: (iv, origin) for sid, iv, origin in rows}
+    if series_ids is None:
+        ids = [r[0] for r in rows]
+    else:
+        ids = list(series_ids)
+        load_many_series(session, ids[:1])  # unknown id -> NotFoundError before any work
+    out: list[Detection] = []
+    for i in range(0, len(ids), CHUNK):
+        for s in load_many_series(session, ids[i : i + CHUNK]):
+            iv, origin = meta.get(s.series_id, (None, None))
+            if iv is None:
+                iv = infer_interval(s.timestamps)
+            det = detect_family(s.series_id, s.values, interval_seconds=iv)
+            name = None
+            if det.family is not None and (reassign or origin != "assigned"):
+                upsert_family(session, det.family, overwrite=False)
+                name = det.family.name
+            if reassign and origin == "assigned":
+                session.execute(
+                    SeriesRow.__table__.update()
+                    .where(SeriesRow.series_id == s.series_id)
+                    .values(family_origin=None)
+                )
+                session.expire_all()
+            record_detection(
+                session,
+                s.series_id,
+                interval_seconds=iv,
+                detected_period=det.estimate.period,
+                period_strength=det.estimate.strength if det.estimate.period else None,
+                family=name,
+            )
+            out.append(det)
+        if on_progress is not None:
+            on_progress(min(CHUNK, len(ids) - i))
+    return out

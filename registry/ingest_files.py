@@ -1,0 +1,91 @@
+"""The ingest stage: read files, validate every series, then store them in one transaction.
+
+Reading and validation happen before the database is touched, so a bad file anywhere in the
+batch leaves the registry exactly as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mamlctl.registry.ingest import IncomingSeries, IngestMode, IngestSummary, store_series
+from mamlctl.timeseries.periodicity import infer_interval
+from mamlctl.timeseries.readers import FileFormat, expand_paths, read_file
+from mamlctl.timeseries.validation import NanPolicy, validate_series
+from sqlalchemy.orm import Session
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileReport:
+    path: str
+    format: str
+    series: int
+    points: int
+    interpolated: int
+    interval_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreparedIngest:
+    files: tuple[FileReport, ...]
+    batch: tuple[IncomingSeries, ...]
+    nan_policy: NanPolicy
+
+    @property
+    def interpolated(self) -> int:
+        return sum(f.interpolated for f in self.files)
+
+
+def prepare_ingest(
+    paths: Sequence[Path],
+    *,
+    fmt: FileFormat = "auto",
+    interval_seconds: float | None = None,
+    nan: NanPolicy = "reject",
+    on_file: Callable[[Path], None] | None = None,
+) -> PreparedIngest:
+    """Read and validate every file (no database access). ``interval_seconds`` overrides the
+    interval implied by M4 file names and inferred from timestamps."""
+    files: list[FileReport] = []
+    batch: list[IncomingSeries] = []
+    for path in expand_paths(paths):
+        src = read_file(path, fmt=fmt)
+        interpolated = 0
+        points = 0
+        file_interval = interval_seconds if interval_seconds is not None else src.interval_seconds
+        for raw in src.series:
+            checked = validate_series(raw, source=str(path), nan=nan)
+            interpolated += checked.interpolated
+            points += len(checked.series)
+            iv = file_interval
+            if iv is None:
+                iv = infer_interval(checked.series.timestamps)
+            batch.append(
+                IncomingSeries(series=checked.series, source=str(path), interval_seconds=iv)
+            )
+        files.append(
+            FileReport(
+                path=str(path),
+                format=src.format,
+                series=len(src.series),
+                points=points,
+                interpolated=interpolated,
+                interval_seconds=file_interval,
+            )
+        )
+        if on_file is not None:
+            on_file(path)
+    return PreparedIngest(files=tuple(files), batch=tuple(batch), nan_policy=nan)
+
+
+def ingest(
+    session: Session,
+    prepared: PreparedIngest,
+    *,
+    mode: IngestMode = "merge",
+    on_progress: Callable[[int], None] | None = None,
+) -> IngestSummary:
+    """Store a prepared batch in the caller's transaction."""
+    return store_series(session, prepared.batch, mode=mode, on_progress=on_progress)
