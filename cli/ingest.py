@@ -13,6 +13,13 @@ NAN_HELP = (
     "neighbours (edges take the nearest value); the count filled is reported."
 )
 
+ORDER_HELP = (
+    "Timestamp order policy. strict (default): timestamps must strictly increase; a duplicate "
+    "or a step back is an error. file: keep every row in file order (positions define the "
+    "order; timestamps are stored as given); the count of such steps is reported. Real NAB "
+    "files need it (clock changes repeat timestamps)."
+)
+
 
 def ingest_command(
     paths: Annotated[
@@ -36,6 +43,7 @@ def ingest_command(
         ),
     ] = None,
     nan: Annotated[str, typer.Option("--nan", help=NAN_HELP)] = "reject",
+    order: Annotated[str, typer.Option("--order", help=ORDER_HELP)] = "strict",
     mode: Annotated[
         str,
         typer.Option(
@@ -65,6 +73,8 @@ def ingest_command(
         raise InputError(f"unknown --format {fmt!r}: use auto, long, m4 or nab")
     if nan not in ("reject", "interpolate"):
         raise InputError(f"unknown --nan {nan!r}: use reject or interpolate")
+    if order not in ("strict", "file"):
+        raise InputError(f"unknown --order {order!r}: use strict or file")
     if mode not in ("merge", "append"):
         raise InputError(f"unknown --mode {mode!r}: use merge or append")
     interval_seconds = parse_interval(interval) if interval is not None else None
@@ -77,6 +87,7 @@ def ingest_command(
             fmt=fmt,  # type: ignore[arg-type]
             interval_seconds=interval_seconds,
             nan=nan,  # type: ignore[arg-type]
+            order=order,  # type: ignore[arg-type]
             on_file=lambda p: bar.update(task, advance=1, info=p.name),
         )
         store = bar.add_task("storing", total=len(prepared.batch), info="")
@@ -91,6 +102,9 @@ def ingest_command(
     nan_line = f"NaN policy: {nan}" + (
         f" ({prepared.interpolated} values interpolated)" if nan == "interpolate" else ""
     )
+    order_line = f"Timestamp order: {order}" + (
+        f" ({prepared.unordered} repeated/backward steps kept)" if order == "file" else ""
+    )
     totals = {
         "files": len(prepared.files),
         "series": len(summary.results),
@@ -101,6 +115,8 @@ def ingest_command(
         "points_added": summary.points_added,
         "nan_policy": nan,
         "interpolated": prepared.interpolated,
+        "order_policy": order,
+        "unordered_steps": prepared.unordered,
         "mode": mode,
     }
     if json_out:
@@ -115,7 +131,8 @@ def ingest_command(
     typer.echo(
         f"{totals['series']} series ({totals['series_new']} new, {totals['series_appended']} "
         f"appended, {totals['series_unchanged']} unchanged), {totals['points_added']} points "
-        f"added of {totals['points_read']} read from {totals['files']} file(s). {nan_line}."
+        f"added of {totals['points_read']} read from {totals['files']} file(s). {nan_line}. "
+        f"{order_line}."
     )
 
 

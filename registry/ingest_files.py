@@ -13,7 +13,7 @@ from pathlib import Path
 from mamlctl.registry.ingest import IncomingSeries, IngestMode, IngestSummary, store_series
 from mamlctl.timeseries.periodicity import infer_interval
 from mamlctl.timeseries.readers import FileFormat, expand_paths, read_file
-from mamlctl.timeseries.validation import NanPolicy, validate_series
+from mamlctl.timeseries.validation import NanPolicy, OrderPolicy, validate_series
 from sqlalchemy.orm import Session
 
 
@@ -24,6 +24,7 @@ class FileReport:
     series: int
     points: int
     interpolated: int
+    unordered: int
     interval_seconds: float | None
 
 
@@ -32,10 +33,15 @@ class PreparedIngest:
     files: tuple[FileReport, ...]
     batch: tuple[IncomingSeries, ...]
     nan_policy: NanPolicy
+    order_policy: OrderPolicy = "strict"
 
     @property
     def interpolated(self) -> int:
         return sum(f.interpolated for f in self.files)
+
+    @property
+    def unordered(self) -> int:
+        return sum(f.unordered for f in self.files)
 
 
 def prepare_ingest(
@@ -44,6 +50,7 @@ def prepare_ingest(
     fmt: FileFormat = "auto",
     interval_seconds: float | None = None,
     nan: NanPolicy = "reject",
+    order: OrderPolicy = "strict",
     on_file: Callable[[Path], None] | None = None,
 ) -> PreparedIngest:
     """Read and validate every file (no database access). ``interval_seconds`` overrides the
@@ -53,11 +60,13 @@ def prepare_ingest(
     for path in expand_paths(paths):
         src = read_file(path, fmt=fmt)
         interpolated = 0
+        unordered = 0
         points = 0
         file_interval = interval_seconds if interval_seconds is not None else src.interval_seconds
         for raw in src.series:
-            checked = validate_series(raw, source=str(path), nan=nan)
+            checked = validate_series(raw, source=str(path), nan=nan, order=order)
             interpolated += checked.interpolated
+            unordered += checked.unordered
             points += len(checked.series)
             iv = file_interval
             if iv is None:
@@ -72,12 +81,15 @@ def prepare_ingest(
                 series=len(src.series),
                 points=points,
                 interpolated=interpolated,
+                unordered=unordered,
                 interval_seconds=file_interval,
             )
         )
         if on_file is not None:
             on_file(path)
-    return PreparedIngest(files=tuple(files), batch=tuple(batch), nan_policy=nan)
+    return PreparedIngest(
+        files=tuple(files), batch=tuple(batch), nan_policy=nan, order_policy=order
+    )
 
 
 def ingest(

@@ -7,8 +7,11 @@ Rules (each failure is one :class:`~mamlctl.errors.IngestError` naming file, ser
   filled gap would become a "historical" value the model trains and scores on.
   ``interpolate``: NaN runs are filled linearly between their neighbours; a run at an edge
   takes the nearest present value. The count of filled values is reported to the user;
-* timestamps (when present): none missing, strictly increasing (a duplicate or a step back is
-  an error, never silently sorted).
+* timestamps (when present): none missing; **order policy** ``strict`` (default): strictly
+  increasing, a duplicate or a step back is an error, never silently sorted. ``file``: every
+  row is kept in file order and positions define the series' order; timestamps are stored as
+  given (real data has them: 7 of NAB's 58 files repeat timestamps around clock changes, one
+  steps back an hour). The count of such steps is reported to the user.
 """
 
 from __future__ import annotations
@@ -23,12 +26,16 @@ from mamlctl.errors import IngestError
 
 NanPolicy = Literal["reject", "interpolate"]
 NAN_POLICIES: tuple[NanPolicy, ...] = ("reject", "interpolate")
+OrderPolicy = Literal["strict", "file"]
+ORDER_POLICIES: tuple[OrderPolicy, ...] = ("strict", "file")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Validated:
     series: Series
     interpolated: int
+    #: Timestamp steps that were not increasing (kept under the ``file`` order policy).
+    unordered: int = 0
 
 
 def _where(series: Series, i: int) -> str:
@@ -37,7 +44,9 @@ def _where(series: Series, i: int) -> str:
     return f"position {i}"
 
 
-def validate_series(series: Series, *, source: str, nan: NanPolicy = "reject") -> Validated:
+def validate_series(
+    series: Series, *, source: str, nan: NanPolicy = "reject", order: OrderPolicy = "strict"
+) -> Validated:
     """Check (and with ``nan="interpolate"`` fill) one series; see the module rules."""
     sid = series.series_id
 
@@ -54,6 +63,7 @@ def validate_series(series: Series, *, source: str, nan: NanPolicy = "reject") -
         raise fail(f"infinite value at {_where(series, int(inf[0]))}")
     nan_at = np.flatnonzero(np.isnan(values))
     interpolated = 0
+    unordered = 0
     if nan_at.size:
         if nan == "reject":
             raise fail(
@@ -75,20 +85,25 @@ def validate_series(series: Series, *, source: str, nan: NanPolicy = "reject") -
         if nat.size:
             raise fail(f"missing timestamp at position {int(nat[0])}")
         step = np.diff(ts)
-        dup = np.flatnonzero(step == np.timedelta64(0, "us"))
-        if dup.size:
-            i = int(dup[0]) + 1
-            raise fail(
-                f"duplicate timestamp {np.datetime_as_string(ts[i], unit='s')} at position {i}"
-            )
-        back = np.flatnonzero(step < np.timedelta64(0, "us"))
-        if back.size:
-            i = int(back[0]) + 1
-            raise fail(
-                f"non-monotonic timestamps: {np.datetime_as_string(ts[i], unit='s')} at position "
-                f"{i} is earlier than {np.datetime_as_string(ts[i - 1], unit='s')}"
-            )
+        unordered = int(np.count_nonzero(step <= np.timedelta64(0, "us")))
+        if order == "strict":
+            dup = np.flatnonzero(step == np.timedelta64(0, "us"))
+            if dup.size:
+                i = int(dup[0]) + 1
+                raise fail(
+                    f"duplicate timestamp {np.datetime_as_string(ts[i], unit='s')} at position "
+                    f"{i}; pass --order file to keep rows in file order"
+                )
+            back = np.flatnonzero(step < np.timedelta64(0, "us"))
+            if back.size:
+                i = int(back[0]) + 1
+                raise fail(
+                    f"non-monotonic timestamps: {np.datetime_as_string(ts[i], unit='s')} at "
+                    f"position {i} is earlier than {np.datetime_as_string(ts[i - 1], unit='s')}; "
+                    "pass --order file to keep rows in file order"
+                )
     return Validated(
         series=Series(series_id=sid, values=values, timestamps=ts, family=series.family),
         interpolated=interpolated,
+        unordered=unordered,
     )
