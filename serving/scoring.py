@@ -182,7 +182,8 @@ def score(state: ServingState, items: list[Any], *, is_batch: bool) -> tuple[byt
         if actual is not None:
             loc = [*base, i] if is_batch else base
             k = len(actual)
-            act = _finite32(actual, loc, name="actual").astype(np.float64)
+            _finite32(actual, loc, name="actual")  # same range rule as windows
+            act = np.array(actual, dtype=np.float64)
             residual = act - forecasts[i][:k].astype(np.float64)
             scores = anomaly_score(residual, sigmas[i][:k])
             result["residual"] = residual
