@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 from mamlctl.registry.mlflow_client import TrackingTarget, probe
 from mamlctl.registry.mlflow_models import models_uri
 from mamlctl.registry.mlflow_store import INITIALIZER_ARTIFACT, MlflowStore, open_store
 from mlflow import MlflowClient
+from mlflow_server_process import free_port
 
 from mamlctl.domain import CHALLENGER, CHAMPION
 from mamlctl.errors import NotFoundError, StoreError, TrackingUnavailableError
@@ -181,7 +181,7 @@ def test_server_stopping_mid_session_raises_tracking_unavailable(
     import subprocess
     import sys
 
-    from conftest import stop_process_group, wait_for_health
+    from mlflow_server_process import stop_process_group, wait_for_health
 
     port = free_port()
     uri = f"http://127.0.0.1:{port}"

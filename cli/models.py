@@ -1,0 +1,79 @@
+"""``mamlctl models list``: registered initializer versions, aliases and validation metrics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from mamlctl.registry.mlflow_models import InitializerVersion
+
+
+def version_row(version: InitializerVersion) -> dict[str, Any]:
+    """The JSON shape of one version (also what the table shows)."""
+    ref = version.ref
+    return {
+        "family": ref.family,
+        "registered_model": ref.registered_model,
+        "version": ref.version,
+        "aliases": list(ref.aliases),
+        "uri": f"models:/{ref.registered_model}/{ref.version}",
+        "run_id": ref.run_id,
+        "run_status": version.run_status,
+        "source_uri": ref.source_uri,
+        "created_at": ref.created_at,
+        "description": version.description,
+        "tags": version.tags,
+        "metrics": ref.metrics,
+    }
+
+
+def _metrics_cell(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k.removeprefix('val_')}={v:.4g}" for k, v in metrics.items())
+
+
+def register(app: typer.Typer) -> None:
+    models_app = typer.Typer(
+        help="Registered initializers (one MLflow registered model per family).",
+        no_args_is_help=True,
+    )
+
+    @models_app.command("list")
+    def list_models(
+        family: Annotated[
+            str | None,
+            typer.Option("--family", "-f", help="Only this family's versions."),
+        ] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    ) -> None:
+        """Versions, aliases (champion, challenger, ...) and final validation metrics."""
+        from mamlctl.cli.output import emit_json, load_settings, print_table
+        from mamlctl.registry.mlflow_store import open_store
+
+        settings = load_settings()
+        settings.ensure_home()
+        store = open_store(settings)
+        versions = store.list_versions(family=family)
+        rows = [version_row(v) for v in versions]
+        if as_json:
+            emit_json(rows)
+            return
+        print_table(
+            f"Initializers in {store.tracking_uri}",
+            ["Family", "Model", "Version", "Aliases", "Created", "Run", "Validation"],
+            [
+                (
+                    r["family"],
+                    r["registered_model"],
+                    r["version"],
+                    ",".join(r["aliases"]),
+                    r["created_at"].strftime("%Y-%m-%d %H:%M") if r["created_at"] else "",
+                    r["run_status"],
+                    _metrics_cell(r["metrics"]),
+                )
+                for r in rows
+            ],
+        )
+
+    app.add_typer(models_app, name="models")
