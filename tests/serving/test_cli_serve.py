@@ -1,0 +1,49 @@
+"""``mamlctl serve`` through CliRunner: options reach uvicorn; bad settings are one-line errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mamlctl.cli.app import app
+from typer.testing import CliRunner
+
+
+def test_serve_runs_uvicorn_with_the_factory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import uvicorn
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: seen.update(target=target, **kw))
+    monkeypatch.setenv("MAMLCTL_HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    result = CliRunner().invoke(
+        app, ["serve", "--port", "9123", "--workers", "2", "--reload-interval", "500ms"]
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["target"] == "mamlctl.serving.app:app_from_env" and seen["factory"] is True
+    assert (seen["host"], seen["port"], seen["workers"]) == ("127.0.0.1", 9123, 2)
+    assert (seen["loop"], seen["http"]) == ("uvloop", "httptools")
+    assert os.environ["MAMLCTL_SERVE_RELOAD_INTERVAL"] == "0.5"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["serve"], "models folder"),
+        (["serve", "--reload-interval", "soon"], "invalid duration"),
+    ],
+)
+def test_serve_errors_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: list[str], message: str
+) -> None:
+    monkeypatch.setenv("MAMLCTL_HOME", str(tmp_path / "empty"))
+    if "--reload-interval" in args:
+        (tmp_path / "empty" / "models").mkdir(parents=True)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
