@@ -116,10 +116,15 @@ def load_initializer(path_dir: str | Path) -> Initializer:
         raise ConfigError(f"{weights} is not a safetensors file: {err}") from None
     params = {k: v for k, v in tensors.items() if not k.startswith(_LR_PREFIX)}
     lrs = {k[len(_LR_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_LR_PREFIX)}
-    expected = set(build_model(model_config).state_dict())
-    if set(params) != expected:
-        raise ConfigError(f"{weights}: tensors {sorted(params)} do not match the model config")
-    order = list(build_model(model_config).state_dict())
+    reference = build_model(model_config).state_dict()
+    shapes = {k: tuple(v.shape) for k, v in params.items()}
+    expected = {k: tuple(v.shape) for k, v in reference.items()}
+    if shapes != expected:
+        raise ConfigError(
+            f"{weights}: tensors {shapes} do not match the model config's {expected}; "
+            "the weights and initializer.json come from different models"
+        )
+    order = list(reference)
     return Initializer(
         model_config=model_config,
         params={k: params[k] for k in order},

@@ -27,6 +27,8 @@ from typing import Literal
 
 import torch
 from mamlctl.maml.engine import (
+    BatchedForward,
+    InnerLR,
     LossFn,
     Params,
     batched_forward,
@@ -35,7 +37,7 @@ from mamlctl.maml.engine import (
     per_task_loss,
 )
 from mamlctl.maml.models import ConvConfig, MLPConfig, build_model, loss_for_head
-from mamlctl.maml.tasks import TaskSampler
+from mamlctl.maml.tasks import TaskBatch, TaskSampler
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
@@ -112,7 +114,7 @@ class FlatParams:
         self.names = list(named)
         self.shapes = [tuple(t.shape) for t in named.values()]
         self.sizes = [t.numel() for t in named.values()]
-        self.flat = torch.cat([t.detach().reshape(-1).float() for t in named.values()])
+        self.flat = torch.cat([t.detach().reshape(-1) for t in named.values()])
         self.flat.requires_grad_(True)
 
     def views(self, flat: Tensor | None = None) -> Params:
@@ -144,6 +146,34 @@ class FlatAdam:
         bc2_sqrt = math.sqrt(1 - self.b2**self.t)
         denom = self.v.sqrt().div_(bc2_sqrt).add_(self.eps)
         self.param.addcdiv_(self.m, denom, value=-self.lr / bc1)
+
+
+def meta_objective(
+    forward: BatchedForward,
+    theta: Mapping[str, Tensor],
+    batch: TaskBatch,
+    *,
+    inner_lr: InnerLR,
+    steps: int,
+    loss_fn: LossFn,
+    second_order: bool,
+) -> Tensor:
+    """Mean query loss after adapting every task of ``batch`` from ``theta``.
+
+    Differentiable w.r.t. ``theta`` (and a learned ``inner_lr``): with ``second_order`` the
+    gradient flows through the inner steps; without, it is the query gradient at theta'.
+    """
+    phi = inner_steps_batched(
+        forward,
+        expand_params(theta, batch.n_tasks),
+        batch.support_x,
+        batch.support_y,
+        steps=steps,
+        inner_lr=inner_lr,
+        loss_fn=loss_fn,
+        create_graph=second_order,
+    )
+    return per_task_loss(loss_fn, forward(phi, batch.query_x), batch.query_y).mean()
 
 
 def _seeded_model(model_config: MLPConfig | ConvConfig, seed: int) -> nn.Module:
@@ -187,17 +217,15 @@ def meta_train(
         lr: float | dict[str, Tensor] = (
             {k: views[f"inner_lr.{k}"] for k in names} if learn_lr else config.inner_lr
         )
-        phi = inner_steps_batched(
+        qloss = meta_objective(
             forward,
-            expand_params(theta, t_tasks),
-            batch.support_x,
-            batch.support_y,
-            steps=config.inner_steps,
+            theta,
+            batch,
             inner_lr=lr,
+            steps=config.inner_steps,
             loss_fn=loss_fn,
-            create_graph=second_order,
+            second_order=second_order,
         )
-        qloss = per_task_loss(loss_fn, forward(phi, batch.query_x), batch.query_y).mean()
         (grad,) = torch.autograd.grad(qloss, flat.flat)
         opt.step(grad)
         acc += qloss.detach()
