@@ -7,12 +7,15 @@ given by the user (``parse_interval("5min")``) or implied by an M4 file name.
 
 1. remove a least-squares line (trend would make every lag look correlated);
 2. the periodogram's highest local peaks propose candidate periods ``n/k``;
-3. each candidate is refined to the autocorrelation (ACF) maximum within its frequency bin's
-   period range, and must sit on a hill: a local ACF maximum;
+3. each candidate is refined to the lag, within its frequency bin's period range, where the
+   unbiased autocorrelation (ACF) averaged over the lag and its multiples (up to 3, within
+   n / 2) is highest, and must sit on a hill (a local maximum of that average);
 4. significance test: under white noise the sample ACF at a lag is ~ N(0, 1/n), so a candidate
    is accepted only if ``acf[P] >= max(min_strength, z / sqrt(n))`` (z = 4: about 3e-5 one-sided
-   per candidate) and it rises at least ``min_prominence`` above the ACF's lowest value before
-   it (a random walk's slowly decaying ACF has no such hill);
+   per candidate) and ``acf[P] >= z_bartlett * se_P`` with Bartlett's standard error
+   ``se_P = sqrt((1 + 2 sum_{k<P} acf[k]^2) / n)`` (z_bartlett = 1.645: the 90% test M4 uses to
+   decide seasonality), and it rises at least ``min_prominence`` above
+   the ACF's lowest value before it (a random walk's slowly decaying ACF has no such hill);
 5. among accepted candidates the strongest ACF wins, except that a divisor of it that is also
    accepted and nearly as strong (>= ``harmonic_ratio`` of it) wins instead: a series with
    daily and weekly cycles is "daily" unless the weekly cycle dominates clearly;
@@ -138,6 +141,7 @@ def detect_period(
     max_period: int | None = None,
     hints: Sequence[int] = (),
     z: float = 4.0,
+    z_bartlett: float = 1.645,
     min_strength: float = 0.3,
     min_prominence: float = 0.1,
     n_candidates: int = 10,
@@ -158,7 +162,8 @@ def detect_period(
     max_p = n // 2 if max_period is None else min(max_period, n // 2)
     if max_p < 2:
         return PeriodEstimate(period=None, strength=0.0, threshold=threshold, reason="too short")
-    acf = autocorrelation(x, max_p + 1)
+    acf_full = autocorrelation(x, n - 1)
+    acf = acf_full[: max_p + 2]
 
     # Periodogram peaks propose candidates.
     power = np.abs(np.fft.rfft(x)) ** 2
@@ -169,12 +174,28 @@ def detect_period(
     cand_k = k[ok & local]
     cand_k = cand_k[np.argsort(power[cand_k])[::-1][:n_candidates]]
 
+    # Lag refinement uses the unbiased ACF: the biased one's (n - k) / n taper pulls a peak
+    # towards shorter lags (a clean sine of period 53 would peak at 52).
+    lags = np.arange(acf_full.shape[0])
+    acf_u = acf_full * n / np.maximum(n - lags, 1)
+    # Bartlett's standard error of acf[k] given the correlations below k (as in the M4
+    # seasonality test): a random walk's large low-lag correlations widen it, a white
+    # noise's do not.
+    bartlett = np.sqrt((1.0 + 2.0 * np.concatenate(([0.0], np.cumsum(acf[1:] ** 2)))) / n)
+
+    def comb(lag: int) -> float:
+        # Mean unbiased ACF at the lag's multiples (up to 3, within n / 2): a noisy peak's
+        # position is pinned by its harmonics, not by one noisy value.
+        reps = [m * lag for m in (1, 2, 3) if m * lag <= n // 2 and m * lag < acf_u.shape[0]]
+        return float(np.mean(acf_u[reps])) if reps else float(acf_u[lag])
+
     def refine(lo: int, hi: int) -> int | None:
         lo, hi = max(2, lo), min(max_p, hi)
         if lo > hi:
             return None
-        lag = lo + int(np.argmax(acf[lo : hi + 1]))
-        if acf[lag] < acf[lag - 1] or acf[lag] < acf[lag + 1]:
+        scores = {lag: comb(lag) for lag in range(lo - 1, hi + 2) if 1 <= lag <= max_p + 1}
+        lag = max(range(lo, hi + 1), key=lambda k: scores[k])
+        if scores[lag] < scores.get(lag - 1, -1.0) or scores[lag] < scores.get(lag + 1, -1.0):
             return None  # on the range's edge, not a hill
         return lag
 
@@ -185,7 +206,8 @@ def detect_period(
             return
         strength = float(acf[lag])
         prominence = strength - float(acf[1:lag].min())
-        if strength >= threshold and prominence >= min_prominence:
+        significant = strength >= max(threshold, z_bartlett * float(bartlett[lag - 1]))
+        if significant and prominence >= min_prominence:
             scored[lag] = strength
 
     for kk in cand_k:
