@@ -1,0 +1,172 @@
+"""The adaptation stage: vectorised across series, equal to the one-series reference.
+
+Oracles: :func:`mamlctl.maml.engine.adapt` on :func:`mamlctl.timeseries.windows.recent_support`
+(one series at a time), and :func:`mamlctl.timeseries.anomaly.calibrate` per series.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mamlctl.maml import adaptation as ad
+from mamlctl.maml.engine import adapt
+from mamlctl.maml.initializer import Initializer
+from mamlctl.maml.models import MLPConfig, build_model, mse_loss
+from mamlctl.timeseries.anomaly import calibrate
+from mamlctl.timeseries.windows import WindowTaskSpec, recent_support
+
+from mamlctl.errors import InputError, TrainingError
+
+L, H, K = 24, 6, 60
+
+
+def _initializer(head: str = "mean") -> Initializer:
+    config = MLPConfig(input_size=L, output_size=H, hidden=(16, 16), head=head)  # type: ignore[arg-type]
+    torch.manual_seed(0)
+    model = build_model(config)
+    return Initializer(
+        model_config=config,
+        params={k: v.detach() for k, v in model.state_dict().items()},
+        task_spec={"kind": "window", "window": L, "horizon": H, "support": K - L - H + 1},
+        train_config={"inner_steps": 3, "inner_lr": 0.05},
+    )
+
+
+def _histories(n: int, length: int = 200) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    t = np.arange(length)
+    return [
+        50.0 * i + (1 + i) * np.sin(2 * np.pi * t / 24 + i) + rng.normal(0, 0.1, length)
+        for i in range(n)
+    ]
+
+
+def _plan(init: Initializer, **kw: Any) -> ad.AdaptPlan:
+    return ad.plan_adaptation(
+        init, window=L, horizon=H, support=K, period=24, config=ad.AdaptConfig(**kw)
+    )
+
+
+def test_plan_mirrors_meta_training() -> None:
+    plan = _plan(_initializer())
+    assert (plan.support, plan.pairs, plan.steps, plan.inner_lr) == (60, 31, 3, 0.05)
+    assert plan.calibration == 24 and plan.loss == "mse"
+    overridden = _plan(_initializer("gaussian"), steps=7, inner_lr=0.2, calibration=30)
+    assert (overridden.steps, overridden.inner_lr, overridden.calibration) == (7, 0.2, 30)
+    assert overridden.loss == "gaussian_nll"
+
+
+def test_plan_rejects_a_family_the_initializer_does_not_fit() -> None:
+    with pytest.raises(TrainingError, match="retrain"):
+        ad.plan_adaptation(
+            _initializer(), window=48, horizon=H, support=K, period=24, config=ad.AdaptConfig()
+        )
+
+
+def test_support_tasks_equal_recent_support() -> None:
+    values = _histories(3)[2]
+    x, y, loc, scale = ad.support_tasks(values[None, -K:], window=L, horizon=H)
+    ref = recent_support(
+        values, WindowTaskSpec(window=L, horizon=H, support=K - L - H + 1, query=0)
+    )
+    np.testing.assert_array_equal(x, ref.support_x)
+    np.testing.assert_array_equal(y, ref.support_y)
+    np.testing.assert_array_equal(loc, ref.loc)
+    np.testing.assert_array_equal(scale, ref.scale)
+
+
+def test_batched_adaptation_equals_one_series_at_a_time() -> None:
+    init = _initializer()
+    plan = _plan(init)
+    histories = _histories(5)
+    result = ad.adapt_histories(init, histories, plan=plan)
+    spec = WindowTaskSpec(window=L, horizon=H, support=plan.pairs, query=0)
+    for i in (0, 4):
+        task = recent_support(histories[i], spec)
+        ref = adapt(
+            init.model(),
+            dict(init.params),
+            torch.from_numpy(task.support_x[0]),
+            torch.from_numpy(task.support_y[0]),
+            steps=3,
+            inner_lr=0.05,
+            loss_fn=mse_loss,
+            create_graph=False,
+        )
+        for name, value in ref.items():
+            np.testing.assert_allclose(result.params[name][i], value.numpy(), atol=2e-6)
+        assert result.loc[i] == task.loc[0] and result.scale[i] == task.scale[0]
+    # Adaptation lowers every series' support loss.
+    assert np.all(result.support_loss_after < result.support_loss_before)
+
+
+def test_calibration_equals_anomaly_calibrate_per_series() -> None:
+    init = _initializer()
+    plan = _plan(init)
+    rng = np.random.default_rng(3)
+    residuals = rng.standard_t(3, size=(20, plan.calibration)) * rng.uniform(0.1, 10, (20, 1))
+    floor = np.full(20, 1e-3)
+    rscale, thr = ad._calibrate(residuals, None, floor=floor, plan=plan)
+    for i in range(20):
+        ref = calibrate(residuals[i], false_alarm_rate=0.005, min_z=3.0, min_scale=1e-3)
+        assert rscale[i] == pytest.approx(ref.scale, rel=1e-12)
+        assert thr[i] == pytest.approx(ref.threshold, rel=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(far=st.floats(0.001, 0.3), min_z=st.floats(0.0, 5.0), seed=st.integers(0, 1000))
+def test_calibration_matches_reference_for_any_settings(
+    far: float, min_z: float, seed: int
+) -> None:
+    plan = ad.AdaptPlan(
+        window=L,
+        horizon=H,
+        support=K,
+        pairs=31,
+        calibration=24,
+        steps=1,
+        inner_lr=0.1,
+        loss="mse",
+        false_alarm_rate=far,
+        min_z=min_z,
+        chunk_size=8,
+    )
+    r = np.random.default_rng(seed).normal(0, 2, (3, 24))
+    rscale, thr = ad._calibrate(r, None, floor=np.full(3, 1e-6), plan=plan)
+    for i in range(3):
+        ref = calibrate(r[i], false_alarm_rate=far, min_z=min_z, min_scale=1e-6)
+        assert (rscale[i], thr[i]) == pytest.approx((ref.scale, ref.threshold), rel=1e-12)
+
+
+def test_calibration_is_out_of_sample_and_flags_a_spike() -> None:
+    """The threshold is calibrated on points no adaptation saw; a 10-sigma spike is flagged."""
+    from mamlctl.timeseries.anomaly import anomaly_score
+
+    init = _initializer()
+    result = ad.adapt_histories(init, _histories(4), plan=_plan(init))
+    assert np.all(result.residual_scale > 0) and np.all(result.threshold >= 0.9973)
+    spike = anomaly_score(10 * result.residual_scale, result.residual_scale)
+    assert np.all(spike >= result.threshold)
+
+
+def test_gaussian_head_adapts_and_calibrates_on_predicted_sigma() -> None:
+    init = _initializer("gaussian")
+    result = ad.adapt_histories(init, _histories(3), plan=_plan(init))
+    assert set(result.params) == set(init.params)
+    assert np.all(np.isfinite(result.threshold)) and np.all(result.threshold <= 1.0)
+
+
+def test_too_short_and_non_finite_histories_are_input_errors() -> None:
+    init = _initializer()
+    plan = _plan(init)
+    with pytest.raises(InputError, match="needs K \\+ C"):
+        ad.adapt_histories(init, [np.ones(50)], plan=plan)
+    bad = _histories(1)[0].copy()
+    bad[-3] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        ad.adapt_histories(init, [bad], plan=plan)
