@@ -34,7 +34,7 @@ that group with one session per series (see :mod:`mamlctl.serving.runtime`).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +70,6 @@ _FOLD_BINARY: dict[str, Any] = {
     "Min": np.minimum,
 }
 _SHAPE_OPS = frozenset({"Shape", "Size"})
-_FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16})
 
 
 class BankUnsupported(Exception):
@@ -140,6 +139,59 @@ def initializer_arrays(model: onnx.ModelProto) -> dict[str, npt.NDArray[Any]]:
         init.name: np.array(numpy_helper.to_array(init), copy=True)
         for init in model.graph.initializer
     }
+
+
+class BankBuilder:
+    """Stacks the numbers of files sharing one structure, row by row, without a second copy.
+
+    Each initializer gets one array ``[capacity, ...]`` allocated on first use with
+    ``np.empty`` (pages never written are never resident, so a generous capacity costs no
+    memory) and each file's values are written straight into its row.
+    """
+
+    def __init__(self, template: onnx.ModelProto, *, capacity: int) -> None:
+        self.template = template
+        self.capacity = capacity
+        self.n = 0
+        self.stacks: dict[str, npt.NDArray[Any]] = {}
+
+    def add(self, model: onnx.ModelProto) -> int:
+        """Append ``model``'s initializers as the next row; returns the row index."""
+        if self.n >= self.capacity:
+            raise BankUnsupported("bank capacity exceeded")
+        row = self.n
+        for init in model.graph.initializer:
+            value = numpy_helper.to_array(init)
+            stack = self.stacks.get(init.name)
+            if stack is None:
+                stack = np.empty((self.capacity, *value.shape), dtype=value.dtype)
+                self.stacks[init.name] = stack
+            stack[row] = value
+        self.n += 1
+        return row
+
+    def build(self) -> BankGraph:
+        """The bank graph of the rows added so far (see :func:`build_bank`)."""
+        stacked = {name: arr[: self.n] for name, arr in self.stacks.items()}
+        self.stacks = {}
+        return build_bank(self.template, stacked)
+
+
+def stack_rows(rows: Sequence[dict[str, npt.NDArray[Any]]]) -> dict[str, npt.NDArray[Any]]:
+    """``[{name: value}]`` per file -> ``{name: [N, ...]}`` (tests and small groups)."""
+    return {name: np.stack([r[name] for r in rows]) for name in rows[0]}
+
+
+def _all_rows_equal(arr: npt.NDArray[Any], chunk: int = 512) -> bool:
+    """Whether every row equals row 0, in chunks (no full-size temporary; stops early)."""
+    first = arr[:1]
+    for start in range(1, arr.shape[0], chunk):
+        if not np.array_equal(
+            arr[start : start + chunk],
+            np.broadcast_to(first, (min(chunk, arr.shape[0] - start), *arr.shape[1:])),
+        ):
+            return False
+    return True
 
 
 def template_of(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -359,6 +411,19 @@ class _Rewriter:
         else:
             self.nodes.append(helper.make_node("MatMul", [x, w], [out]))
 
+    def _batched_matvec(self, x: str, w_bank: npt.NDArray[Any], out: str, stem: str) -> None:
+        """``out[b] = w_bank[row[b]] @ x[b]`` for ``x [B, in]`` and a bank ``[N, out, in]``:
+        keeps the file's ``[out, in]`` layout (a Gemm with transB), so no transposed copy."""
+        if self._rank(x) != 2:
+            raise BankUnsupported("Gemm with transB on a value that is not a matrix")
+        w = self._gather(stem, 3, w_bank)
+        axes = self._const("axes", np.array([2], dtype=np.int64))
+        x3 = self._fresh("xcol")
+        y3 = self._fresh("ycol")
+        self.nodes.append(helper.make_node("Unsqueeze", [x, axes], [x3]))
+        self.nodes.append(helper.make_node("MatMul", [w, x3], [y3]))
+        self.nodes.append(helper.make_node("Squeeze", [y3, axes], [out]))
+
     def _matmul(self, node: onnx.NodeProto) -> None:
         a, b = node.input
         if a in self.banks or b not in self.banks:
@@ -381,11 +446,12 @@ class _Rewriter:
         prod = self._fresh("gemm") if c is not None else out
         if b in self.banks:
             w = self.banks[b]
-            if attrs.get("transB", 0):
-                w = np.transpose(w, (0, 2, 1))
             if alpha != 1.0:
                 w = w * np.asarray(alpha, dtype=w.dtype)
-            self._batched_matmul(a, np.ascontiguousarray(w), prod, b)
+            if attrs.get("transB", 0):
+                self._batched_matvec(a, w, prod, b)
+            else:
+                self._batched_matmul(a, w, prod, b)
         else:
             new = helper.make_node("Gemm", [a, b], [prod], **attrs)
             self.nodes.append(new)
@@ -449,35 +515,35 @@ class _Rewriter:
             self.nodes.append(helper.make_node("Add", [prod, b_in], [out]))
 
 
-def build_bank(
-    template: onnx.ModelProto,
-    rows: Sequence[dict[str, npt.NDArray[Any]]],
-) -> BankGraph:
-    """Bank graph for files sharing ``template``'s structure; ``rows[i]`` = file i's numbers.
+def build_bank(template: onnx.ModelProto, stacked: Mapping[str, npt.NDArray[Any]]) -> BankGraph:
+    """Bank graph for files sharing ``template``'s structure.
 
-    ``template`` is any one of the files (its initializer data is ignored), ``rows`` the
-    :func:`initializer_arrays` of each file in row order. Numbers equal in every file stay
-    constants; the others become banks. Raises :class:`BankUnsupported`.
+    ``template`` is any one of the files (its initializer data is ignored); ``stacked`` maps
+    every initializer name to the files' values stacked in row order ``[N, ...]`` (see
+    :class:`BankBuilder`, :func:`stack_rows`). Numbers equal in every file stay constants; the
+    others become banks. Raises :class:`BankUnsupported`.
     """
-    if not rows:
-        raise BankUnsupported("no series to bank")
     graph = template.graph
     inputs = [vi.name for vi in graph.input]
     if inputs != [WINDOW]:
         raise BankUnsupported(f"graph inputs are {inputs}, expected [{WINDOW!r}]")
     window_shape = _value_ranks_input(template)
     names = [init.name for init in graph.initializer]
+    if not names or set(names) != set(stacked):
+        raise BankUnsupported("stacked numbers do not match the template's initializers")
+    n_rows = int(next(iter(stacked.values())).shape[0])
+    if n_rows == 0:
+        raise BankUnsupported("no series to bank")
     banks: dict[str, npt.NDArray[Any]] = {}
     shared: dict[str, npt.NDArray[Any]] = {}
-    first = rows[0]
     for name in names:
-        ref = first[name]
-        if ref.dtype.kind == "f" and any(not np.array_equal(r[name], ref) for r in rows[1:]):
-            banks[name] = np.stack([r[name] for r in rows])
+        arr = stacked[name]
+        if _all_rows_equal(arr):
+            shared[name] = np.array(arr[0], copy=True)
+        elif arr.dtype.kind == "f":
+            banks[name] = arr
         else:
-            if any(not np.array_equal(r[name], ref) for r in rows[1:]):
-                raise BankUnsupported(f"non-float initializer {name!r} differs between files")
-            shared[name] = ref
+            raise BankUnsupported(f"non-float initializer {name!r} differs between files")
     rewriter = _Rewriter(template, banks, shared)
     rewriter.run()
     outputs = tuple(vi.name for vi in graph.output)
@@ -510,9 +576,7 @@ def build_bank(
     )
     model = helper.make_model(new_graph, opset_imports=list(template.opset_import))
     model.ir_version = template.ir_version
-    return BankGraph(
-        model=model, banks=feeds, n_rows=len(rows), window=window_shape, outputs=outputs
-    )
+    return BankGraph(model=model, banks=feeds, n_rows=n_rows, window=window_shape, outputs=outputs)
 
 
 def _value_ranks_input(template: onnx.ModelProto) -> int:

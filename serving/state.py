@@ -21,13 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy.typing as npt
 import onnx
 from mamlctl.registry.model_files import open_verified
 from mamlctl.serving.bank import (
+    BankBuilder,
     BankUnsupported,
-    build_bank,
-    initializer_arrays,
     normalise_constants,
     structure_key,
     template_of,
@@ -110,7 +108,6 @@ class _Loaded:
     record: AdaptedModelRecord
     meta: dict[str, str]
     window: int
-    arrays: dict[str, npt.NDArray[Any]]
 
 
 def _window_of(model: onnx.ModelProto) -> int:
@@ -141,7 +138,7 @@ def _load_one(models_dir: Path, record: AdaptedModelRecord) -> tuple[_Loaded, on
             f"model file {record.path!r} takes {window} points, the registry says {record.window}"
         )
     normalise_constants(model)
-    return _Loaded(record=record, meta=meta, window=window, arrays=initializer_arrays(model)), model
+    return _Loaded(record=record, meta=meta, window=window), model
 
 
 def _entry(item: _Loaded, *, group: int, row: int, generation: int) -> SeriesEntry:
@@ -189,8 +186,9 @@ def build_state(
 ) -> ServingState:
     """Load, verify and bank every record's model file; see the module docstring."""
     start = time.perf_counter()
+    records = list(records)
+    builders: dict[str, BankBuilder] = {}
     groups: dict[str, list[_Loaded]] = {}
-    templates: dict[str, onnx.ModelProto] = {}
     failures: dict[str, str] = {}
     for record in records:
         try:
@@ -200,14 +198,17 @@ def build_state(
             log.error("not serving series %s: %s", record.series_id, err)
             continue
         key = structure_key(model)
-        if key not in templates:
-            templates[key] = template_of(model)
+        builder = builders.get(key)
+        if builder is None:
+            builder = builders[key] = BankBuilder(template_of(model), capacity=len(records))
+        builder.add(model)  # row index == position in groups[key]
         groups.setdefault(key, []).append(item)
+        del model
 
     runtimes: list[Runtime] = []
     entries: dict[str, SeriesEntry] = {}
     for key, items in groups.items():
-        runtime = _runtime_for(templates[key], items, models_dir=models_dir)
+        runtime = _runtime_for(builders.pop(key), items, models_dir=models_dir)
         group = len(runtimes)
         runtimes.append(runtime)
         for row, item in enumerate(items):
@@ -225,21 +226,16 @@ def build_state(
     )
 
 
-def _runtime_for(template: onnx.ModelProto, items: list[_Loaded], *, models_dir: Path) -> Runtime:
-    rows = [item.arrays for item in items]
+def _runtime_for(builder: BankBuilder, items: list[_Loaded], *, models_dir: Path) -> Runtime:
     try:
-        bank = build_bank(template, rows)
+        return BankRuntime.from_bank(builder.build())
     except BankUnsupported as err:
         log.warning(
             "serving %d series with one session each (graph cannot bank: %s)", len(items), err
         )
-        blobs = [open_verified(models_dir, it.record.path, sha256=it.record.sha256) for it in items]
-        return SessionsRuntime(
-            sessions=[make_session(b) for b in blobs],
-            window=items[0].window,
-            model_bytes=sum(len(b) for b in blobs),
-        )
-    finally:
-        for item in items:  # the banks hold what is needed now; free the per-file copies
-            item.arrays = {}
-    return BankRuntime.from_bank(bank)
+    blobs = [open_verified(models_dir, it.record.path, sha256=it.record.sha256) for it in items]
+    return SessionsRuntime(
+        sessions=[make_session(b) for b in blobs],
+        window=items[0].window,
+        model_bytes=sum(len(b) for b in blobs),
+    )

@@ -227,7 +227,7 @@ def write_series(
                 horizon=spec.horizon,
                 residual_scale=info["residual_scale"],
                 threshold=threshold,
-                metadata={"scale": str(info["scale"])},
+                metadata={"scale": str(info["scale"]), "loc": str(info["loc"])},
             )
         )
     return records

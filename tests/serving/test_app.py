@@ -24,9 +24,9 @@ from serving_models import Spec, write_series
 
 def _window(served: Served, sid: str, seed: int = 0) -> list[float]:
     rec = served.record(sid)
-    scale = float(rec.metadata["scale"])
-    rng = np.random.default_rng(seed)
-    return [float(v) for v in (rng.normal(0, scale, rec.window)).astype(np.float32)]
+    loc, scale = float(rec.metadata["loc"]), float(rec.metadata["scale"])
+    rng = np.random.default_rng(seed)  # around the series' level, as real windows are
+    return [float(v) for v in (rng.normal(loc, scale, rec.window)).astype(np.float32)]
 
 
 def _offline(served: Served, sid: str, window: list[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -48,7 +48,7 @@ def _windows(
 
 def _bank(blobs: list[bytes]) -> BankRuntime:
     models = [bk.normalise_constants(onnx.load_from_string(b)) for b in blobs]
-    graph = bk.build_bank(models[0], [bk.initializer_arrays(m) for m in models])
+    graph = bk.build_bank(models[0], bk.stack_rows([bk.initializer_arrays(m) for m in models]))
     onnx.checker.check_model(graph.model)
     return BankRuntime.from_bank(graph)
 
@@ -82,7 +82,7 @@ def test_bank_matches_each_series_file(spec: Spec) -> None:
 def test_bank_keeps_shared_numbers_as_constants_and_banks_the_rest() -> None:
     blobs, _ = _files(Spec(), 3)
     models = [bk.normalise_constants(onnx.load_from_string(b)) for b in blobs]
-    graph = bk.build_bank(models[0], [bk.initializer_arrays(m) for m in models])
+    graph = bk.build_bank(models[0], bk.stack_rows([bk.initializer_arrays(m) for m in models]))
     banked = {name.split(".r")[0].removeprefix("bank.") for name in graph.banks}
     assert any("loc" in b for b in banked) and any("scale" in b for b in banked)
     assert all(arr.shape[0] == 3 for arr in graph.banks.values())
@@ -130,7 +130,7 @@ def test_unbankable_graph_raises_and_the_fallback_is_exact() -> None:
     blobs = [_with_unbankable_op(b) for b in _files(Spec(), 3)[0]]
     models = [bk.normalise_constants(onnx.load_from_string(b)) for b in blobs]
     with pytest.raises(bk.BankUnsupported, match="Where"):
-        bk.build_bank(models[0], [bk.initializer_arrays(m) for m in models])
+        bk.build_bank(models[0], bk.stack_rows([bk.initializer_arrays(m) for m in models]))
     fallback = SessionsRuntime(sessions=[make_session(b) for b in blobs], window=12, model_bytes=0)
     rng = np.random.default_rng(0)
     windows = rng.normal(0, 5, size=(9, 12)).astype(np.float32)
