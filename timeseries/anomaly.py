@@ -15,6 +15,10 @@ Score
 Flag
     ``score >= threshold`` (the same ``>=`` NAB uses to turn scores into detections).
 
+Window
+    When several actual values of one forecast window are scored at once, the window's score
+    is the largest per-step score (``window_score``): one step far off is an anomaly.
+
 Calibration
     From residuals on held-out data (never the points the model was fitted on), per series:
     ``scale = 1.4826 * median(|r|)`` (the normal-consistent median absolute residual about 0,
@@ -28,6 +32,7 @@ numpy and the standard library only: a serving-only install has neither torch no
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,9 +51,11 @@ __all__ = [
     "AnomalyCalibration",
     "anomaly_score",
     "calibrate",
+    "calibrate_many",
     "flag",
     "robust_scale",
     "score_from_z",
+    "window_score",
 ]
 
 _erf = np.frompyfunc(math.erf, 1, 1)
@@ -71,6 +78,14 @@ def anomaly_score(residual: npt.ArrayLike, scale: npt.ArrayLike) -> FloatArray:
     if not np.all(np.isfinite(r)):
         raise InputError("residual has a NaN or infinite value")
     return score_from_z(np.abs(r) / s)
+
+
+def window_score(residuals: npt.ArrayLike, scale: npt.ArrayLike) -> float:
+    """One score for a window of residuals: the largest per-step score."""
+    scores = anomaly_score(residuals, scale)
+    if scores.size == 0:
+        raise InputError("no residuals to score")
+    return float(scores.max())
 
 
 def flag(score: npt.ArrayLike, threshold: npt.ArrayLike) -> BoolArray:
@@ -135,6 +150,25 @@ def calibrate(
         false_alarm_rate=false_alarm_rate,
         min_z=min_z,
     )
+
+
+def calibrate_many(
+    residuals: Sequence[npt.ArrayLike],
+    *,
+    false_alarm_rate: float = 0.005,
+    min_z: float = 3.0,
+    min_scale: float = 1e-9,
+) -> list[AnomalyCalibration]:
+    """``calibrate`` for each series' held-out residuals (ragged lengths allowed)."""
+    out = []
+    for i, r in enumerate(residuals):
+        try:
+            out.append(
+                calibrate(r, false_alarm_rate=false_alarm_rate, min_z=min_z, min_scale=min_scale)
+            )
+        except InputError as exc:
+            raise InputError(f"series #{i}: {exc}") from exc
+    return out
 
 
 def _held_out(residuals: npt.ArrayLike) -> FloatArray:

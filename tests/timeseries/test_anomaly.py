@@ -12,9 +12,11 @@ from mamlctl.timeseries.anomaly import (
     MAD_TO_SIGMA,
     anomaly_score,
     calibrate,
+    calibrate_many,
     flag,
     robust_scale,
     score_from_z,
+    window_score,
 )
 
 from mamlctl.errors import InputError
@@ -86,3 +88,19 @@ def test_anomaly_input_errors() -> None:
         calibrate([])
     with pytest.raises(InputError, match="false_alarm_rate"):
         calibrate([1.0, 2.0], false_alarm_rate=0.0)
+
+
+def test_window_score_is_the_worst_step() -> None:
+    assert window_score([0.1, -3.0, 1.0], 1.0) == pytest.approx(0.9973002039367398)
+    assert window_score([1.0, 1.0], [1.0, 0.5]) == pytest.approx(0.9544997361036416)
+    with pytest.raises(InputError, match="no residuals"):
+        window_score([], 1.0)
+
+
+def test_calibrate_many_matches_one_by_one_and_names_the_series() -> None:
+    rng = np.random.default_rng(2)
+    series = [rng.normal(0, s, n) for s, n in ((1.0, 300), (5.0, 50))]
+    many = calibrate_many(series, false_alarm_rate=0.05)
+    assert many == [calibrate(r, false_alarm_rate=0.05) for r in series]
+    with pytest.raises(InputError, match="series #1"):
+        calibrate_many([series[0], []])
