@@ -9,7 +9,8 @@
   ``decompose(type = "multiplicative")`` (``multiplicative_seasonal``). This follows the
   organisers' R benchmark code, which produced the published Naive2 figures: its test squares
   every ACF term of the standard-error bound (the Python NN-benchmark script does not square
-  the lag-1 term; the organisers note the difference, the R version is the reference here).
+  the lag-1 term; the organisers note the difference, the R version is the reference here),
+  and it inherits R's default ACF ``lag.max`` (see ``seasonality_test``).
 * ``auto_ets`` / ``auto_theta``: statsforecast's AutoETS and AutoTheta, one series at a time.
   statsforecast is the optional ``eval`` extra and is imported only when these are called.
 
@@ -18,6 +19,7 @@ Every function takes a ragged list of histories and returns an ``[S, H]`` foreca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -99,14 +101,22 @@ def acf(x: npt.ArrayLike, max_lag: int) -> FloatArray:
     return np.asarray(num / denom, dtype=np.float64)
 
 
+def _r_default_lag_max(n: int) -> int:
+    """R's ``acf`` default ``lag.max`` for one series of length ``n``."""
+    return min(math.floor(10.0 * math.log10(n)), n - 1)
+
+
 def seasonality_test(x: npt.ArrayLike, m: int) -> bool:
     """M4's 90% test: is ``|acf(m)|`` above ``1.645 sqrt((1 + 2 sum_{k<m} acf(k)^2) / n)``?
 
-    False for ``m <= 1``, for series shorter than ``3 m`` and for constant series.
+    False for ``m <= 1``, for series shorter than ``3 m``, for constant series, and (as in
+    the organisers' R code, whose ``acf`` call keeps R's default ``lag.max`` of
+    ``floor(10 log10 n)``) whenever lag ``m`` lies beyond that: e.g. Hourly (m = 24) series
+    need at least 252 points to be found seasonal.
     """
     arr = np.asarray(x, dtype=np.float64).ravel()
     n = arr.shape[0]
-    if m <= 1 or n < 3 * m:
+    if m <= 1 or n < 3 * m or m > _r_default_lag_max(n):
         return False
     r = acf(arr, m)
     if np.isnan(r).any():

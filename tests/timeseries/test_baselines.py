@@ -43,6 +43,9 @@ def _seasonality_test_r(x: list[float], ppy: int) -> bool:
     n = len(x)
     if n < 3 * ppy:
         return False
+    lag_max = min(math.floor(10 * math.log10(n)), n - 1)  # acf()'s default lag.max
+    if ppy > lag_max:
+        return False  # xacf[ppy] is NA in R, and so is the test
     mean = sum(x) / n
     den = sum((v - mean) ** 2 for v in x)
     xacf = [
@@ -64,6 +67,16 @@ def test_seasonality_test_matches_r_transcription() -> None:
     got = [seasonality_test(c, 4) for c in cases]
     assert got == [_seasonality_test_r(list(c), 4) for c in cases]
     assert got[0] is True and got[1] is False
+
+
+def test_seasonality_test_inherits_r_default_lag_max() -> None:
+    # floor(10 log10 n) < 24 for n < 252: R's acf() stops short of lag 24 and the test is NA.
+    t = np.arange(300)
+    x = 100 + 20 * np.sin(2 * np.pi * t / 24)
+    assert seasonality_test(x[:251], 24) is False
+    assert seasonality_test(x[:252], 24) is True
+    assert _seasonality_test_r(x[:251].tolist(), 24) is False
+    assert _seasonality_test_r(x[:252].tolist(), 24) is True
 
 
 def test_seasonality_test_degenerate_cases() -> None:
