@@ -122,6 +122,15 @@ class FlatParams:
         parts = torch.split(base, self.sizes)
         return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes, strict=True)}
 
+    def expanded(self, n_tasks: int) -> Params:
+        """Views with a leading task axis: ONE expand of the flat tensor, then split + view
+        (fewer autograd nodes than expanding each parameter)."""
+        big = self.flat.unsqueeze(0).expand(n_tasks, -1)
+        parts = torch.split(big, self.sizes, dim=1)
+        return {
+            n: p.view(n_tasks, *s) for n, p, s in zip(self.names, parts, self.shapes, strict=True)
+        }
+
     def detached(self) -> Params:
         return {n: v.detach().clone() for n, v in self.views().items()}
 
@@ -163,9 +172,31 @@ def meta_objective(
     Differentiable w.r.t. ``theta`` (and a learned ``inner_lr``): with ``second_order`` the
     gradient flows through the inner steps; without, it is the query gradient at theta'.
     """
-    phi = inner_steps_batched(
+    return meta_objective_stacked(
         forward,
         expand_params(theta, batch.n_tasks),
+        batch,
+        inner_lr=inner_lr,
+        steps=steps,
+        loss_fn=loss_fn,
+        second_order=second_order,
+    )
+
+
+def meta_objective_stacked(
+    forward: BatchedForward,
+    theta_t: Params,
+    batch: TaskBatch,
+    *,
+    inner_lr: InnerLR,
+    steps: int,
+    loss_fn: LossFn,
+    second_order: bool,
+) -> Tensor:
+    """:func:`meta_objective` from parameters already stacked per task ``{name: [T, ...]}``."""
+    phi = inner_steps_batched(
+        forward,
+        theta_t,
         batch.support_x,
         batch.support_y,
         steps=steps,
@@ -212,14 +243,14 @@ def meta_train(
     done = 0
     for it in range(1, config.iterations + 1):
         batch = task_sampler.sample(t_tasks)
-        views = flat.views()
-        theta = {k: views[k] for k in names}
+        views = flat.expanded(t_tasks)
+        theta_t = {k: views[k] for k in names}
         lr: float | dict[str, Tensor] = (
             {k: views[f"inner_lr.{k}"] for k in names} if learn_lr else config.inner_lr
         )
-        qloss = meta_objective(
+        qloss = meta_objective_stacked(
             forward,
-            theta,
+            theta_t,
             batch,
             inner_lr=lr,
             steps=config.inner_steps,
@@ -272,7 +303,7 @@ def _pretrain(
         b = task_sampler.sample(config.meta_batch_size)
         x = torch.cat([b.support_x, b.query_x], dim=1)
         y = torch.cat([b.support_y, b.query_y], dim=1)
-        theta = expand_params(flat.views(), x.shape[0])
+        theta = flat.expanded(x.shape[0])
         loss = per_task_loss(loss_fn, forward(theta, x), y).mean()
         (grad,) = torch.autograd.grad(loss, flat.flat)
         opt.step(grad)
