@@ -103,7 +103,7 @@ def _check_prefix(item: IncomingSeries, stored: _Stored) -> None:
         p = int(diff[0])
         raise _fail(
             item,
-            f"value at position {p} is {new[p]!r} but the registry holds {old[p]!r}; "
+            f"value at position {p} is {float(new[p])!r} but the registry holds {float(old[p])!r}; "
             "historical points cannot change (ingest it under another series id)",
         )
     stored_has_ts = bool(stored.ts) and stored.ts[0] is not None

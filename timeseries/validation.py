@@ -102,6 +102,8 @@ def validate_series(
                     f"position {i} is earlier than {np.datetime_as_string(ts[i - 1], unit='s')}; "
                     "pass --order file to keep rows in file order"
                 )
+    # -0.0 -> 0.0: SQLite stores negative zero as zero; normalising keeps backends identical.
+    values = values + 0.0
     return Validated(
         series=Series(series_id=sid, values=values, timestamps=ts, family=series.family),
         interpolated=interpolated,
