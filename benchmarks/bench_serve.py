@@ -1,0 +1,444 @@
+"""Scoring-server benchmark: ``mamlctl serve`` vs ``mlflow models serve``, one run, loopback.
+
+What it does (prints one JSON document on stdout; progress on stderr):
+
+1. Builds a registry home with the M4 Hourly family (P=24, L=96, H=48, K=167; the real 414
+   series, ingested) and one adapted model per series, written by mamlctl's exporter
+   (``maml.export``: template exported once, weights stamped per series) and recorded in the
+   registry database. The weights are a seeded initializer plus a per-series perturbation
+   (the adaptation job is not what is measured here); loc/scale are each series' real support
+   statistics. Model: the family default MLP (96 -> 64 -> 64 -> 48, mean head).
+2. Starts ``mamlctl serve`` (one worker, uvicorn + uvloop + httptools) as a subprocess and
+   measures cold start (spawn -> ``/readyz`` 200). Load comes from ``wrk`` (a separate C
+   process) with a Lua script picking a random series' real window per request.
+3. Single-row p50/p99 and requests/s at concurrency 1 and 8; batch-of-256 rows/s (each batch
+   mixes random series).
+4. ``mlflow models serve --env-manager local`` (one worker) serving a copy of one of the same
+   ONNX files, logged with ``mlflow.onnx.log_model`` into a temporary store: same wrk runs.
+5. A second home with 10,000 series (copies of the 414 with perturbed weights): cold start
+   and RSS of the serving process once ready.
+
+Run: ``python benchmarks/bench_serve.py [--duration 5] [--series 10000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+M4 = Path("/work/shared/data/m4")
+L, H, K, P = 96, 48, 167, 24
+HIDDEN = (64, 64)
+LUA = """
+local bodies = {}
+for line in io.lines(os.getenv("BODIES")) do bodies[#bodies + 1] = line end
+local path = os.getenv("TARGET_PATH")
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+math.randomseed(7)
+request = function()
+  return wrk.format("POST", path, nil, bodies[math.random(#bodies)])
+end
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[bench_serve] {msg}", file=sys.stderr, flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def load_m4_hourly() -> dict[str, np.ndarray]:
+    import pandas as pd
+
+    frame = pd.read_csv(M4 / "Hourly-train.csv.gz", index_col=0)
+    return {str(sid): row.dropna().to_numpy(dtype=np.float64) for sid, row in frame.iterrows()}
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def build_home(
+    home: Path,
+    values: dict[str, np.ndarray],
+    *,
+    copies: int,
+    seed: int,
+    store_points: int | None = None,
+) -> tuple[list[str], dict[str, list[float]]]:
+    """Registry + files for ``copies`` x the series in ``values``; returns ids and windows."""
+    import torch
+    from mamlctl.maml.export import SeriesBatch, export_to_files, template_for_config
+    from mamlctl.maml.models import MLPConfig, build_model
+    from mamlctl.registry import queries as q
+    from mamlctl.registry.db import open_registry
+    from mamlctl.registry.ingest import IncomingSeries, store_series
+    from mamlctl.registry.model_queries import record_adapted_model, record_initializer_version
+    from mamlctl.timeseries.scaling import support_stats
+
+    from mamlctl.domain import Family, InitializerRef, Series
+    from mamlctl.settings import Settings
+
+    settings = Settings(home=home)
+    settings.ensure_home()
+    config = MLPConfig(input_size=L, output_size=H, hidden=HIDDEN, head="mean")
+    template = template_for_config(config)
+    torch.manual_seed(seed)
+    base = {n: p.detach().numpy().copy() for n, p in build_model(config).named_parameters()}
+    rng = np.random.default_rng(seed)
+    ids, windows, tails = [], {}, []
+    for c in range(copies):
+        for sid, vals in values.items():
+            new = sid if copies == 1 else f"{sid}-c{c}"
+            ids.append(new)
+            windows[new] = [float(v) for v in vals[-L:]]
+            tails.append(vals[-K:])
+    n = len(ids)
+    loc, scale = support_stats(np.stack(tails))
+    params = {
+        name: (arr[None] + rng.normal(0, 0.01, size=(n, *arr.shape))).astype(np.float32)
+        for name, arr in base.items()
+    }
+    batch = SeriesBatch(
+        series_ids=tuple(ids),
+        params=params,
+        loc=loc,
+        scale=scale,
+        residual_scale=0.1 * scale,
+        threshold=np.full(n, 0.999),
+    )
+    family = Family(
+        name="hourly", period=P, interval_seconds=3600.0, window=L, horizon=H, support=K
+    )
+    with open_registry(settings) as factory, factory.begin() as sess:
+        q.upsert_family(sess, family)
+        keep = store_points or 10**9
+        store_series(
+            sess,
+            [
+                IncomingSeries(
+                    series=Series(series_id=sid, values=values[sid.split("-c")[0]][-keep:]),
+                    source="m4-hourly",
+                    interval_seconds=3600.0,
+                )
+                for sid in ids
+            ],
+        )
+        q.assign_family(sess, "hourly", ids)
+        init = record_initializer_version(sess, family="hourly", version=1, run_id="bench-run")
+    adapted_at = datetime.now(UTC)
+    stored = export_to_files(
+        template,
+        batch,
+        models_dir=settings.models_dir,
+        initializer=InitializerRef(
+            family="hourly", registered_model=init.registered_model, version=1, run_id="bench-run"
+        ),
+        support=K,
+        adapted_at=adapted_at,
+        fsync=False,
+    )
+    with open_registry(settings) as factory, factory.begin() as sess:
+        for i, (sid, f) in enumerate(zip(ids, stored, strict=True)):
+            record_adapted_model(
+                sess,
+                series_id=sid,
+                registered_model=init.registered_model,
+                initializer_version=1,
+                path=f.relpath,
+                sha256=f.sha256,
+                support=K,
+                window=L,
+                horizon=H,
+                residual_scale=float(0.1 * scale[i]),
+                threshold=0.999,
+                adapted_at=adapted_at,
+            )
+    return ids, windows
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def _wait_http(url: str, *, timeout: float, proc: subprocess.Popen[Any]) -> float:
+    import httpx
+
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return time.perf_counter() - start
+        except httpx.TransportError:
+            pass
+        time.sleep(0.01)
+    raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+def start_mamlctl(home: Path, port: int) -> tuple[subprocess.Popen[Any], float]:
+    env = {**os.environ, "MAMLCTL_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    env.pop("MAMLCTL_API_TOKEN", None)
+    exe = Path(sys.executable).with_name("mamlctl")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--port", str(port), "--reload-interval", "2s"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120, proc=proc)
+    return proc, time.perf_counter() - t0
+
+
+def start_mlflow(model_bytes: bytes, store: Path, port: int) -> tuple[subprocess.Popen[Any], float]:
+    import mlflow
+    import onnx
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(onnx.load_from_string(model_bytes))  # a copy: mlflow may edit it
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("bench-serve")
+    with mlflow.start_run():
+        info = mlflow.onnx.log_model(proto, name="model")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("mlflow")),
+            "models",
+            "serve",
+            "-m",
+            info.model_uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _wait_http(f"http://127.0.0.1:{port}/ping", timeout=180, proc=proc)
+    return proc, time.perf_counter() - t0
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def rss_mb(pid: int) -> dict[str, float]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(rest.split()[0]) / 1024
+    return {"rss_mb": round(fields["VmRSS"], 1), "peak_rss_mb": round(fields["VmHWM"], 1)}
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def wrk(url: str, bodies: Path, *, connections: int, duration: float, work: Path) -> dict[str, Any]:
+    script = work / "bodies.lua"
+    script.write_text(LUA)
+    path = "/" + url.split("/", 3)[3]
+    env = {**os.environ, "BODIES": str(bodies), "TARGET_PATH": path}
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(duration))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    def lat(pct: str) -> float:
+        m = re.search(rf"^\s*{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert m, out
+        return float(m.group(1)) * _UNITS[m.group(2)] * 1e6
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)
+    return {
+        "connections": connections,
+        "p50_us": lat("50"),
+        "p99_us": lat("99"),
+        "requests_per_s": rps,
+        "non_2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": sock.group(1) if sock else None,
+    }
+
+
+def write_bodies(path: Path, docs: list[Any]) -> Path:
+    path.write_text("\n".join(json.dumps(d, separators=(",", ":")) for d in docs) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="Seconds per wrk run.")
+    parser.add_argument("--series", type=int, default=10_000, help="Series for the RSS run.")
+    parser.add_argument("--skip-mlflow", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is required (apt-get install wrk)")
+    work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
+    result: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()},
+        "model": {"kind": "mlp", "window": L, "horizon": H, "hidden": list(HIDDEN), "head": "mean"},
+        "duration_s_per_run": args.duration,
+    }
+    try:
+        values = load_m4_hourly()
+        log(f"building the M4 Hourly home ({len(values)} series)")
+        t = time.perf_counter()
+        home = work / "m4"
+        ids, windows = build_home(home, values, copies=1, seed=0)
+        result["setup_s"] = round(time.perf_counter() - t, 2)
+        rng = np.random.default_rng(1)
+        single = write_bodies(
+            work / "single.txt",
+            [{"series_id": sid, "window": windows[sid]} for sid in ids],
+        )
+        batch = write_bodies(
+            work / "batch.txt",
+            [
+                {"items": [{"series_id": s, "window": windows[s]} for s in rng.choice(ids, 256)]}
+                for _ in range(16)
+            ],
+        )
+        port = _free_port()
+        proc, cold = start_mamlctl(home, port)
+        url = f"http://127.0.0.1:{port}/v1/score"
+        ours: dict[str, Any] = {"cold_start_s": round(cold, 3)}
+        ours["ready"] = json.loads(
+            subprocess.run(
+                ["curl", "-s", f"http://127.0.0.1:{port}/readyz"], capture_output=True, text=True
+            ).stdout
+        )
+        log("mamlctl serve: warm-up")
+        wrk(url, single, connections=1, duration=1, work=work)
+        for c in (1, 8):
+            ours[f"single_c{c}"] = wrk(
+                url, single, connections=c, duration=args.duration, work=work
+            )
+            log(f"mamlctl c={c}: {ours[f'single_c{c}']}")
+        b = wrk(url, batch, connections=2, duration=args.duration, work=work)
+        b["rows_per_s"] = round(b["requests_per_s"] * 256)
+        ours["batch256"] = b
+        log(f"mamlctl batch: {b}")
+        ours.update(rss_mb(proc.pid))
+        stop(proc)
+        result["mamlctl"] = ours
+
+        if not args.skip_mlflow:
+            from mamlctl.settings import Settings
+
+            one = next(Settings(home=home).models_dir.rglob("*.onnx")).read_bytes()
+            mbodies = write_bodies(  # mlflow serves one model: same-shaped real windows
+                work / "mlflow.txt",
+                [{"inputs": {"window": [windows[sid]]}} for sid in ids[:50]],
+            )
+            mport = _free_port()
+            store = work / "mlflow"
+            store.mkdir()
+            log("starting mlflow models serve")
+            mproc, mcold = start_mlflow(one, store, mport)
+            murl = f"http://127.0.0.1:{mport}/invocations"
+            theirs: dict[str, Any] = {"cold_start_s": round(mcold, 3)}
+            wrk(murl, mbodies, connections=1, duration=1, work=work)
+            for c in (1, 8):
+                theirs[f"single_c{c}"] = wrk(
+                    murl, mbodies, connections=c, duration=args.duration, work=work
+                )
+                log(f"mlflow c={c}: {theirs[f'single_c{c}']}")
+            theirs.update(rss_mb(mproc.pid))
+            stop(mproc)
+            result["mlflow"] = theirs
+            result["speedup_rps"] = {
+                f"c{c}": round(
+                    ours[f"single_c{c}"]["requests_per_s"]
+                    / theirs[f"single_c{c}"]["requests_per_s"],
+                    2,
+                )
+                for c in (1, 8)
+            }
+
+        copies = max(1, round(args.series / len(values)))
+        log(f"building the {copies * len(values)}-series home")
+        big = work / "big"
+        build_home(big, values, copies=copies, seed=2, store_points=L + H)
+        colds, rss = [], {}
+        for _ in range(2):
+            port = _free_port()
+            proc, cold = start_mamlctl(big, port)
+            colds.append(cold)
+            rss = rss_mb(proc.pid)
+            ready = json.loads(
+                subprocess.run(
+                    ["curl", "-s", f"http://127.0.0.1:{port}/readyz"],
+                    capture_output=True,
+                    text=True,
+                ).stdout
+            )
+            stop(proc)
+        result["many_series"] = {
+            "series": ready["series"],
+            "bank_mb": round(ready["bank_bytes"] / 2**20, 1),
+            "state_load_s": ready["load_seconds"],
+            "cold_start_s_runs": [round(c, 3) for c in colds],
+            "cold_start_s_median": round(statistics.median(colds), 3),
+            **rss,
+        }
+        result["machine"]["load_avg_end"] = os.getloadavg()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
