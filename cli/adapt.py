@@ -1,0 +1,110 @@
+"""``mamlctl adapt``: adapt a family's series from its champion initializer, export, record."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("adapt")
+    def adapt(
+        family: Annotated[str, typer.Option("--family", "-f", help="Family to adapt.")],
+        series: Annotated[
+            list[str] | None,
+            typer.Option("--series", "-s", help="Only these series (repeatable); default all."),
+        ] = None,
+        stale_after: Annotated[
+            str | None,
+            typer.Option(
+                "--stale-after",
+                help="Only series whose model is older than this (e.g. 24h, 7d) or whose "
+                "family champion changed; series without a model are always adapted.",
+            ),
+        ] = None,
+        steps: Annotated[
+            int | None,
+            typer.Option("--steps", min=1, max=1000, help="Inner steps (default: as trained)."),
+        ] = None,
+        lr: Annotated[
+            float | None,
+            typer.Option("--lr", help="Inner learning rate > 0 (default: as trained)."),
+        ] = None,
+        version: Annotated[
+            int | None,
+            typer.Option("--version", "-v", min=1, help="Initializer version (default: alias)."),
+        ] = None,
+        calibration: Annotated[
+            int | None,
+            typer.Option(
+                "--calibration",
+                min=4,
+                help="Held-out points for residual scale and threshold (default: max(2H, P, 24)).",
+            ),
+        ] = None,
+        force: Annotated[
+            bool, typer.Option("--force", help="Re-adapt series that are already up to date.")
+        ] = False,
+        chunk: Annotated[
+            int, typer.Option("--chunk", min=1, help="Series adapted and recorded per batch.")
+        ] = 2048,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    ) -> None:
+        """Adapt every (or the selected / stale) series of FAMILY from its champion initializer.
+
+        All selected series are adapted together (vectorised), exported to one ONNX file each
+        (written atomically under a content-addressed name), then recorded; the previous model
+        of a series stays current until its replacement is recorded. The job is logged as an
+        MLflow run in the family's experiment. Re-running with nothing new does nothing.
+        """
+        from mamlctl.cli.output import emit_json, load_settings, progress
+        from mamlctl.maml.adaptation import AdaptConfig
+        from mamlctl.registry.adaptation_job import AdaptRequest, parse_duration, run_adaptation
+        from mamlctl.registry.mlflow_store import open_store
+
+        from mamlctl.errors import ConfigError
+
+        try:
+            config = AdaptConfig(steps=steps, inner_lr=lr, calibration=calibration)
+        except ValueError as err:
+            raise ConfigError(f"invalid adaptation settings: {err}") from None
+        request = AdaptRequest(
+            family=family,
+            series=tuple(series or ()),
+            version=version,
+            stale_after=parse_duration(stale_after) if stale_after else None,
+            force=force,
+            chunk_series=chunk,
+        )
+        settings = load_settings()
+        settings.ensure_home()
+        store = open_store(settings)
+        with progress() as bar:
+            task = bar.add_task("adapting", total=None, info="")
+
+            def on_chunk(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total, info=f"{done}/{total} series")
+
+            report = run_adaptation(settings, store, request, config, progress=on_chunk)
+        if as_json:
+            emit_json(report)
+            return
+        typer.echo(
+            f"{report.family}: {report.adapted} adapted, {report.up_to_date} up to date, "
+            f"{len(report.too_short)} too short (of {report.selected} selected) from "
+            f"{report.initializer.registered_model} v{report.initializer.version} "
+            f"in {report.seconds:.2f} s; MLflow run {report.run_id}"
+        )
+        if report.parity:
+            worst = max(p["max_rel_error"] for p in report.parity)
+            typer.echo(
+                f"parity (onnxruntime vs torch, {len(report.parity)} series x 1000 windows): "
+                f"max error {worst:.2e} of scale"
+            )
+        if report.too_short:
+            typer.echo(
+                f"too short to adapt (need {report.plan['support'] + report.plan['calibration']}"
+                f" points): {', '.join(report.too_short[:10])}"
+                + (" ..." if len(report.too_short) > 10 else "")
+            )

@@ -1,0 +1,425 @@
+"""The daily adaptation job: champion initializer -> adapted, exported, recorded per-series models.
+
+Edges only (MLflow store, registry database, model files); the numerical work is
+:func:`mamlctl.maml.adaptation.adapt_histories` and :mod:`mamlctl.maml.export`.
+
+Consistency, in this order for every chunk of series:
+
+1. adapt the chunk (vectorised), render its ONNX files from the family's template;
+2. write every file under a content-addressed name (temp + fsync + rename, folder fsync):
+   the file a series' current row points at is never touched;
+3. only then, in ONE transaction, record the chunk's rows (each new row becomes current and
+   the previous one is flipped in the same transaction).
+
+A crash (even ``kill -9``) between 2 and 3 leaves complete but unreferenced files and the
+previous models current; a crash inside 2 leaves at most temporaries (removed by the next job).
+No row ever points at a missing or partial file. Re-running is idempotent: a series whose current
+model came from the same initializer version, the same support points (``support_end``) and the
+same adaptation settings (``adapt_hash``) is skipped as up to date unless ``force``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mamlctl.domain import CHAMPION, AdaptedModelRecord, InitializerRef
+from mamlctl.errors import InputError, TrainingError
+
+if TYPE_CHECKING:
+    from mamlctl.maml.adaptation import AdaptConfig
+    from mamlctl.registry.mlflow_store import MlflowStore
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from mamlctl.settings import Settings
+
+#: Series parity-checked per job (1,000 random windows each), spread over the selection.
+PARITY_SAMPLE = 4
+#: Keys this job writes into an adapted-model row's metadata.
+META_ADAPT_HASH = "adapt_hash"
+META_JOB_RUN = "adapt_run_id"
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdaptRequest:
+    """What to adapt: a family's series (all, or ``series``), from which initializer."""
+
+    family: str
+    series: tuple[str, ...] = ()
+    version: int | None = None  # None: the family's alias (champion)
+    stale_after: timedelta | None = None
+    force: bool = False
+    chunk_series: int = 2048
+    parity_sample: int = PARITY_SAMPLE
+    workers: int = 4
+    log_to_mlflow: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdaptReport:
+    """Outcome of one job."""
+
+    family: str
+    initializer: InitializerRef
+    selected: int
+    adapted: int
+    up_to_date: int
+    too_short: tuple[str, ...]
+    seconds: float
+    plan: dict[str, Any]
+    metrics: dict[str, float]
+    parity: list[dict[str, Any]] = field(default_factory=list)
+    run_id: str | None = None
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30m``, ``24h``, ``7d``, ``90s`` -> timedelta; InputError otherwise."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    raw = text.strip().lower()
+    try:
+        value = float(raw[:-1])
+        unit = units[raw[-1]]
+    except (ValueError, KeyError, IndexError):
+        raise InputError(f"invalid duration {text!r}; use e.g. 90s, 30m, 24h, 7d") from None
+    if value < 0:
+        raise InputError(f"duration {text!r} must not be negative")
+    return timedelta(seconds=value * unit)
+
+
+def adapt_hash(initializer: InitializerRef, plan: dict[str, Any]) -> str:
+    """Identity of "the same adaptation": initializer version + resolved settings."""
+    import json
+
+    doc = {"model": initializer.registered_model, "version": initializer.version, "plan": plan}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def select_series(
+    current: dict[str, AdaptedModelRecord],
+    candidates: Sequence[str],
+    *,
+    initializer: InitializerRef,
+    stale_after: timedelta | None,
+    now: datetime,
+) -> list[str]:
+    """Series to (re-)adapt: no current model, another initializer version, or (with
+    ``stale_after``) a model older than that. Without ``stale_after`` every candidate."""
+    if stale_after is None:
+        return list(candidates)
+    out = []
+    for sid in candidates:
+        rec = current.get(sid)
+        if (
+            rec is None
+            or rec.registered_model != initializer.registered_model
+            or rec.initializer_version != initializer.version
+            or rec.adapted_at < now - stale_after
+        ):
+            out.append(sid)
+    return out
+
+
+def run_adaptation(
+    settings: Settings,
+    store: MlflowStore,
+    request: AdaptRequest,
+    config: AdaptConfig,
+    *,
+    progress: Progress | None = None,
+) -> AdaptReport:
+    """Run one adaptation job (see module doc). ``progress(done, total)`` after each chunk."""
+    from mamlctl.maml.adaptation import adapt_histories, plan_adaptation
+    from mamlctl.maml.initializer import load_initializer
+    from mamlctl.registry import queries as q
+    from mamlctl.registry.db import open_registry
+    from mamlctl.registry.model_files import remove_temporaries
+
+    started = time.perf_counter()
+    now = datetime.now(UTC)
+    settings.ensure_home()
+    with open_registry(settings) as factory:
+        with factory.begin() as session:
+            family = q.get_family(session, request.family)
+            if request.version is not None:
+                ref = store.resolve(f"models:/{family.registered_model}/{request.version}")
+            else:
+                ref = store.resolve_alias(family.name, family.alias or CHAMPION)
+            if ref.family != family.name:
+                raise InputError(f"{ref.registered_model} is not an initializer of {family.name}")
+            members = q.series_ids_in_family(session, family.name)
+            if request.series:
+                unknown = sorted(set(request.series) - set(members))
+                if unknown:
+                    raise InputError(
+                        f"series {unknown[0]!r} is not in family {family.name} "
+                        "(see `mamlctl series list`)"
+                    )
+                candidates = list(dict.fromkeys(request.series))
+            else:
+                candidates = members
+            current = {r.series_id: r for r in q.current_adapted_models(session, family.name)}
+            q.record_initializer_version(
+                session,
+                family=family.name,
+                version=ref.version,
+                run_id=ref.run_id,
+                registered_model=ref.registered_model,
+                source_uri=ref.source_uri,
+            )
+        initializer = store.load(ref, loader=load_initializer)
+        plan = plan_adaptation(
+            initializer,
+            window=family.window,
+            horizon=family.horizon,
+            support=family.support,
+            period=family.period,
+            config=config,
+        )
+        plan_doc = plan.as_dict()
+        job_hash = adapt_hash(ref, plan_doc)
+        selected = select_series(
+            current, candidates, initializer=ref, stale_after=request.stale_after, now=now
+        )
+        remove_temporaries(settings.models_dir)
+
+        run_ctx = (
+            store.start_run(
+                family=family.name,
+                run_name=f"adapt-{now:%Y%m%dT%H%M%S}",
+                tags={
+                    "mamlctl.kind": "adapt",
+                    "mamlctl.registered_model": ref.registered_model,
+                    "mamlctl.initializer_version": ref.version,
+                    "mamlctl.initializer_run_id": ref.run_id,
+                },
+            )
+            if request.log_to_mlflow
+            else None
+        )
+        job = _Job(
+            settings=settings,
+            factory=factory,
+            request=request,
+            initializer=initializer,
+            ref=ref,
+            plan=plan,
+            job_hash=job_hash,
+            now=now,
+            run_id=run_ctx.run_id if run_ctx is not None else None,
+        )
+        if run_ctx is None:
+            counts = job.run(selected, current, adapt_histories, progress)
+        else:
+            with run_ctx as run:
+                run.log_params(
+                    {
+                        **{f"adapt.{k}": v for k, v in plan_doc.items()},
+                        "registered_model": ref.registered_model,
+                        "initializer_version": ref.version,
+                        "initializer_run_id": ref.run_id,
+                        "selected": len(selected),
+                        "force": request.force,
+                        "stale_after": str(request.stale_after),
+                    }
+                )
+                counts = job.run(selected, current, adapt_histories, progress)
+                run.log_metrics(
+                    {
+                        "series_adapted": float(counts["adapted"]),
+                        "series_up_to_date": float(counts["up_to_date"]),
+                        "series_too_short": float(len(job.too_short)),
+                        "duration_s": time.perf_counter() - started,
+                        **job.metrics(),
+                    },
+                    step=0,
+                )
+                if job.parity:
+                    run.log_json(job.parity, artifact_file="parity.json")
+    return AdaptReport(
+        family=family.name,
+        initializer=ref,
+        selected=len(selected),
+        adapted=counts["adapted"],
+        up_to_date=counts["up_to_date"],
+        too_short=tuple(job.too_short),
+        seconds=time.perf_counter() - started,
+        plan=plan_doc,
+        metrics=job.metrics(),
+        parity=job.parity,
+        run_id=job.run_id,
+    )
+
+
+class _Job:
+    """State of one job across chunks (kept out of ``run_adaptation`` for readability)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        factory: sessionmaker[Session],
+        request: AdaptRequest,
+        initializer: Any,
+        ref: InitializerRef,
+        plan: Any,
+        job_hash: str,
+        now: datetime,
+        run_id: str | None,
+    ) -> None:
+        self.settings = settings
+        self.factory = factory
+        self.request = request
+        self.initializer = initializer
+        self.ref = ref
+        self.plan = plan
+        self.job_hash = job_hash
+        self.now = now
+        self.run_id = run_id
+        self.too_short: list[str] = []
+        self.parity: list[dict[str, Any]] = []
+        self._sums: dict[str, float] = {}
+        self._n = 0
+
+    def metrics(self) -> dict[str, float]:
+        from mamlctl.maml.onnx_parity import ParityStats, summarise
+
+        out = {k: v / self._n for k, v in self._sums.items()} if self._n else {}
+        stats = [
+            ParityStats(**{k: v for k, v in p.items() if k != "series_id"}) for p in self.parity
+        ]
+        out.update(summarise(stats))
+        return out
+
+    def run(
+        self,
+        selected: list[str],
+        current: dict[str, AdaptedModelRecord],
+        adapt_fn: Callable[..., Any],
+        progress: Progress | None,
+    ) -> dict[str, int]:
+        from mamlctl.maml.export import SeriesBatch, TemplateCache, export_to_files
+        from mamlctl.registry import queries as q
+
+        template = TemplateCache().get(self.initializer.model_config)
+        need = self.plan.min_points
+        adapted = up_to_date = 0
+        total = len(selected)
+        step = max(1, self.request.chunk_series)
+        parity_every = max(1, total // max(1, self.request.parity_sample)) if total else 1
+        for start in range(0, total, step):
+            ids = selected[start : start + step]
+            histories: list[np.ndarray] = []
+            ends: list[int] = []
+            todo: list[str] = []
+            with self.factory() as session:
+                for sid in ids:
+                    values, positions = q.last_points(session, sid, need)
+                    if values.shape[0] < need:
+                        self.too_short.append(sid)
+                        continue
+                    end = int(positions[-1])
+                    rec = current.get(sid)
+                    if (
+                        not self.request.force
+                        and rec is not None
+                        and rec.support_end == end
+                        and rec.metadata.get(META_ADAPT_HASH) == self.job_hash
+                    ):
+                        up_to_date += 1
+                        continue
+                    histories.append(values)
+                    ends.append(end)
+                    todo.append(sid)
+            if todo:
+                result = adapt_fn(self.initializer, histories, plan=self.plan)
+                batch = SeriesBatch(
+                    series_ids=tuple(todo),
+                    params=result.params,
+                    loc=result.loc,
+                    scale=result.scale,
+                    residual_scale=result.residual_scale,
+                    threshold=result.threshold,
+                )
+                stored = export_to_files(
+                    template,
+                    batch,
+                    models_dir=self.settings.models_dir,
+                    initializer=self.ref,
+                    support=self.plan.support,
+                    adapted_at=self.now,
+                    workers=self.request.workers,
+                )
+                self._check_parity(template, batch, stored, start, parity_every)
+                self._accumulate(result)
+                with self.factory.begin() as session:
+                    for i, (sid, file) in enumerate(zip(todo, stored, strict=True)):
+                        q.record_adapted_model(
+                            session,
+                            series_id=sid,
+                            registered_model=self.ref.registered_model,
+                            initializer_version=self.ref.version,
+                            path=file.relpath,
+                            sha256=file.sha256,
+                            support=self.plan.support,
+                            window=self.plan.window,
+                            horizon=self.plan.horizon,
+                            residual_scale=float(result.residual_scale[i]),
+                            threshold=float(result.threshold[i]),
+                            metadata={
+                                META_ADAPT_HASH: self.job_hash,
+                                META_JOB_RUN: self.run_id or "",
+                                "loc": repr(float(result.loc[i])),
+                                "scale": repr(float(result.scale[i])),
+                            },
+                            adapted_at=self.now,
+                            support_end=ends[i],
+                        )
+                adapted += len(todo)
+            if progress is not None:
+                progress(min(start + step, total), total)
+        return {"adapted": adapted, "up_to_date": up_to_date}
+
+    def _accumulate(self, result: Any) -> None:
+        from mamlctl.maml.adaptation import summarise
+
+        n = len(result)
+        for k, v in summarise(result).items():
+            self._sums[k] = self._sums.get(k, 0.0) + v * n
+        self._n += n
+
+    def _check_parity(self, template: Any, batch: Any, stored: Any, start: int, every: int) -> None:
+        from mamlctl.maml.onnx_parity import check_parity, torch_reference
+        from mamlctl.registry.model_files import open_verified
+
+        for i in range(len(batch)):
+            if (start + i) % every or len(self.parity) >= self.request.parity_sample:
+                continue
+            blob = open_verified(
+                self.settings.models_dir, stored[i].relpath, sha256=stored[i].sha256
+            )
+            loc, scale = float(batch.loc[i]), float(batch.scale[i])
+            reference = torch_reference(
+                self.initializer.model(),
+                batch.params_of(i),
+                loc=loc,
+                scale=scale,
+                residual_scale=float(batch.residual_scale[i]),
+                horizon=template.horizon,
+                head=template.head,
+            )
+            stats = check_parity(blob, reference, loc=loc, scale=scale, window=template.window)
+            if stats.max_rel_error > max(stats.tolerance, 2 * stats.resolution):
+                raise TrainingError(
+                    f"exported model of {batch.series_ids[i]} differs from torch by "
+                    f"{stats.max_rel_error:.3g} of its scale (limit {stats.tolerance}); "
+                    "nothing recorded for this chunk"
+                )
+            self.parity.append({"series_id": batch.series_ids[i], **stats.as_dict()})

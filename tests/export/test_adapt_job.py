@@ -1,0 +1,254 @@
+"""``mamlctl adapt`` / ``mamlctl export`` end to end on SQLite and PostgreSQL: consistency
+(rows only for complete, hashed files), idempotence, stale selection, lineage, MLflow run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from mamlctl.cli.app import app
+from mamlctl.maml.export import read_metadata
+from mamlctl.maml.initializer import save_initializer
+from mamlctl.maml.models import MLPConfig, build_model
+from mamlctl.registry.adaptation_job import parse_duration, select_series
+from mamlctl.registry.model_files import iter_model_files, open_verified
+from typer.testing import CliRunner
+
+from mamlctl.domain import AdaptedModelRecord, InitializerRef
+from mamlctl.settings import Settings
+
+runner = CliRunner()
+L, H, K = 24, 6, 60
+#: Run a test on SQLite only (the backend matrix is covered by the consistency tests).
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+def _register(settings: Settings, tmp: Path, *, seed: int = 0, promote: bool = True) -> Any:
+    from mamlctl.registry.mlflow_store import INITIALIZER_ARTIFACT, open_store
+
+    config = MLPConfig(input_size=L, output_size=H, hidden=(16, 16))
+    torch.manual_seed(seed)
+    model = build_model(config)
+    folder = save_initializer(
+        tmp / f"init-{seed}",
+        model_config=config,
+        params=dict(model.state_dict()),
+        task_spec={"kind": "window", "window": L, "horizon": H, "support": K - L - H + 1},
+        train_config={"inner_steps": 2, "inner_lr": 0.05},
+    )
+    store = open_store(settings)
+    with store.start_run(family="sines", run_name="test-init") as run:
+        run.log_artifacts(folder, artifact_path=INITIALIZER_ARTIFACT)
+    return store.register_initializer(
+        family="sines", run_id=run.run_id, tags={}, description="test", promote=promote
+    )
+
+
+@pytest.fixture
+def registered(seeded_registry: Any, tmp_path: Path, mlflow_db_template: Path) -> Any:
+    seeded_registry.settings.ensure_home()
+    shutil.copyfile(mlflow_db_template, seeded_registry.settings.mlflow_dir / "mlflow.db")
+    _register(seeded_registry.settings, tmp_path)
+    return seeded_registry
+
+
+def _current(settings: Settings) -> dict[str, AdaptedModelRecord]:
+    from mamlctl.registry import queries as q
+    from mamlctl.registry.db import open_registry
+
+    with open_registry(settings) as factory, factory() as session:
+        return {r.series_id: r for r in q.current_adapted_models(session, "sines")}
+
+
+def _history(settings: Settings, sid: str) -> list[AdaptedModelRecord]:
+    from mamlctl.registry import queries as q
+    from mamlctl.registry.db import open_registry
+
+    with open_registry(settings) as factory, factory() as session:
+        return q.adapted_model_history(session, sid)
+
+
+def _adapt(*args: str) -> dict[str, Any]:
+    result = runner.invoke(app, ["adapt", "--family", "sines", "--json", *args])
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout))
+
+
+def _assert_consistent(settings: Settings) -> dict[str, AdaptedModelRecord]:
+    """Every current row points at a complete file whose hash and metadata match."""
+    current = _current(settings)
+    for sid, rec in current.items():
+        blob = open_verified(settings.models_dir, rec.path, sha256=rec.sha256)
+        meta = read_metadata(blob)
+        assert meta.series_id == sid
+        assert meta.initializer_version == rec.initializer_version
+        assert meta.threshold == rec.threshold and meta.residual_scale == rec.residual_scale
+    return current
+
+
+def test_adapt_exports_records_and_logs_a_run(registered: Any) -> None:
+    settings = registered.settings
+    report = _adapt()
+    assert (report["adapted"], report["up_to_date"], report["selected"]) == (6, 0, 6)
+    assert report["initializer"]["version"] == 1
+    current = _assert_consistent(settings)
+    assert sorted(current) == [f"s{i}" for i in range(6)]
+    for sid, rec in current.items():
+        assert (rec.support, rec.window, rec.horizon) == (60, L, H)
+        assert rec.support_end == 239  # last position of a 240-point series
+        meta = read_metadata(open_verified(settings.models_dir, rec.path, sha256=rec.sha256))
+        assert meta.loc == pytest.approx(registered.values[sid][-K:].mean())
+    # The job's MLflow run: linked to the initializer version, with counts and parity.
+    from mamlctl.registry.mlflow_store import open_store
+
+    run = open_store(settings).client.get_run(report["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mamlctl.initializer_version"] == "1"
+    assert run.data.params["adapt.steps"] == "2"
+    assert run.data.metrics["series_adapted"] == 6
+    assert run.data.metrics["parity_checked"] == 4
+    assert run.data.metrics["parity_failed"] == 0
+    assert run.data.metrics["parity_max_rel_error"] <= 1e-5
+    assert run.data.metrics["support_loss_after"] < run.data.metrics["support_loss_before"]
+
+
+def test_rerun_is_idempotent_and_force_keeps_history(registered: Any) -> None:
+    settings = registered.settings
+    _adapt()
+    first = _current(settings)
+    files = list(iter_model_files(settings.models_dir))
+    again = _adapt()
+    assert (again["adapted"], again["up_to_date"]) == (0, 6)
+    assert _current(settings) == first
+    assert list(iter_model_files(settings.models_dir)) == files
+    forced = _adapt("--force", "--series", "s2")
+    assert forced["adapted"] == 1
+    history = _history(settings, "s2")
+    assert len(history) == 2 and [h.is_current for h in history] == [False, True]
+    # The previous file is untouched and still verifies.
+    open_verified(settings.models_dir, history[0].path, sha256=history[0].sha256)
+
+
+@sqlite_only
+def test_stale_selection_follows_age_and_champion(registered: Any, tmp_path: Path) -> None:
+    settings = registered.settings
+    _adapt("--series", "s0", "--series", "s1")
+    fresh = _adapt("--stale-after", "24h")
+    assert fresh["selected"] == 4  # only the series without a model
+    assert _adapt("--stale-after", "24h")["selected"] == 0
+    _register(settings, tmp_path, seed=1, promote=True)  # champion moves to version 2
+    moved = _adapt("--stale-after", "24h")
+    assert (moved["selected"], moved["adapted"]) == (6, 6)
+    assert {r.initializer_version for r in _current(settings).values()} == {2}
+    _assert_consistent(settings)
+
+
+def test_select_series_by_age() -> None:
+    now = datetime(2026, 11, 26, tzinfo=UTC)
+    ref = InitializerRef(family="f", registered_model="maml-f", version=3, run_id="r")
+
+    def rec(sid: str, version: int, age_h: float) -> AdaptedModelRecord:
+        return AdaptedModelRecord(
+            series_id=sid,
+            family="f",
+            registered_model="maml-f",
+            initializer_version=version,
+            initializer_run_id="r",
+            path="p",
+            sha256="0" * 64,
+            adapted_at=now - timedelta(hours=age_h),
+            support=1,
+            window=1,
+            horizon=1,
+            residual_scale=1.0,
+            threshold=0.99,
+        )
+
+    current = {"old": rec("old", 3, 30), "new": rec("new", 3, 1), "v2": rec("v2", 2, 1)}
+    picked = select_series(
+        current,
+        ["old", "new", "v2", "none"],
+        initializer=ref,
+        stale_after=timedelta(hours=24),
+        now=now,
+    )
+    assert picked == ["old", "v2", "none"]
+    assert select_series(current, ["new"], initializer=ref, stale_after=None, now=now) == ["new"]
+    assert parse_duration("90s") == timedelta(seconds=90)
+    assert parse_duration("7d") == timedelta(days=7)
+
+
+@sqlite_only
+def test_export_copies_the_verified_file(registered: Any, tmp_path: Path) -> None:
+    settings = registered.settings
+    _adapt()
+    out = tmp_path / "out" / "s3.onnx"
+    result = runner.invoke(app, ["export", "--series", "s3", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    rec = _current(settings)["s3"]
+    assert out.read_bytes() == (settings.models_dir / rec.path).read_bytes()
+    assert json.loads(result.stdout)["sha256"] == rec.sha256
+    # A tampered model file is refused with one line, no traceback.
+    (settings.models_dir / rec.path).write_bytes(b"tampered")
+    bad = runner.invoke(app, ["export", "--series", "s3", "-o", str(out)])
+    assert bad.exit_code == 1 and "sha256" in bad.output and "Traceback" not in bad.output
+
+
+@sqlite_only
+def test_unknown_family_and_series_are_one_line_errors(registered: Any) -> None:
+    result = runner.invoke(app, ["adapt", "--family", "nope"])
+    assert result.exit_code == 1 and "error: unknown family 'nope'" in result.output
+    result = runner.invoke(app, ["adapt", "--family", "sines", "--series", "zz"])
+    assert result.exit_code == 1 and "not in family" in result.output
+    result = runner.invoke(app, ["adapt", "--family", "sines", "--stale-after", "soon"])
+    assert result.exit_code == 1 and "invalid duration" in result.output
+    result = runner.invoke(app, ["export", "--series", "s0", "-o", "x.onnx"])
+    assert result.exit_code == 1 and "no adapted model" in result.output
+
+
+@pytest.mark.slow
+def test_kill_9_mid_job_leaves_no_row_without_its_file(registered: Any) -> None:
+    """A job killed at random points never leaves a row pointing at a missing/partial file;
+    the previous models stay current; the next run completes the work."""
+    settings = registered.settings
+    _adapt()  # every series has a current model
+    before = _current(settings)
+    env = {**os.environ, "MAMLCTL_HOME": str(settings.home), "OMP_NUM_THREADS": "1"}
+    if settings.database_url:
+        env["MAMLCTL_DATABASE_URL"] = settings.database_url
+    cmd = [sys.executable, "-c", "from mamlctl.cli.app import main; main()"]
+    args = ["adapt", "--family", "sines", "--force", "--chunk", "1"]
+    kills = 0
+    for delay in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0):
+        proc = subprocess.Popen(
+            [*cmd, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        # Kill once the job has started writing (a temp or new model file appears), plus delay.
+        deadline = time.monotonic() + 60
+        n0 = len(list(settings.models_dir.rglob("*")))
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(list(settings.models_dir.rglob("*"))) > n0:
+                break
+            time.sleep(0.01)
+        time.sleep(delay)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        current = _assert_consistent(settings)
+        assert sorted(current) == sorted(before)  # nobody lost their current model
+    assert kills >= 1
+    final = _adapt()
+    assert final["adapted"] + final["up_to_date"] == 6
+    _assert_consistent(settings)
+    assert not [p for p in settings.models_dir.rglob(".*tmp-*")]
