@@ -33,10 +33,14 @@ COMMAND_MODULES: tuple[str, ...] = (
     "status",
     # MAML engine
     "experiment",
-    # MLflow store: registered initializers, aliases, UI
+    # MLflow store: meta-training per family, registered initializers, aliases, UI
+    "train",
     "models",
     "promote",
     "ui",
+    # per-series adaptation and ONNX export
+    "adapt",
+    "export",
     "serve",
 )
 
