@@ -34,7 +34,8 @@ def detect(
     """
     from collections import Counter
 
-    from mamlctl.cli.output import emit_json, load_settings, print_table, progress
+    from mamlctl.cli.output import emit_json, load_settings, print_table
+    from mamlctl.cli.progress_tty import tty_progress as progress
     from mamlctl.registry.db import transaction
     from mamlctl.registry.family_detection import detect_families
     from mamlctl.registry.series_queries import count_series

@@ -62,7 +62,8 @@ def ingest_command(
     a changed historical value) stops with one line naming file, series and problem, and the
     database stays exactly as it was.
     """
-    from mamlctl.cli.output import emit_json, load_settings, print_table, progress
+    from mamlctl.cli.output import emit_json, load_settings, print_table
+    from mamlctl.cli.progress_tty import tty_progress as progress
     from mamlctl.registry.db import transaction
     from mamlctl.registry.ingest_files import ingest, prepare_ingest
     from mamlctl.timeseries.periodicity import parse_interval
