@@ -7,6 +7,7 @@ matplotlib are imported inside the command.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,6 +53,12 @@ def sine(
     threads: Annotated[
         int, typer.Option(min=1, help="Torch intra-op threads (1 is fastest at this size).")
     ] = 1,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Train the methods in this many processes (results do not change)."
+        ),
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Meta-train MAML, FOMAML, Meta-SGD and the baselines on sine tasks; report MSE +- 95% CI
@@ -84,14 +91,17 @@ def sine(
             m: bar.add_task(_METHOD_NAMES[m], total=iterations, info="") for m in trained_methods
         }
 
-        def on_progress(method: str, p: Any) -> None:
-            bar.update(
-                tasks[method],
-                completed=p.iteration,
-                info=f"loss {p.loss:.3f} {p.iteration / max(p.elapsed, 1e-9):.0f} it/s",
-            )
+        plain = not sys.stderr.isatty()  # nohup / CI: one line per 10% instead of a bar
+        step = max(1, iterations // 10)
 
-        result = run_sine_experiment(config, progress=on_progress)
+        def on_progress(method: str, p: Any) -> None:
+            info = f"loss {p.loss:.3f} {p.iteration / max(p.elapsed, 1e-9):.0f} it/s"
+            bar.update(tasks[method], completed=p.iteration, info=info)
+            if plain and (p.iteration % step < config_log_every or p.iteration == iterations):
+                typer.echo(f"{method} {p.iteration}/{iterations} {info}", err=True)
+
+        config_log_every = max(1, min(500, iterations // 20))
+        result = run_sine_experiment(config, progress=on_progress, jobs=jobs)
     figure = plot_sine_figure(result, out / "sine_figure.png")
     doc = {
         "results": [

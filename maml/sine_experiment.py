@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from mamlctl.maml.engine import Params, adaptation_curve, batch_adapt, batched_forward
@@ -133,13 +133,63 @@ def evaluate(
     return [(s, float(curve[s].double().mean()), _ci95(curve[s])) for s in steps]
 
 
+def _train_in_worker(
+    method: SineMethod, config: SineExperimentConfig, model_config: MLPConfig, queue: Any
+) -> TrainedMethod:
+    """Worker-process entry: one thread, progress sent back through ``queue``."""
+    torch.set_num_threads(1)
+
+    def report(name: str, p: MetaTrainProgress) -> None:
+        queue.put((name, p))
+
+    return _train(method, config, model_config, report)
+
+
+def _train_parallel(
+    config: SineExperimentConfig,
+    model_config: MLPConfig,
+    progress: ProgressFn | None,
+    jobs: int,
+) -> dict[str, TrainedMethod]:
+    """Train the methods in ``jobs`` worker processes (each method is independent and
+    single-threaded, so this uses the cores without changing any result)."""
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+        q = manager.Queue()
+        futures = {
+            pool.submit(_train_in_worker, m, config, model_config, q): m for m in config.methods
+        }
+        pending = set(futures)
+        while pending:
+            _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            while True:
+                try:
+                    name, p = q.get_nowait()
+                except queue_mod.Empty:
+                    break
+                if progress is not None:
+                    progress(name, p)
+        return {futures[f]: f.result() for f in futures}
+
+
 def run_sine_experiment(
-    config: SineExperimentConfig, *, progress: ProgressFn | None = None
+    config: SineExperimentConfig, *, progress: ProgressFn | None = None, jobs: int = 1
 ) -> SineExperimentResult:
-    """Train every method, evaluate all on the same fixed test tasks."""
+    """Train every method (in ``jobs`` processes), evaluate all on the same fixed test tasks.
+
+    Results do not depend on ``jobs``: every method has its own seeded sampler and init.
+    """
     began = time.perf_counter()
     model_config = MLPConfig(input_size=1, hidden=config.hidden, output_size=1)
-    trained = {m: _train(m, config, model_config, progress) for m in config.methods}
+    if jobs > 1 and len(config.methods) > 1:
+        by_name = _train_parallel(config, model_config, progress, jobs)
+        trained = {m: by_name[m] for m in config.methods}
+    else:
+        trained = {m: _train(m, config, model_config, progress) for m in config.methods}
     rows: list[ResultRow] = []
     for k in config.test_ks:
         test = sine_test_tasks(

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from mamlctl.cli.app import app
 from mamlctl.maml.engine import adaptation_curve
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 ARGS = ["--iterations", "20", "--test-tasks", "12", "--methods", "maml,pretrained,scratch"]
 
 
+@pytest.mark.slow  # two tiny experiments + matplotlib: ~10-15 s on the shared machine
 def test_sine_json_matches_the_library_and_writes_the_figure(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app, ["experiment", "sine", *ARGS, "--seed", "3", "--out", str(tmp_path), "--json"]
