@@ -1,0 +1,118 @@
+"""``mamlctl watch``: follow each family's ``champion`` alias in MLflow; re-adapt when it moves."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("watch")
+    def watch(
+        family: Annotated[
+            list[str] | None,
+            typer.Option("--family", "-f", help="Family to follow (repeatable); default all."),
+        ] = None,
+        interval: Annotated[
+            str,
+            typer.Option(
+                "--interval",
+                help="Seconds between alias polls, e.g. 5s, 500ms, 1m.",
+                envvar="MAMLCTL_WATCH_INTERVAL",
+            ),
+        ] = "5s",
+        alias: Annotated[str, typer.Option("--alias", "-a", help="Alias to follow.")] = "champion",
+        backoff_max: Annotated[
+            str,
+            typer.Option(
+                "--backoff-max",
+                help="Longest wait between retries while the tracking server is away.",
+            ),
+        ] = "60s",
+        once: Annotated[
+            bool, typer.Option("--once", help="Poll once (catch up) and exit, e.g. from cron.")
+        ] = False,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print one JSON line per event on stdout.")
+        ] = False,
+    ) -> None:
+        """Follow the families' ALIAS in the MLflow registry and re-adapt on every move.
+
+        Polls every INTERVAL; when the alias points at another version than the one serving
+        (promotion, or rollback to an older one) the family's series are re-adapted from that
+        version and `mamlctl serve` hot-reloads them. While the tracking server is away it
+        retries with exponential backoff and logs once; a failed re-adaptation leaves the
+        previous models serving. Ctrl-C stops it.
+        """
+        import json
+        import logging
+        import os
+        from dataclasses import asdict
+
+        from mamlctl.cli.output import load_settings
+        from mamlctl.cli.serve import parse_duration
+        from mamlctl.registry.mlflow_models import validate_alias
+        from mamlctl.registry.mlflow_store import MlflowStore, open_store
+        from mamlctl.registry.promotion_follow import AdaptingFollower, watched_families
+        from mamlctl.registry.promotion_watch import Backoff, WatchEvent, WatchLoop
+
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        validate_alias(alias)
+        every = parse_duration(interval)
+        cap = parse_duration(backoff_max)
+        settings = load_settings()
+        settings.ensure_home()
+        only = tuple(family or ())
+        watched_families(settings, only)  # unknown family -> one-line error before looping
+
+        _configure_logging(logging.getLogger("mamlctl.watch"))
+        current: list[MlflowStore] = []
+
+        def connect() -> MlflowStore:
+            store = open_store(settings)
+            current[:] = [store]
+            return store
+
+        def on_event(event: WatchEvent) -> None:
+            if as_json:
+                typer.echo(json.dumps(asdict(event)))
+
+        import torch
+
+        torch.set_num_threads(1)
+        loop = WatchLoop(
+            connect=connect,
+            follower=AdaptingFollower(settings, lambda: current[0]),
+            families=lambda: watched_families(settings, only),
+            alias=alias,
+            interval_s=every,
+            backoff=Backoff(initial_s=min(1.0, cap), max_s=cap),
+            on_event=on_event,
+        )
+        logging.getLogger("mamlctl.watch").info(
+            "following %s of %s every %g s (store %s)",
+            alias,
+            ", ".join(only) or "every family",
+            every,
+            settings.resolved_tracking_uri,
+        )
+        loop.run(max_polls=1 if once else None)
+
+
+def _configure_logging(logger: object) -> None:
+    """One stderr line per event with a timestamp (rich keeps stdout clean for --json)."""
+    import logging
+
+    from mamlctl.cli.output import console
+    from rich.logging import RichHandler
+
+    assert isinstance(logger, logging.Logger)
+    if not logger.handlers:
+        handler = RichHandler(
+            console=console(stderr=True), show_path=False, rich_tracebacks=False, markup=False
+        )
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

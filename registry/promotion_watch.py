@@ -1,0 +1,280 @@
+"""Following promotion: the loop behind ``mamlctl watch``.
+
+Each family's alias (``champion``) is polled in the MLflow registry; when it points at another
+version than the one serving (moved forward, or back = rollback), the family's series are
+re-adapted from exactly that version and the scoring server hot-reloads from the registry DB.
+
+The loop is pure apart from three injected seams, so tests drive it without real time:
+
+* ``connect() -> AliasSource``: (re)opens the MLflow store; may raise
+  :class:`~mamlctl.errors.TrackingUnavailableError`;
+* ``follower: Follower``: what serves now (registry DB) and the re-adaptation itself;
+* ``clock`` / ``sleep``: monotonic seconds and a sleep that may return early (webhook wake-up).
+
+Failure rules (issue 8):
+
+* tracking server unreachable (while resolving or while loading the version) -> one warning per
+  outage, exponential backoff between attempts, one info line when it answers again; the
+  alias is re-read after recovery, so a version that could not be loaded is never adapted from;
+* any other re-adaptation failure -> one error line; the adaptation job records rows only after
+  all files are written, so the previous models keep serving; that version is not retried
+  until the alias moves again (or ``watch`` restarts).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mamlctl.domain import CHAMPION, InitializerRef
+from mamlctl.errors import ConfigError, MamlctlError, NotFoundError, TrackingUnavailableError
+
+log = logging.getLogger("mamlctl.watch")
+
+
+class AliasSource(Protocol):
+    """The part of the MLflow store the loop reads."""
+
+    def resolve_alias(self, family: str, alias: str = CHAMPION) -> InitializerRef: ...
+
+
+class Follower(Protocol):
+    """The serving side: which version serves a family now, and re-adapting from another."""
+
+    def served_version(self, family: str) -> int | None: ...
+
+    def readapt(self, family: str, ref: InitializerRef) -> int:
+        """Re-adapt ``family``'s series from ``ref``; returns the number of series adapted."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backoff:
+    """Exponential backoff: ``initial_s * factor**(attempt-1)``, capped at ``max_s``."""
+
+    initial_s: float = 1.0
+    factor: float = 2.0
+    max_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.initial_s <= 0 or self.factor < 1 or self.max_s < self.initial_s:
+            raise ConfigError(
+                f"invalid backoff: initial {self.initial_s} s must be > 0, factor "
+                f"{self.factor} >= 1 and max {self.max_s} s >= initial"
+            )
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after the ``attempt``-th consecutive failure (1-based)."""
+        return float(min(self.max_s, self.initial_s * self.factor ** max(0, attempt - 1)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WatchEvent:
+    """Something the loop did; ``kind`` is one of :data:`EVENT_KINDS`."""
+
+    kind: str
+    at: float
+    family: str | None = None
+    version: int | None = None
+    previous: int | None = None
+    adapted: int | None = None
+    message: str = ""
+
+
+EVENT_KINDS = (
+    "promoted",  # alias moved to a newer version, re-adapted
+    "rolled_back",  # alias moved to an older (or previously served) version, re-adapted
+    "adapt_failed",  # re-adaptation failed; previous models keep serving
+    "no_alias",  # the family has no version with the alias
+    "outage",  # the tracking server stopped answering (once per outage)
+    "recovered",  # it answers again
+)
+
+
+@dataclass(slots=True)
+class _FamilyState:
+    served: int | None
+    seen: set[int] = field(default_factory=set)
+    failed: int | None = None  # version whose re-adaptation failed (not retried)
+    no_alias_logged: bool = False
+
+
+class WatchLoop:
+    """Poll aliases, re-adapt on a move, back off while the tracking server is away."""
+
+    def __init__(
+        self,
+        *,
+        connect: Callable[[], AliasSource],
+        follower: Follower,
+        families: Sequence[str] | Callable[[], Sequence[str]],
+        alias: str = CHAMPION,
+        interval_s: float = 5.0,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
+        on_event: Callable[[WatchEvent], None] | None = None,
+    ) -> None:
+        if interval_s <= 0:
+            raise ConfigError(f"watch interval must be positive, got {interval_s}")
+        self._connect = connect
+        self._follower = follower
+        self._families = families
+        self.alias = alias
+        self.interval_s = interval_s
+        self.backoff = backoff or Backoff()
+        self._clock = clock
+        self._sleep = sleep
+        self._on_event = on_event
+        self._source: AliasSource | None = None
+        self._state: dict[str, _FamilyState] = {}
+        self._outage_since: float | None = None
+        self._failures = 0
+        self.events: list[WatchEvent] = []
+
+    # --- state seen by callers and tests ----------------------------------------------------
+    @property
+    def in_outage(self) -> bool:
+        return self._outage_since is not None
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._failures
+
+    def served(self, family: str) -> int | None:
+        state = self._state.get(family)
+        return state.served if state else None
+
+    def next_delay(self) -> float:
+        """Seconds until the next poll: the interval, or the backoff during an outage."""
+        return self.backoff.delay(self._failures) if self.in_outage else self.interval_s
+
+    # --- the loop ---------------------------------------------------------------------------
+    def run(
+        self, *, should_stop: Callable[[], bool] = lambda: False, max_polls: int | None = None
+    ) -> None:
+        """Poll until ``should_stop()`` (checked after each sleep) or ``max_polls`` polls."""
+        polls = 0
+        while not should_stop():
+            self.poll_once()
+            polls += 1
+            if max_polls is not None and polls >= max_polls:
+                return
+            self._sleep(self.next_delay())
+
+    def poll_once(self) -> list[WatchEvent]:
+        """One pass over every family; returns the events it produced."""
+        start = len(self.events)
+        try:
+            source = self._source if self._source is not None else self._connect()
+            self._source = source
+            families = self._families() if callable(self._families) else self._families
+            for family in families:
+                self._poll_family(source, family)
+        except TrackingUnavailableError as err:
+            self._source = None
+            self._failures += 1
+            if self._outage_since is None:
+                self._outage_since = self._clock()
+                self._emit(
+                    "outage",
+                    message=f"{err}; retrying with backoff (next in "
+                    f"{self.backoff.delay(self._failures):g} s, at most "
+                    f"{self.backoff.max_s:g} s apart)",
+                    level=logging.WARNING,
+                )
+        else:
+            if self._outage_since is not None:
+                down = self._clock() - self._outage_since
+                self._emit(
+                    "recovered",
+                    message=f"MLflow tracking server answers again after {down:.1f} s "
+                    f"({self._failures} failed attempt(s))",
+                    level=logging.INFO,
+                )
+            self._outage_since = None
+            self._failures = 0
+        return self.events[start:]
+
+    def _poll_family(self, source: AliasSource, family: str) -> None:
+        state = self._state.get(family)
+        if state is None:
+            served = self._follower.served_version(family)
+            state = self._state[family] = _FamilyState(served=served)
+            if served is not None:
+                state.seen.add(served)
+        try:
+            ref = source.resolve_alias(family, self.alias)
+        except NotFoundError as err:
+            if not state.no_alias_logged:
+                state.no_alias_logged = True
+                self._emit("no_alias", family=family, message=str(err), level=logging.WARNING)
+            return
+        state.no_alias_logged = False
+        if ref.version == state.served:
+            state.failed = None
+            return
+        if ref.version == state.failed:
+            return  # already reported; wait for the alias to move again
+        previous = state.served
+        rollback = ref.version in state.seen or (previous is not None and ref.version < previous)
+        try:
+            adapted = self._follower.readapt(family, ref)
+        except TrackingUnavailableError:
+            raise  # could not load the version: nothing adapted; retried after recovery
+        except MamlctlError as err:
+            state.failed = ref.version
+            self._emit(
+                "adapt_failed",
+                family=family,
+                version=ref.version,
+                previous=previous,
+                message=f"re-adapting {family} from {ref.registered_model} v{ref.version} "
+                f"failed: {err}; still serving "
+                + (f"v{previous}" if previous is not None else "no model"),
+                level=logging.ERROR,
+            )
+            return
+        state.served = ref.version
+        state.failed = None
+        state.seen.add(ref.version)
+        kind = "rolled_back" if rollback else "promoted"
+        self._emit(
+            kind,
+            family=family,
+            version=ref.version,
+            previous=previous,
+            adapted=adapted,
+            message=f"{family}: {self.alias} {'rolled back' if rollback else 'moved'} "
+            f"v{previous if previous is not None else '-'} -> v{ref.version}; "
+            f"{adapted} series re-adapted, the server reloads them",
+            level=logging.INFO,
+        )
+
+    def _emit(
+        self,
+        kind: str,
+        *,
+        level: int,
+        family: str | None = None,
+        version: int | None = None,
+        previous: int | None = None,
+        adapted: int | None = None,
+        message: str = "",
+    ) -> None:
+        event = WatchEvent(
+            kind=kind,
+            at=self._clock(),
+            family=family,
+            version=version,
+            previous=previous,
+            adapted=adapted,
+            message=message,
+        )
+        self.events.append(event)
+        log.log(level, "%s", message)
+        if self._on_event is not None:
+            self._on_event(event)
