@@ -42,6 +42,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "adapt",
     "export",
     "serve",
+    # promotion follows the MLflow alias into live scoring
+    "watch",
 )
 
 
