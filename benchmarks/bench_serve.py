@@ -259,22 +259,64 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 
 def rss_mb(pid: int) -> dict[str, float]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(rest.split()[0]) / 1024
-    return {"rss_mb": round(fields["VmRSS"], 1), "peak_rss_mb": round(fields["VmHWM"], 1)}
+    """Resident and peak resident MB of a process tree (summed)."""
+    rss = hwm = 0.0
+    for p in _tree(pid):
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key == "VmRSS":
+                rss += int(rest.split()[0]) / 1024
+            elif key == "VmHWM":
+                hwm += int(rest.split()[0]) / 1024
+    return {"rss_mb": round(rss, 1), "peak_rss_mb": round(hwm, 1)}
 
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
-def wrk(url: str, bodies: Path, *, connections: int, duration: float, work: Path) -> dict[str, Any]:
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (mlflow's CLI runs the server in a child process)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parents.get(p, []))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process tree."""
+    ticks = 0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += sum(int(fields[i]) for i in (11, 12))  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(
+    url: str,
+    bodies: Path,
+    *,
+    connections: int,
+    duration: float,
+    work: Path,
+    pid: int | None = None,
+) -> dict[str, Any]:
     script = work / "bodies.lua"
     script.write_text(LUA)
     path = "/" + url.split("/", 3)[3]
     env = {**os.environ, "BODIES": str(bodies), "TARGET_PATH": path}
+    cpu0 = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(
         [
             "wrk",
@@ -300,7 +342,18 @@ def wrk(url: str, bodies: Path, *, connections: int, duration: float, work: Path
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: (.*)", out)
+    served = re.search(r"(\d+) requests in", out)
+    cpu = {}
+    if pid and served:
+        per_req = (cpu_seconds(pid) - cpu0) / int(served.group(1))
+        # Server CPU per request: unlike wall-clock figures it barely depends on what else
+        # runs on the machine; 1 / it is the req/s one fully available core would sustain.
+        cpu = {
+            "server_cpu_us_per_request": round(per_req * 1e6, 1),
+            "capacity_req_per_core_s": round(1 / per_req) if per_req > 0 else None,
+        }
     return {
+        **cpu,
         "connections": connections,
         "p50_us": lat("50"),
         "p99_us": lat("99"),
@@ -364,11 +417,12 @@ def main() -> None:
         wrk(url, single, connections=1, duration=1, work=work)
         for c in (1, 8):
             ours[f"single_c{c}"] = wrk(
-                url, single, connections=c, duration=args.duration, work=work
+                url, single, connections=c, duration=args.duration, work=work, pid=proc.pid
             )
             log(f"mamlctl c={c}: {ours[f'single_c{c}']}")
-        b = wrk(url, batch, connections=2, duration=args.duration, work=work)
+        b = wrk(url, batch, connections=2, duration=args.duration, work=work, pid=proc.pid)
         b["rows_per_s"] = round(b["requests_per_s"] * 256)
+        b["capacity_rows_per_core_s"] = round(b["capacity_req_per_core_s"] * 256)
         ours["batch256"] = b
         log(f"mamlctl batch: {b}")
         ours.update(rss_mb(proc.pid))
@@ -393,12 +447,25 @@ def main() -> None:
             wrk(murl, mbodies, connections=1, duration=1, work=work)
             for c in (1, 8):
                 theirs[f"single_c{c}"] = wrk(
-                    murl, mbodies, connections=c, duration=args.duration, work=work
+                    murl,
+                    mbodies,
+                    connections=c,
+                    duration=args.duration,
+                    work=work,
+                    pid=mproc.pid,
                 )
                 log(f"mlflow c={c}: {theirs[f'single_c{c}']}")
             theirs.update(rss_mb(mproc.pid))
             stop(mproc)
             result["mlflow"] = theirs
+            result["speedup_cpu_per_request"] = {
+                f"c{c}": round(
+                    theirs[f"single_c{c}"]["server_cpu_us_per_request"]
+                    / ours[f"single_c{c}"]["server_cpu_us_per_request"],
+                    2,
+                )
+                for c in (1, 8)
+            }
             result["speedup_rps"] = {
                 f"c{c}": round(
                     ours[f"single_c{c}"]["requests_per_s"]

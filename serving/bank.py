@@ -118,10 +118,21 @@ def normalise_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def structure_key(model: onnx.ModelProto) -> str:
-    """sha256 of everything but the initializer values: files with equal keys bank together."""
+def structure_key(model: onnx.ModelProto, *, template_id: str | None = None) -> str:
+    """Files with equal keys have the same graph and bank together.
+
+    Default: sha256 of everything but the initializer values. ``template_id`` (the exporter's
+    ``mamlctl.template_id`` metadata: the sha256 of its template with every per-series byte
+    zeroed, so equal ids mean equal graphs) replaces the graph hash; initializer names, types
+    and shapes are still part of the key.
+    """
     graph = model.graph
     digest = hashlib.sha256()
+    if template_id:
+        digest.update(f"template:{template_id}".encode())
+        for init in graph.initializer:
+            digest.update(f"{init.name}|{init.data_type}|{tuple(init.dims)}".encode())
+        return digest.hexdigest()
     for node in graph.node:
         digest.update(node.SerializeToString())
     for vi in (*graph.input, *graph.output):
@@ -161,7 +172,7 @@ class BankBuilder:
             raise BankUnsupported("bank capacity exceeded")
         row = self.n
         for init in model.graph.initializer:
-            value = numpy_helper.to_array(init)
+            value = _fast_array(init)
             stack = self.stacks.get(init.name)
             if stack is None:
                 stack = np.empty((self.capacity, *value.shape), dtype=value.dtype)
@@ -175,6 +186,20 @@ class BankBuilder:
         stacked = {name: arr[: self.n] for name, arr in self.stacks.items()}
         self.stacks = {}
         return build_bank(self.template, stacked)
+
+
+_RAW_DTYPES: dict[int, np.dtype[Any]] = {
+    int(TensorProto.FLOAT): np.dtype("<f4"),
+    int(TensorProto.INT64): np.dtype("<i8"),
+}
+
+
+def _fast_array(init: onnx.TensorProto) -> npt.NDArray[Any]:
+    """A read-only view of a raw float32/int64 initializer (``numpy_helper`` otherwise)."""
+    dtype = _RAW_DTYPES.get(int(init.data_type))
+    if dtype is not None and init.raw_data and not init.HasField("data_location"):
+        return np.frombuffer(init.raw_data, dtype=dtype).reshape(tuple(init.dims))
+    return numpy_helper.to_array(init)
 
 
 def stack_rows(rows: Sequence[dict[str, npt.NDArray[Any]]]) -> dict[str, npt.NDArray[Any]]:

@@ -111,7 +111,8 @@ class RegistrySource:
 
         try:
             with Session(self._engine) as session:
-                return current_adapted_models(session)
+                records: list[AdaptedModelRecord] = current_adapted_models(session)
+                return records
         except SQLAlchemyError as err:
             raise StoreError(f"registry database unreachable: {_first_line(err)}") from None
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,8 +122,35 @@ def _window_of(model: onnx.ModelProto) -> int:
     return int(dims[1].dim_value)
 
 
-def _load_one(models_dir: Path, record: AdaptedModelRecord) -> tuple[_Loaded, onnx.ModelProto]:
-    data = open_verified(models_dir, record.path, sha256=record.sha256)
+def _read_verified(models_dir: Path, record: AdaptedModelRecord) -> bytes | MamlctlError:
+    try:
+        data: bytes = open_verified(models_dir, record.path, sha256=record.sha256)
+    except MamlctlError as err:
+        return err
+    return data
+
+
+def _prefetch(
+    models_dir: Path, records: list[AdaptedModelRecord], *, ahead: int = 32
+) -> Iterator[tuple[AdaptedModelRecord, bytes | MamlctlError]]:
+    """Verified file bytes in record order, read by two threads at most ``ahead`` files ahead
+    (reading and hashing release the GIL; the bound keeps memory flat)."""
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="mamlctl-load") as pool:
+        pending: deque[tuple[AdaptedModelRecord, Future[bytes | MamlctlError]]] = deque()
+        feed = iter(records)
+        for record in feed:
+            pending.append((record, pool.submit(_read_verified, models_dir, record)))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            record, future = pending.popleft()
+            nxt = next(feed, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(_read_verified, models_dir, nxt)))
+            yield record, future.result()
+
+
+def _load_one(record: AdaptedModelRecord, data: bytes) -> tuple[_Loaded, onnx.ModelProto]:
     try:
         model = onnx.load_from_string(data)
     except Exception:  # protobuf raises DecodeError, onnx may raise others
@@ -148,13 +177,14 @@ def _entry(item: _Loaded, *, group: int, row: int, generation: int) -> SeriesEnt
         return meta.get(f"{META_PREFIX}{key}", str(fallback))
 
     registered = pick("registered_model", rec.registered_model)
+    run_id = pick("initializer_run_id", rec.initializer_run_id)
     version = int(pick("initializer_version", rec.initializer_version))
     adapted_at = pick("adapted_at", rec.adapted_at.isoformat())
     lineage = {
         "family": rec.family,
         "registered_model": registered,
         "initializer_version": version,
-        "initializer_run_id": pick("initializer_run_id", rec.initializer_run_id),
+        "initializer_run_id": run_id,
         "adapted_at": adapted_at,
         "model_sha256": rec.sha256,
         "generation": generation,
@@ -170,7 +200,7 @@ def _entry(item: _Loaded, *, group: int, row: int, generation: int) -> SeriesEnt
         residual_scale=float(rec.residual_scale),
         registered_model=registered,
         initializer_version=version,
-        initializer_run_id=lineage["initializer_run_id"],
+        initializer_run_id=run_id,
         adapted_at=adapted_at,
         sha256=rec.sha256,
         lineage=lineage,
@@ -190,14 +220,16 @@ def build_state(
     builders: dict[str, BankBuilder] = {}
     groups: dict[str, list[_Loaded]] = {}
     failures: dict[str, str] = {}
-    for record in records:
+    for record, data in _prefetch(models_dir, records):
         try:
-            item, model = _load_one(models_dir, record)
+            if isinstance(data, MamlctlError):
+                raise data
+            item, model = _load_one(record, data)
         except MamlctlError as err:
             failures[record.series_id] = str(err)
             log.error("not serving series %s: %s", record.series_id, err)
             continue
-        key = structure_key(model)
+        key = structure_key(model, template_id=item.meta.get(f"{META_PREFIX}template_id"))
         builder = builders.get(key)
         if builder is None:
             builder = builders[key] = BankBuilder(template_of(model), capacity=len(records))
