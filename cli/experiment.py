@@ -77,7 +77,7 @@ def sine(
         config = SineExperimentConfig(
             iterations=iterations,
             seed=seed,
-            methods=chosen,  # type: ignore[arg-type]
+            methods=chosen,
             test_tasks=test_tasks,
             train_k=train_k,
         )

@@ -53,7 +53,8 @@ def batched_forward(model: nn.Module) -> BatchedForward:
         def one(p: Mapping[str, Tensor], xx: Tensor) -> Tensor:
             return functional_call(model, dict(p), (xx,))  # type: ignore[no-any-return]
 
-        return vmap(one)(dict(params), x)  # type: ignore[no-any-return]
+        out: Tensor = vmap(one)(dict(params), x)
+        return out
 
     return _vmapped
 

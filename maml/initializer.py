@@ -43,7 +43,7 @@ class Initializer:
 
     def model(self) -> nn.Module:
         """A module carrying θ."""
-        module = build_model(self.model_config)
+        module: nn.Module = build_model(self.model_config)
         module.load_state_dict(self.params)
         return module
 

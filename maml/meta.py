@@ -87,7 +87,7 @@ class MetaTrainResult:
 
     def model(self) -> nn.Module:
         """A module carrying the trained θ (for export or inspection)."""
-        module = build_model(self.model_config)
+        module: nn.Module = build_model(self.model_config)
         module.load_state_dict(self.params)
         return module
 
@@ -104,7 +104,8 @@ def resolve_loss(config: MetaTrainConfig, model_config: MLPConfig | ConvConfig) 
         if model_config.head != "gaussian":
             raise TrainingError("loss gaussian_nll needs a model with head='gaussian'")
         return gaussian_nll_loss
-    return loss_for_head(model_config.head)  # type: ignore[no-any-return]
+    loss: LossFn = loss_for_head(model_config.head)
+    return loss
 
 
 class FlatParams:
@@ -204,13 +205,15 @@ def meta_objective_stacked(
         loss_fn=loss_fn,
         create_graph=second_order,
     )
-    return per_task_loss(loss_fn, forward(phi, batch.query_x), batch.query_y).mean()
+    query: Tensor = per_task_loss(loss_fn, forward(phi, batch.query_x), batch.query_y).mean()
+    return query
 
 
 def _seeded_model(model_config: MLPConfig | ConvConfig, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(model_config)
+        model: nn.Module = build_model(model_config)
+        return model
 
 
 def meta_train(

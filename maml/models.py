@@ -174,9 +174,10 @@ class ConvForecaster(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = x.unsqueeze(1)
         for conv, (pad, dil) in zip(self.convs, self._pads(), strict=True):
+            assert isinstance(conv, nn.Conv1d)
             h = F.conv1d(F.pad(h, (pad, 0)), conv.weight, conv.bias, dilation=dil)
             h = _act(self.config.activation, h)
-        out = self.readout(h.flatten(1))
+        out: Tensor = self.readout(h.flatten(1))
         if self.skip is not None:
             out = out + self.skip(x)
         return out

@@ -187,9 +187,9 @@ def run_sine_experiment(
     model_config = MLPConfig(input_size=1, hidden=config.hidden, output_size=1)
     if jobs > 1 and len(config.methods) > 1:
         by_name = _train_parallel(config, model_config, progress, jobs)
-        trained = {m: by_name[m] for m in config.methods}
+        trained: dict[str, TrainedMethod] = {m: by_name[m] for m in config.methods}
     else:
-        trained = {m: _train(m, config, model_config, progress) for m in config.methods}
+        trained = {str(m): _train(m, config, model_config, progress) for m in config.methods}
     rows: list[ResultRow] = []
     for k in config.test_ks:
         test = sine_test_tasks(

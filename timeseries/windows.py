@@ -124,7 +124,8 @@ def _gather(
 
     def norm(offsets: IntArray) -> npt.NDArray[np.float32]:
         vals = flat[base[:, None, None] + offsets[None]]
-        return ((vals - shift) / div).astype(np.float32)
+        out: npt.NDArray[np.float32] = ((vals - shift) / div).astype(np.float32)
+        return out
 
     return WindowTasks(
         support_x=norm(sx_o),
@@ -214,4 +215,7 @@ def normalise_window(
 ) -> npt.NDArray[np.float32]:
     """Apply a series' support statistics to a window to forecast from."""
     arr = np.asarray(window, dtype=np.float64)
-    return ((arr - np.asarray(loc)[..., None]) / np.asarray(scale)[..., None]).astype(np.float32)
+    out: npt.NDArray[np.float32] = (
+        (arr - np.asarray(loc)[..., None]) / np.asarray(scale)[..., None]
+    ).astype(np.float32)
+    return out
