@@ -252,3 +252,71 @@ def test_kill_9_mid_job_leaves_no_row_without_its_file(registered: Any) -> None:
     assert final["adapted"] + final["up_to_date"] == 6
     _assert_consistent(settings)
     assert not [p for p in settings.models_dir.rglob(".*tmp-*")]
+
+
+def test_bulk_recording_equals_record_adapted_model(seeded_registry: Any) -> None:
+    """Oracle: the registry's one-row function; same fields, same current-flip semantics."""
+    from mamlctl.registry import queries as q
+    from mamlctl.registry.adaptation_job import NewModel, record_models_bulk
+    from mamlctl.registry.db import open_registry
+
+    when = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+    common = {"support": 60, "window": L, "horizon": H, "adapted_at": when}
+    with open_registry(seeded_registry.settings) as factory:
+        with factory.begin() as s:
+            q.record_initializer_version(s, family="sines", version=1, run_id="r1")
+            for sid in ("s0", "s1"):  # a previous current model each
+                q.record_adapted_model(
+                    s,
+                    series_id=sid,
+                    registered_model="maml-sines",
+                    initializer_version=1,
+                    path=f"old-{sid}",
+                    sha256="a" * 64,
+                    residual_scale=1.0,
+                    threshold=0.99,
+                    **common,
+                )
+        with factory.begin() as s:
+            ref = q.record_adapted_model(
+                s,
+                series_id="s0",
+                registered_model="maml-sines",
+                initializer_version=1,
+                path="p",
+                sha256="b" * 64,
+                residual_scale=0.5,
+                threshold=0.998,
+                metadata={"k": "v"},
+                support_end=239,
+                **common,
+            )
+            record_models_bulk(
+                s,
+                registered_model="maml-sines",
+                initializer_version=1,
+                entries=[
+                    NewModel(
+                        series_id="s1",
+                        path="p",
+                        sha256="b" * 64,
+                        residual_scale=0.5,
+                        threshold=0.998,
+                        support_end=239,
+                        metadata={"k": "v"},
+                    )
+                ],
+                **common,
+            )
+        with factory() as s:
+            got = q.current_adapted_model(s, "s1")
+            history = q.adapted_model_history(s, "s1")
+    assert got is not None
+    assert got == AdaptedModelRecord(**{**_fields(ref), "series_id": "s1"})
+    assert [h.is_current for h in history] == [False, True]
+
+
+def _fields(rec: AdaptedModelRecord) -> dict[str, Any]:
+    from dataclasses import fields
+
+    return {f.name: getattr(rec, f.name) for f in fields(rec)}
