@@ -85,10 +85,10 @@ def ingest_command(
         task = bar.add_task("reading", total=None, info="")
         prepared = prepare_ingest(
             paths,
-            fmt=fmt,  # type: ignore[arg-type]
+            fmt=fmt,
             interval_seconds=interval_seconds,
-            nan=nan,  # type: ignore[arg-type]
-            order=order,  # type: ignore[arg-type]
+            nan=nan,
+            order=order,
             on_file=lambda p: bar.update(task, advance=1, info=p.name),
         )
         store = bar.add_task("storing", total=len(prepared.batch), info="")
@@ -96,7 +96,7 @@ def ingest_command(
             summary = ingest(
                 session,
                 prepared,
-                mode=mode,  # type: ignore[arg-type]
+                mode=mode,
                 on_progress=lambda k: bar.update(store, advance=k),
             )
 

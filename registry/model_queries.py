@@ -16,7 +16,7 @@ from mamlctl.registry.tables import (
     SeriesRow,
     utcnow,
 )
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,13 +25,16 @@ from mamlctl.errors import InputError, NotFoundError, StoreError
 
 
 def _aware(dt: datetime) -> datetime:
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    out: datetime = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    return out
 
 
 def _naive_utc(dt: datetime | None) -> datetime:
     if dt is None:
-        return utcnow()
-    return dt if dt.tzinfo is None else dt.astimezone(UTC).replace(tzinfo=None)
+        now: datetime = utcnow()
+        return now
+    out: datetime = dt if dt.tzinfo is None else dt.astimezone(UTC).replace(tzinfo=None)
+    return out
 
 
 def _ref(row: InitializerVersionRow, fam: FamilyRow) -> InitializerRef:
@@ -225,7 +228,7 @@ def record_adapted_model(
     return _record(row, series_id, init, fam)
 
 
-def _adapted_select():  # type: ignore[no-untyped-def]
+def _adapted_select() -> Select[Any]:
     return (
         select(AdaptedModelRow, SeriesRow.series_id, InitializerVersionRow, FamilyRow)
         .join(SeriesRow, AdaptedModelRow.series_pk == SeriesRow.id)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from mamlctl.registry.family_queries import family_row
 from mamlctl.registry.tables import FamilyRow, PointRow, SeriesRow
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from mamlctl.domain import FloatArray, Series, SeriesInfo
@@ -41,7 +42,7 @@ def _info(row: SeriesRow, family: str | None) -> SeriesInfo:
     )
 
 
-def _series_select():  # type: ignore[no-untyped-def]
+def _series_select() -> Select[Any]:
     return select(SeriesRow, FamilyRow.name).outerjoin(
         FamilyRow, SeriesRow.family_id == FamilyRow.id
     )
