@@ -44,6 +44,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "serve",
     # promotion follows the MLflow alias into live scoring
     "watch",
+    # the one-command tour on the data shipped in the package
+    "demo",
 )
 
 
