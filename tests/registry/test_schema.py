@@ -5,11 +5,6 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, inspect, text
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-
-from mamlctl.errors import StoreError
 from mamlctl.registry.db import (
     current_revision,
     ensure_schema,
@@ -19,6 +14,11 @@ from mamlctl.registry.db import (
     upgrade_schema,
 )
 from mamlctl.registry.tables import Base
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from mamlctl.errors import StoreError
 from mamlctl.settings import Settings
 
 
@@ -81,3 +81,23 @@ def test_server_database_is_not_migrated_implicitly(tmp_path) -> None:  # type: 
 def test_unreachable_database_is_a_store_error() -> None:
     with pytest.raises(StoreError, match="cannot reach"):
         current_revision("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1")
+
+
+def test_alembic_ini_reads_the_same_settings(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from alembic import command
+    from alembic.config import Config
+    from mamlctl.registry.db import MIGRATIONS_DIR
+
+    url = f"sqlite:///{tmp_path / 'via_ini.db'}"
+    monkeypatch.setenv("MAMLCTL_DATABASE_URL", url)
+    cfg = Config(str(MIGRATIONS_DIR.parent / "alembic.ini"))
+    command.upgrade(cfg, "head")
+    assert current_revision(url) == head_revision()
+    command.downgrade(cfg, "base")
+    eng = make_engine(url)
+    try:
+        assert set(inspect(eng).get_table_names()) == {"alembic_version"}
+    finally:
+        eng.dispose()
+    command.upgrade(cfg, "head")
+    assert current_revision(url) == head_revision()
