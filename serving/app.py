@@ -89,11 +89,16 @@ class StateHolder:
                     fingerprint=fingerprint,
                     generation=self.state.generation + 1,
                 )
-            except MamlctlError as err:
-                self.last_error = str(err)
+            except Exception as err:  # the poller must survive anything a reload meets
+                self.last_error = (
+                    str(err) if isinstance(err, MamlctlError) else f"{type(err).__name__}: {err}"
+                )
                 self.metrics.reloads.labels("error").inc()
                 log.error(
-                    "reload failed, still serving generation %d: %s", self.state.generation, err
+                    "reload failed, still serving generation %d: %s",
+                    self.state.generation,
+                    self.last_error,
+                    exc_info=not isinstance(err, MamlctlError),
                 )
                 return False
             self.state = new  # the atomic swap

@@ -356,3 +356,21 @@ def test_a_graph_that_cannot_bank_is_served_by_per_series_sessions(
         None, {"window": np.array([window], dtype=np.float32)}
     )
     assert np.array_equal(np.array(body["forecast"], dtype=np.float32), ref_f[0])  # exact
+
+
+def test_a_failing_reload_keeps_serving_the_last_state(served: Served) -> None:
+    good = served.source.current()
+
+    def broken() -> list[Any]:
+        raise RuntimeError("database exploded")
+
+    served.source.current = broken  # type: ignore[method-assign]
+    served.source.replace([*good[:-1]])  # fingerprint moves, loading it fails
+    assert served.app.holder.reload() is False
+    assert "exploded" in (served.app.holder.last_error or "")
+    body = {"series_id": "m0", "window": W12}
+    r = served.client.post("/v1/score", json=body)
+    assert r.status_code == 200 and r.json()["lineage"]["generation"] == 1
+    del served.source.current  # back to the class method
+    assert served.app.holder.reload() is True
+    assert served.client.get("/readyz").json()["series"] == 7
