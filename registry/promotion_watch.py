@@ -187,17 +187,21 @@ class WatchLoop:
                     level=logging.WARNING,
                 )
         else:
-            if self._outage_since is not None:
-                down = self._clock() - self._outage_since
-                self._emit(
-                    "recovered",
-                    message=f"MLflow tracking server answers again after {down:.1f} s "
-                    f"({self._failures} failed attempt(s))",
-                    level=logging.INFO,
-                )
-            self._outage_since = None
-            self._failures = 0
+            self._answered()
         return self.events[start:]
+
+    def _answered(self) -> None:
+        """The tracking server answered: end the outage (one info line) and reset backoff."""
+        if self._outage_since is not None:
+            down = self._clock() - self._outage_since
+            self._emit(
+                "recovered",
+                message=f"MLflow tracking server answers again after {down:.1f} s "
+                f"({self._failures} failed attempt(s))",
+                level=logging.INFO,
+            )
+        self._outage_since = None
+        self._failures = 0
 
     def _poll_family(self, source: AliasSource, family: str) -> None:
         state = self._state.get(family)
@@ -209,10 +213,12 @@ class WatchLoop:
         try:
             ref = source.resolve_alias(family, self.alias)
         except NotFoundError as err:
+            self._answered()
             if not state.no_alias_logged:
                 state.no_alias_logged = True
                 self._emit("no_alias", family=family, message=str(err), level=logging.WARNING)
             return
+        self._answered()
         state.no_alias_logged = False
         if ref.version == state.served:
             state.failed = None
