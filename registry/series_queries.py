@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 from mamlctl.registry.family_queries import family_row
 from mamlctl.registry.tables import FamilyRow, PointRow, SeriesRow
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from mamlctl.domain import FloatArray, Series, SeriesInfo
@@ -254,3 +254,12 @@ def record_detection(
         row.family_id = family_row(session, family).id
         row.family_origin = "detected"
     session.flush()
+
+
+def delete_series(session: Session, series_id: str) -> int:
+    """Remove a series with its points and adapted-model records; returns points removed."""
+    row = series_row(session, series_id)
+    removed = session.execute(delete(PointRow).where(PointRow.series_pk == row.id)).rowcount
+    session.delete(row)
+    session.flush()
+    return int(removed or 0)

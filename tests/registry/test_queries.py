@@ -6,14 +6,14 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from mamlctl.registry import queries as q
+from mamlctl.registry.ingest import IncomingSeries, store_series
+from mamlctl.registry.tables import AdaptedModelRow
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mamlctl.domain import Family, Series
 from mamlctl.errors import InputError, NotFoundError
-from mamlctl.registry import queries as q
-from mamlctl.registry.ingest import IncomingSeries, store_series
-from mamlctl.registry.tables import AdaptedModelRow
 
 HOURLY = Family(
     name="hourly", period=24, interval_seconds=3600.0, window=48, horizon=48, support=119
@@ -40,7 +40,7 @@ def test_family_upsert_get_list(session: Session) -> None:
     assert q.upsert_family(session, wider) == wider
     assert q.get_family(session, "hourly") == wider
     assert q.list_families(session) == [wider]
-    with pytest.raises(NotFoundError, match="unknown family 'daily'.*known: hourly"):
+    with pytest.raises(NotFoundError, match=r"unknown family 'daily'.*known: hourly"):
         q.get_family(session, "daily")
 
 
@@ -219,3 +219,15 @@ def test_bad_sha_and_unknown_version(session: Session) -> None:
         _adapt(session, "A", 1, sha="xyz")
     with pytest.raises(NotFoundError, match="maml-hourly version 7 is not recorded"):
         _adapt(session, "A", 7)
+
+
+def test_delete_series_removes_points_and_adapted_models(session: Session) -> None:
+    q.upsert_family(session, HOURLY)
+    _store(session, A=np.arange(200.0), B=np.arange(5.0))
+    q.record_initializer_version(session, family="hourly", version=1, run_id="r1")
+    _adapt(session, "A", 1)
+    assert q.delete_series(session, "A") == 200
+    assert q.count_points(session) == 5 and q.count_series(session) == 1
+    assert session.query(AdaptedModelRow).count() == 0
+    with pytest.raises(NotFoundError):
+        q.get_series(session, "A")

@@ -53,7 +53,10 @@ def test_sqlite_points_table_is_without_rowid(tmp_settings: Settings, sqlite_url
 def test_foreign_keys_are_enforced(session: Session) -> None:
     with pytest.raises(IntegrityError):
         session.execute(
-            text("INSERT INTO points (series_pk, position, value) VALUES (999, 0, 1.0)")
+            text(
+                "INSERT INTO series (series_id, family_id, n_points, created_at, updated_at) "
+                "VALUES ('x', 999, 0, '2024-01-01', '2024-01-01')"
+            )
         )
         session.flush()
 

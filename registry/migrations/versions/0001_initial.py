@@ -62,13 +62,11 @@ def upgrade() -> None:
     op.create_index("ix_series_family_id", "series", ["family_id"])
     op.create_table(
         "points",
-        sa.Column("series_pk", sa.Integer(), nullable=False),
+        sa.Column("series_pk", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("position", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("ts", sa.DateTime(), nullable=True),
         sa.Column("value", sa.Double(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["series_pk"], ["series.id"], name="fk_points_series_pk_series", ondelete="CASCADE"
-        ),
+        # No foreign key on series_pk, on purpose: see PointRow in registry/tables.py.
         sa.PrimaryKeyConstraint("series_pk", "position", name="pk_points"),
         sqlite_with_rowid=False,
     )
