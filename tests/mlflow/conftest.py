@@ -120,3 +120,10 @@ def family(request: pytest.FixtureRequest) -> str:
     """A family name unique to this test (the session's server is shared between tests)."""
     name = request.node.name.replace("[", "-").replace("]", "").replace("_", "-")
     return f"t-{name}"[:100]
+
+
+@pytest.fixture
+def db_url(sqlite_url: str) -> str:
+    """The training tests record versions in the embedded SQLite registry only (the registry
+    tests cover PostgreSQL); overrides the root conftest's backend matrix in this folder."""
+    return sqlite_url

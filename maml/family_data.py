@@ -1,0 +1,255 @@
+"""What one family's meta-training needs, checked before anything is created anywhere.
+
+Pure (no I/O): the training config with per-family defaults, the deterministic held-out
+split, the data fingerprint and the validation set (adapt on the K most recent points of each
+held-out series' history, forecast its last H points).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mamlctl.domain import Family, Series
+from mamlctl.errors import ConfigError, TrainingError
+
+FloatArray = npt.NDArray[np.float64]
+F32 = npt.NDArray[np.float32]
+
+#: A family needs this many usable series: at least one held out, the rest to train on.
+MIN_SERIES = 4
+
+
+class FamilyTrainConfig(BaseModel):
+    """Hyperparameters of ``mamlctl train``; ``None`` fields take per-family defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    architecture: Literal["mlp", "conv"] = "mlp"
+    hidden: tuple[int, ...] | None = Field(default=None, description="MLP widths.")
+    channels: int = Field(default=16, ge=1, le=512)
+    head: Literal["mean", "gaussian"] = "mean"
+    support: int | None = Field(default=None, ge=2, description="K raw support points.")
+    query: int | None = Field(default=None, ge=1, le=1024, description="Query pairs per task.")
+    inner_steps: int = Field(default=1, ge=1, le=50)
+    inner_lr: float = Field(default=0.01, gt=0, le=10)
+    first_order: bool = False
+    meta_lr: float = Field(default=1e-3, gt=0, le=1)
+    meta_batch: int = Field(default=16, ge=1, le=1024)
+    iterations: int = Field(default=1500, ge=1, le=10_000_000)
+    time_budget_s: float | None = Field(default=None, gt=0)
+    seed: int = Field(default=0, ge=0)
+    holdout_fraction: float = Field(default=0.15, gt=0, lt=1)
+    max_holdout: int = Field(default=64, ge=1)
+    validations: int = Field(default=4, ge=1, le=100, description="Validation points in a run.")
+    pretrained_baseline: bool = True
+
+
+def make_config(**values: Any) -> FamilyTrainConfig:
+    """Build a config, turning validation errors into one-line :class:`ConfigError`."""
+    try:
+        return FamilyTrainConfig(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "config"
+        raise ConfigError(f"invalid training option {loc}: {first['msg']}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResolvedPlan:
+    """The config with every per-family default filled in."""
+
+    config: FamilyTrainConfig
+    family: Family
+    window: int
+    horizon: int
+    support_points: int  # K raw points (the family's K unless overridden)
+    support_pairs: int  # K - L - H + 1
+    query: int
+    hidden: tuple[int, ...]
+    season: int  # m for seasonal naive / MASE (1 without a cycle)
+
+    @property
+    def task_span(self) -> int:
+        """Raw points one meta-training task needs."""
+        return self.support_pairs + self.horizon - 1 + self.query + self.window + self.horizon - 1
+
+    @property
+    def validation_span(self) -> int:
+        """Raw points a held-out series needs: K support points, then H to forecast, and more
+        than m points for the MASE scale."""
+        return max(self.support_points, self.season + 1) + self.horizon
+
+    def model_config(self) -> Any:
+        from mamlctl.maml.models import ConvConfig, MLPConfig
+
+        if self.config.architecture == "conv":
+            return ConvConfig(
+                window=self.window,
+                horizon=self.horizon,
+                channels=self.config.channels,
+                head=self.config.head,
+            )
+        return MLPConfig(
+            input_size=self.window,
+            hidden=self.hidden,
+            output_size=self.horizon,
+            head=self.config.head,
+        )
+
+    def meta_config(self, *, method: str | None = None, iterations: int | None = None) -> Any:
+        from mamlctl.maml.meta import MetaTrainConfig
+
+        c = self.config
+        return MetaTrainConfig(
+            method=method or ("fomaml" if c.first_order else "maml"),  # type: ignore[arg-type]
+            iterations=iterations or c.iterations,
+            meta_batch_size=c.meta_batch,
+            inner_steps=c.inner_steps,
+            inner_lr=c.inner_lr,
+            meta_lr=c.meta_lr,
+            seed=c.seed,
+            log_every=max(1, min(50, (iterations or c.iterations) // 20 or 1)),
+        )
+
+    def task_spec(self) -> Any:
+        from mamlctl.timeseries.windows import WindowTaskSpec
+
+        return WindowTaskSpec(
+            window=self.window, horizon=self.horizon, support=self.support_pairs, query=self.query
+        )
+
+    def as_params(self) -> dict[str, Any]:
+        """Everything that defines the run, for MLflow params and the initializer JSON."""
+        return {
+            "family": {
+                "name": self.family.name,
+                "period": self.family.period,
+                "window": self.window,
+                "horizon": self.horizon,
+                "support_points": self.support_points,
+            },
+            "task": {"support_pairs": self.support_pairs, "query": self.query},
+            "model": {"architecture": self.config.architecture, "hidden": list(self.hidden)},
+            "train": self.config.model_dump(mode="json", exclude={"hidden"}),
+        }
+
+
+def resolve(family: Family, config: FamilyTrainConfig) -> ResolvedPlan:
+    """Fill per-family defaults (from L, H, K and the period) and check they fit together."""
+    window, horizon = family.window, family.horizon
+    k = config.support or family.support
+    pairs = k - window - horizon + 1
+    if pairs < 1:
+        raise ConfigError(
+            f"support K={k} is too short for family {family.name} (L={window}, H={horizon}): "
+            f"K must be >= L + H = {window + horizon}"
+        )
+    period = family.period
+    query = config.query or max(horizon, period or 0, 8)
+    hidden = config.hidden or ((64, 64) if window >= 64 else (40, 40))
+    if any(h < 1 for h in hidden):
+        raise ConfigError(f"invalid --hidden {list(hidden)}: widths must be >= 1")
+    return ResolvedPlan(
+        config=config,
+        family=family,
+        window=window,
+        horizon=horizon,
+        support_points=k,
+        support_pairs=pairs,
+        query=query,
+        hidden=tuple(hidden),
+        season=period or 1,
+    )
+
+
+def fingerprint(series: Sequence[Series]) -> str:
+    """sha256 (16 hex) over the series ids and their exact float64 values, in id order."""
+    digest = hashlib.sha256()
+    for s in sorted(series, key=lambda s: s.series_id):
+        digest.update(s.series_id.encode())
+        digest.update(np.ascontiguousarray(s.values, dtype="<f8").tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _holdout_key(series_id: str) -> str:
+    return hashlib.sha256(series_id.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ValidationSet:
+    """Held-out series, adapted on their history's K newest points, forecasting the last H."""
+
+    series_ids: tuple[str, ...]
+    histories: tuple[FloatArray, ...]  # raw values before the forecast origin
+    actual: FloatArray  # [N, H] raw
+    support_x: F32  # [N, P, L] normalised
+    support_y: F32  # [N, P, H]
+    query_x: F32  # [N, 1, L] the last L history values, normalised
+    loc: FloatArray  # [N]
+    scale: FloatArray  # [N]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FamilyData:
+    plan: ResolvedPlan
+    train: tuple[Series, ...]
+    validation: ValidationSet
+    fingerprint: str
+    skipped_short: int
+
+
+def prepare(family: Family, series: Sequence[Series], plan: ResolvedPlan) -> FamilyData:
+    """Split the family's series into training and held-out sets; TrainingError if too few.
+
+    The held-out subset is deterministic: the series whose sha256(id) sort first (independent
+    of the seed and of ingest order), ``holdout_fraction`` of them, at most ``max_holdout``.
+    """
+    usable = [s for s in series if len(s) >= max(plan.task_span, plan.validation_span)]
+    if len(usable) < MIN_SERIES:
+        raise TrainingError(
+            f"family {family.name} has {len(usable)} series with the "
+            f"{max(plan.task_span, plan.validation_span)} points training needs "
+            f"({len(series)} in total); it needs at least {MIN_SERIES}"
+        )
+    ranked = sorted(usable, key=lambda s: _holdout_key(s.series_id))
+    n_hold = min(plan.config.max_holdout, max(1, round(plan.config.holdout_fraction * len(ranked))))
+    n_hold = min(n_hold, len(ranked) - (MIN_SERIES - 1))
+    held = {s.series_id for s in ranked[:n_hold]}
+    train = tuple(s for s in usable if s.series_id not in held)
+    validation = validation_set([s for s in usable if s.series_id in held], plan)
+    return FamilyData(
+        plan=plan,
+        train=train,
+        validation=validation,
+        fingerprint=fingerprint(usable),
+        skipped_short=len(series) - len(usable),
+    )
+
+
+def validation_set(series: Sequence[Series], plan: ResolvedPlan) -> ValidationSet:
+    from mamlctl.maml.adaptation import support_tasks
+
+    h, k, window = plan.horizon, plan.support_points, plan.window
+    histories = tuple(np.asarray(s.values[:-h], dtype=np.float64) for s in series)
+    actual = np.stack([np.asarray(s.values[-h:], dtype=np.float64) for s in series])
+    stretches = np.stack([hist[-k:] for hist in histories])
+    sx, sy, loc, scale = support_tasks(stretches, window=window, horizon=h)
+    last = np.stack([hist[-window:] for hist in histories])
+    qx = ((last - loc[:, None]) / scale[:, None]).astype(np.float32)[:, None, :]
+    return ValidationSet(
+        series_ids=tuple(s.series_id for s in series),
+        histories=histories,
+        actual=actual,
+        support_x=sx,
+        support_y=sy,
+        query_x=qx,
+        loc=loc,
+        scale=scale,
+    )

@@ -1,0 +1,344 @@
+"""The ``train`` stage: meta-train a family's initializer, validate it, log and register it.
+
+::
+
+    family + series (registry DB) -> plan + held-out split      (maml.family_data, pure)
+      -> meta_train (MAML) with a callback: loss + periodic held-out validation
+      -> pretrained baseline (same tasks, same budget share), final validation vs seasonal naive
+      -> artifacts (initializer, ONNX, PNG, series ids)         (maml.family_artifacts)
+      -> MLflow run FINISHED -> registered version + alias -> registry DB row
+
+Everything that can be wrong with the input is checked before a run is created. Validation is
+what the product does daily: adapt on the K newest points of a held-out series' history and
+forecast its last H points; errors are MASE (m = period) and sMAPE in raw units.
+
+Periodic validation needs θ mid-training, which ``meta_train``'s progress callback does not
+carry, so training runs in ``validations`` segments continued from the previous θ (the task
+stream continues; Adam's moments restart at each segment boundary).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+from mamlctl.maml.family_data import (
+    FamilyData,
+    FamilyTrainConfig,
+    ResolvedPlan,
+    ValidationSet,
+    prepare,
+    resolve,
+)
+
+from mamlctl.domain import CHAMPION, Family, InitializerRef, Series
+
+if TYPE_CHECKING:
+    from mamlctl.registry.mlflow_runs import TrackedRun
+    from mamlctl.registry.mlflow_store import InitializerStore
+    from torch import Tensor
+
+#: Callback for progress: (iterations done, total planned, latest metrics).
+ProgressFn = Callable[[int, int, Mapping[str, float]], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Forecasts:
+    """Raw-unit forecasts ``[N, H]`` of the held-out series by each method."""
+
+    adapted: np.ndarray
+    initial: np.ndarray
+    pretrained: np.ndarray | None
+    seasonal_naive: np.ndarray
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FamilyTrainingResult:
+    data: FamilyData
+    params: dict[str, Tensor]
+    pretrained_params: dict[str, Tensor] | None
+    iterations: int
+    elapsed_s: float
+    losses: tuple[float, ...]
+    metrics: dict[str, float]
+    forecasts: Forecasts
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+
+def forecast_heldout(
+    plan: ResolvedPlan, params: Mapping[str, Tensor], val: ValidationSet, *, steps: int
+) -> np.ndarray:
+    """Adapt ``params`` on every held-out support set (``steps`` inner steps) and forecast H."""
+    import torch
+    from mamlctl.maml.engine import batch_adapt, batched_forward, expand_params
+    from mamlctl.maml.models import build_model, loss_for_head, point_forecast
+
+    model_config = plan.model_config()
+    model = build_model(model_config)
+    sx, sy = torch.from_numpy(val.support_x), torch.from_numpy(val.support_y)
+    qx = torch.from_numpy(val.query_x)
+    n = sx.shape[0]
+    if steps > 0:
+        phi = batch_adapt(
+            model,
+            params,
+            sx,
+            sy,
+            steps=steps,
+            inner_lr=plan.config.inner_lr,
+            loss_fn=loss_for_head(model_config.head),
+        )
+    else:
+        phi = expand_params({k: v.detach() for k, v in params.items()}, n)
+    with torch.no_grad():
+        out = batched_forward(model)(phi, qx)  # [N, 1, out]
+        mean = point_forecast(out, model_config.head)[:, 0, :].double().numpy()
+    return np.asarray(mean * val.scale[:, None] + val.loc[:, None], dtype=np.float64)
+
+
+def seasonal_naive_heldout(plan: ResolvedPlan, val: ValidationSet) -> np.ndarray:
+    from mamlctl.timeseries.baselines import seasonal_naive
+
+    return seasonal_naive(list(val.histories), plan.horizon, m=plan.season)
+
+
+def score(plan: ResolvedPlan, val: ValidationSet, forecast: np.ndarray) -> dict[str, float]:
+    """Mean MASE (m = period) and sMAPE of a forecast of the held-out series."""
+    from mamlctl.timeseries.metrics import mase, smape
+
+    return {
+        "mase": float(np.mean(mase(list(val.histories), val.actual, forecast, m=plan.season))),
+        "smape": float(np.mean(smape(val.actual, forecast))),
+    }
+
+
+def train_family(
+    data: FamilyData,
+    *,
+    on_metrics: Callable[[int, Mapping[str, float]], None] | None = None,
+    on_progress: ProgressFn | None = None,
+) -> FamilyTrainingResult:
+    """Meta-train, train the pretrained baseline and validate. No I/O: reports via callbacks.
+
+    ``on_metrics(step, metrics)`` receives the training loss every ``log_every`` iterations and
+    the ``val_*`` metrics at each validation point; ``on_progress`` drives a progress bar.
+    """
+    import torch
+    from mamlctl.maml.meta import MetaTrainProgress, meta_train
+    from mamlctl.maml.tasks import WindowTaskSampler
+
+    plan, cfg, val = data.plan, data.plan.config, data.validation
+    budget = cfg.time_budget_s
+    # The pretrained baseline gets a quarter of the budget (its iterations are cheaper).
+    maml_budget = budget * (0.8 if cfg.pretrained_baseline else 1.0) if budget else None
+    sampler = WindowTaskSampler([s.values for s in data.train], plan.task_spec(), seed=cfg.seed)
+    model_config = plan.model_config()
+    total = cfg.iterations
+    segment = max(1, math.ceil(total / cfg.validations))
+    history: list[tuple[int, dict[str, float]]] = []
+    losses: list[float] = []
+    params: dict[str, Tensor] | None = None
+    done = 0
+    began = time.perf_counter()
+    stop = False
+    emit = on_metrics or (lambda step, metrics: None)
+
+    def callback(progress: MetaTrainProgress) -> bool:
+        nonlocal stop
+        it = done + progress.iteration
+        emit(it, {"train_loss": progress.loss})
+        if on_progress is not None:
+            on_progress(it, total, {"loss": progress.loss})
+        if maml_budget is not None and time.perf_counter() - began > maml_budget:
+            stop = True
+            return False
+        return True
+
+    while done < total and not stop:
+        n = min(segment, total - done)
+        result = meta_train(
+            model_config,
+            sampler,
+            plan.meta_config(iterations=n),
+            callback=callback,
+            init_params=params,
+        )
+        params = result.params
+        losses.extend(result.losses)
+        done += result.iterations
+        val_metrics = _prefixed(
+            "val_", score(plan, val, forecast_heldout(plan, params, val, steps=cfg.inner_steps))
+        )
+        history.append((done, val_metrics))
+        emit(done, val_metrics)
+    assert params is not None
+    elapsed = time.perf_counter() - began
+
+    pretrained: dict[str, Tensor] | None = None
+    if cfg.pretrained_baseline:
+        left = budget - (time.perf_counter() - began) if budget else None
+        pre_began = time.perf_counter()
+
+        def pre_callback(progress: MetaTrainProgress) -> bool:
+            return left is None or time.perf_counter() - pre_began < max(left, 1.0)
+
+        pre_sampler = WindowTaskSampler(
+            [s.values for s in data.train], plan.task_spec(), seed=cfg.seed + 1
+        )
+        pre = meta_train(
+            model_config,
+            pre_sampler,
+            plan.meta_config(method="pretrained", iterations=max(done, 1)),
+            callback=pre_callback,
+        )
+        pretrained = pre.params
+
+    forecasts = Forecasts(
+        adapted=forecast_heldout(plan, params, val, steps=cfg.inner_steps),
+        initial=forecast_heldout(plan, params, val, steps=0),
+        pretrained=(
+            forecast_heldout(plan, pretrained, val, steps=cfg.inner_steps)
+            if pretrained is not None
+            else None
+        ),
+        seasonal_naive=seasonal_naive_heldout(plan, val),
+    )
+    final = {
+        **_prefixed("val_", score(plan, val, forecasts.adapted)),
+        **_prefixed("val_initial_", score(plan, val, forecasts.initial)),
+        **_prefixed("val_seasonal_naive_", score(plan, val, forecasts.seasonal_naive)),
+    }
+    if forecasts.pretrained is not None:
+        final.update(_prefixed("val_pretrained_", score(plan, val, forecasts.pretrained)))
+    final["train_seconds"] = elapsed
+    final["iterations"] = float(done)
+    emit(done, final)
+    del torch
+    return FamilyTrainingResult(
+        data=data,
+        params=params,
+        pretrained_params=pretrained,
+        iterations=done,
+        elapsed_s=elapsed,
+        losses=tuple(losses),
+        metrics=final,
+        forecasts=forecasts,
+        history=history,
+    )
+
+
+def _prefixed(prefix: str, metrics: Mapping[str, float]) -> dict[str, float]:
+    return {f"{prefix}{k}": float(v) for k, v in metrics.items()}
+
+
+# --- the whole stage, with MLflow and the registry database at its edges ---------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainOutcome:
+    ref: InitializerRef
+    run_id: str
+    metrics: dict[str, float]
+    iterations: int
+    elapsed_s: float
+    n_train: int
+    n_validation: int
+    fingerprint: str
+
+
+def plan_training(family: Family, series: list[Series], config: FamilyTrainConfig) -> FamilyData:
+    """Resolve defaults and split the data; every input error is raised here, before MLflow."""
+    return prepare(family, series, resolve(family, config))
+
+
+def run_training(
+    data: FamilyData,
+    store: InitializerStore,
+    *,
+    promote: bool = False,
+    on_progress: ProgressFn | None = None,
+    run_tags: Mapping[str, str] | None = None,
+    record: Callable[[InitializerRef], None] | None = None,
+) -> TrainOutcome:
+    """Train inside an MLflow run, log artifacts, register the version, then ``record`` it.
+
+    A crash or Ctrl-C ends the run FAILED / KILLED and nothing is registered or recorded.
+    ``record`` (e.g. the registry-database insert) runs only after registration succeeded.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from mamlctl.maml.family_artifacts import write_artifacts
+    from mamlctl.registry.mlflow_store import INITIALIZER_ARTIFACT
+
+    plan = data.plan
+    family = plan.family
+    with store.start_run(family=family.name, tags=dict(run_tags or {})) as run:
+        run.log_config(plan.as_params())
+        run.log_params({"data.fingerprint": data.fingerprint, "data.n_train": len(data.train)})
+        run.log_params({"data.n_validation": len(data.validation.series_ids)})
+        result = train_family(data, on_metrics=_metric_logger(run), on_progress=on_progress)
+        with tempfile.TemporaryDirectory(prefix="mamlctl-train-") as tmp:
+            paths = write_artifacts(result, Path(tmp))
+            run.log_artifacts(paths.initializer_dir, artifact_path=INITIALIZER_ARTIFACT)
+            run.log_artifact(paths.onnx, artifact_path="onnx")
+            run.log_artifact(paths.plot, artifact_path="plots")
+            run.log_artifact(paths.series_ids, artifact_path=None)
+    metrics = result.metrics
+    ref = store.register_initializer(
+        family=family.name,
+        run_id=run.run_id,
+        tags={
+            "family": family.name,
+            "period": family.period if family.period is not None else "none",
+            "K": plan.support_points,
+            "window": plan.window,
+            "horizon": plan.horizon,
+            "architecture": plan.config.architecture,
+            "data_fingerprint": data.fingerprint,
+        },
+        description=_description(result),
+        promote=promote,
+    )
+    ref = replace(ref, metrics={k: v for k, v in metrics.items() if k.startswith("val_")})
+    if record is not None:
+        record(ref)
+    return TrainOutcome(
+        ref=ref,
+        run_id=run.run_id,
+        metrics=metrics,
+        iterations=result.iterations,
+        elapsed_s=result.elapsed_s,
+        n_train=len(data.train),
+        n_validation=len(data.validation.series_ids),
+        fingerprint=data.fingerprint,
+    )
+
+
+def _metric_logger(run: TrackedRun) -> Callable[[int, Mapping[str, float]], None]:
+    def log(step: int, metrics: Mapping[str, float]) -> None:
+        run.log_metrics(metrics, step=step)
+
+    return log
+
+
+def _description(result: FamilyTrainingResult) -> str:
+    plan, m = result.data.plan, result.metrics
+    method = "first-order MAML" if plan.config.first_order else "MAML"
+    pre = m.get("val_pretrained_mase")
+    return (
+        f"{method} initializer for family {plan.family.name} (P={plan.family.period}, "
+        f"L={plan.window}, H={plan.horizon}, K={plan.support_points}), {result.iterations} "
+        f"iterations on {len(result.data.train)} series. Held-out MASE after "
+        f"{plan.config.inner_steps} step(s): {m['val_mase']:.3f} (pretrained "
+        f"{'n/a' if pre is None else f'{pre:.3f}'}, seasonal naive "
+        f"{m['val_seasonal_naive_mase']:.3f}). Data fingerprint {result.data.fingerprint}."
+    )
+
+
+def is_champion(ref: InitializerRef) -> bool:
+    return CHAMPION in ref.aliases
