@@ -76,9 +76,18 @@ def test_hot_reload_under_concurrent_requests(tmp_path: Path) -> None:
                 i += 1
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+
+    def settle(counts: list[int], more: int = 3) -> None:
+        """Wait until every client has made ``more`` requests since ``counts``."""
+        limit = time.monotonic() + 30
+        while time.monotonic() < limit and any(
+            len(log) < c + more for log, c in zip(logs, counts, strict=True)
+        ):
+            time.sleep(0.02)
+
     for t in threads:
         t.start()
-    time.sleep(0.4)
+    settle([0] * 4)
     v2 = write_series(settings.models_dir, MLP, IDS, seed=2, version=2)
     source.replace(v2)
     swap_deadline = time.monotonic() + 15
@@ -86,7 +95,7 @@ def test_hot_reload_under_concurrent_requests(tmp_path: Path) -> None:
         if httpx.get(f"{base}/readyz").json()["generation"] >= 2:
             break
         time.sleep(0.05)
-    time.sleep(0.4)
+    settle([len(log) for log in logs])
     stop.set()
     for t in threads:
         t.join()
