@@ -178,6 +178,23 @@ def build_home(
     return ids, windows
 
 
+def cached_home(
+    home: Path, values: dict[str, np.ndarray], **kwargs: Any
+) -> tuple[list[str], dict[str, list[float]]]:
+    """:func:`build_home`, reusing a complete earlier build of the same arguments."""
+    marker = home / "bench-home.json"
+    key = {k: v for k, v in kwargs.items()}
+    if marker.exists():
+        saved = json.loads(marker.read_text())
+        if saved["key"] == key:
+            log(f"reusing {home}")
+            return saved["ids"], saved["windows"]
+    shutil.rmtree(home, ignore_errors=True)
+    ids, windows = build_home(home, values, **kwargs)
+    marker.write_text(json.dumps({"key": key, "ids": ids, "windows": windows}))
+    return ids, windows
+
+
 # ----------------------------------------------------------------------------- processes
 
 
@@ -376,10 +393,19 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="Seconds per wrk run.")
     parser.add_argument("--series", type=int, default=10_000, help="Series for the RSS run.")
     parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument(
+        "--homes",
+        type=Path,
+        default=None,
+        help="Keep the built registry homes here and reuse them on the next run (setup of the "
+        "10k home takes minutes); default: a temporary folder removed at the end.",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is required (apt-get install wrk)")
     work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
+    homes = args.homes or work
+    homes.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()},
         "model": {"kind": "mlp", "window": L, "horizon": H, "hidden": list(HIDDEN), "head": "mean"},
@@ -389,8 +415,8 @@ def main() -> None:
         values = load_m4_hourly()
         log(f"building the M4 Hourly home ({len(values)} series)")
         t = time.perf_counter()
-        home = work / "m4"
-        ids, windows = build_home(home, values, copies=1, seed=0)
+        home = homes / "m4"
+        ids, windows = cached_home(home, values, copies=1, seed=0)
         result["setup_s"] = round(time.perf_counter() - t, 2)
         rng = np.random.default_rng(1)
         single = write_bodies(
@@ -477,8 +503,8 @@ def main() -> None:
 
         copies = max(1, round(args.series / len(values)))
         log(f"building the {copies * len(values)}-series home")
-        big = work / "big"
-        build_home(big, values, copies=copies, seed=2, store_points=L + H)
+        big = homes / "big"
+        cached_home(big, values, copies=copies, seed=2, store_points=L + H)
         colds, rss = [], {}
         for _ in range(2):
             port = _free_port()
