@@ -106,10 +106,12 @@ def last_points(session: Session, series_id: str, n: int) -> tuple[FloatArray, I
     """
     if n < 1:
         raise InputError(f"n must be >= 1, got {n}")
-    pk = session.scalar(select(SeriesRow.id).where(SeriesRow.series_id == series_id))
+    conn = session.connection()
+    pk = conn.execute(select(SeriesRow.id).where(SeriesRow.series_id == series_id)).scalar()
     if pk is None:
         raise NotFoundError(f"unknown series {series_id!r} (see `mamlctl series list`)")
-    rows = session.execute(
+    # Core execution on the session's connection (the ORM result layer is ~3x slower here).
+    rows = conn.execute(
         select(PointRow.position, PointRow.value)
         .where(PointRow.series_pk == pk)
         .order_by(PointRow.position.desc())
@@ -130,7 +132,7 @@ def series_values(
         stmt = stmt.where(PointRow.position >= start)
     if stop is not None:
         stmt = stmt.where(PointRow.position < stop)
-    return np.asarray(session.scalars(stmt).all(), dtype=np.float64)
+    return np.asarray(session.connection().execute(stmt).scalars().all(), dtype=np.float64)
 
 
 def _to_datetime64(values: Sequence[datetime | None]) -> npt.NDArray[np.datetime64] | None:
@@ -170,7 +172,7 @@ def load_many_series(session: Session, series_ids: Sequence[str]) -> list[Series
         stmt = stmt.where(PointRow.series_pk.in_(list(by_pk))).order_by(
             PointRow.series_pk, PointRow.position
         )
-        for row in session.execute(stmt):
+        for row in session.connection().execute(stmt):
             vals, tss = cols[row[0]]
             vals.append(row[1])
             if with_ts:
