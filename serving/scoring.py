@@ -141,12 +141,52 @@ def _to32(value: Any) -> float:
         return float("inf")
 
 
+def _windows32(values: list[Any]) -> npt.NDArray[np.float32]:
+    with np.errstate(over="ignore"):
+        try:
+            return np.array(values, dtype=np.float32)
+        except (OverflowError, ValueError):  # an int beyond float range: report it below
+            return np.full((len(values), 1), np.inf, dtype=np.float32)
+
+
+def _result(
+    entry: SeriesEntry, forecast: Any, sigma: Any, actual: list[Any] | None, loc: list[str | int]
+) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "series_id": entry.series_id,
+        "forecast": forecast,
+        "sigma": sigma,
+        "residual": None,
+        "anomaly_score": None,
+        "is_anomaly": None,
+        "threshold": entry.threshold,
+        "lineage": entry.lineage,
+    }
+    if actual is not None:
+        k = len(actual)
+        _finite32(actual, loc, name="actual")  # same range rule as windows
+        residual = np.array(actual, dtype=np.float64) - forecast[:k].astype(np.float64)
+        scores = anomaly_score(residual, sigma[:k])
+        result["residual"] = residual
+        result["anomaly_score"] = scores
+        result["is_anomaly"] = flag(scores, entry.threshold)
+    return result
+
+
 def score(state: ServingState, items: list[Any], *, is_batch: bool) -> tuple[bytes, int]:
     """Validate and score ``items`` against ``state``; ``(response body, rows scored)``."""
-    base: list[str | int] = ["body", "items"] if is_batch else ["body"]
-    checked = [
-        _check_item(state, item, [*base, i] if is_batch else base) for i, item in enumerate(items)
-    ]
+    if not is_batch:  # the latency path: no grouping machinery
+        base: list[str | int] = ["body"]
+        entry, window, actual = _check_item(state, items[0], base)
+        windows = _windows32([window])
+        if not np.isfinite(windows).all():
+            _finite32(window, base, name="window")
+        forecast, sigma = state.runtimes[entry.group].run(windows, entry.row_array)
+        doc = _result(entry, forecast[0], sigma[0], actual, base)
+        return orjson.dumps(doc, option=_DUMP_OPTS), 1
+
+    base = ["body", "items"]
+    checked = [_check_item(state, item, [*base, i]) for i, item in enumerate(items)]
     n = len(checked)
     by_group: dict[int, list[int]] = {}
     for i, (entry, _, _) in enumerate(checked):
@@ -154,44 +194,20 @@ def score(state: ServingState, items: list[Any], *, is_batch: bool) -> tuple[byt
     forecasts: list[Any] = [None] * n
     sigmas: list[Any] = [None] * n
     for group, idx in by_group.items():
-        with np.errstate(over="ignore"):
-            try:
-                windows = np.array([checked[i][1] for i in idx], dtype=np.float32)
-            except (OverflowError, ValueError):
-                windows = np.full((len(idx), 1), np.inf, dtype=np.float32)
+        windows = _windows32([checked[i][1] for i in idx])
         if not np.isfinite(windows).all():
             for i in idx:  # name the first offending item and value
-                _finite32(checked[i][1], [*base, i] if is_batch else base, name="window")
+                _finite32(checked[i][1], [*base, i], name="window")
         rows = np.fromiter((checked[i][0].row for i in idx), dtype=np.int64, count=len(idx))
         forecast, sigma = state.runtimes[group].run(windows, rows)
         for k, i in enumerate(idx):
             forecasts[i] = forecast[k]
             sigmas[i] = sigma[k]
-    results = []
-    for i, (entry, _, actual) in enumerate(checked):
-        result: dict[str, Any] = {
-            "series_id": entry.series_id,
-            "forecast": forecasts[i],
-            "sigma": sigmas[i],
-            "residual": None,
-            "anomaly_score": None,
-            "is_anomaly": None,
-            "threshold": entry.threshold,
-            "lineage": entry.lineage,
-        }
-        if actual is not None:
-            loc = [*base, i] if is_batch else base
-            k = len(actual)
-            _finite32(actual, loc, name="actual")  # same range rule as windows
-            act = np.array(actual, dtype=np.float64)
-            residual = act - forecasts[i][:k].astype(np.float64)
-            scores = anomaly_score(residual, sigmas[i][:k])
-            result["residual"] = residual
-            result["anomaly_score"] = scores
-            result["is_anomaly"] = flag(scores, entry.threshold)
-        results.append(result)
-    doc: Any = {"results": results} if is_batch else results[0]
-    return orjson.dumps(doc, option=_DUMP_OPTS), n
+    results = [
+        _result(entry, forecasts[i], sigmas[i], actual, [*base, i])
+        for i, (entry, _, actual) in enumerate(checked)
+    ]
+    return orjson.dumps({"results": results}, option=_DUMP_OPTS), n
 
 
 def series_detail(state: ServingState, series_id: str) -> dict[str, Any]:

@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import onnx
 from mamlctl.registry.model_files import open_verified
 from mamlctl.serving.bank import (
@@ -61,6 +63,8 @@ class SeriesEntry:
     sha256: str
     #: Pre-rendered ``lineage`` object of responses (built once per state, not per request).
     lineage: dict[str, Any] = field(repr=False)
+    #: ``[row]`` as int64, ready to feed a single-row ``run``.
+    row_array: npt.NDArray[np.int64] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,6 +208,7 @@ def _entry(item: _Loaded, *, group: int, row: int, generation: int) -> SeriesEnt
         adapted_at=adapted_at,
         sha256=rec.sha256,
         lineage=lineage,
+        row_array=np.array([row], dtype=np.int64),
     )
 
 
