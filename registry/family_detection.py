@@ -8,13 +8,14 @@ family unless ``reassign`` is set; its detected period is still recorded.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from mamlctl.registry.family_queries import upsert_family
-from mamlctl.registry.series_queries import load_many_series, record_detection
+from mamlctl.registry.family_queries import family_row, upsert_family
+from mamlctl.registry.series_queries import load_many_series
 from mamlctl.registry.tables import SeriesRow
 from mamlctl.timeseries.families import Detection, detect_family
 from mamlctl.timeseries.periodicity import infer_interval
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 CHUNK = 200
@@ -29,43 +30,45 @@ def detect_families(
 ) -> list[Detection]:
     """Detect and store period and family for ``series_ids`` (default: every series)."""
     rows = session.execute(
-        select(SeriesRow.series_id, SeriesRow.interval_seconds, SeriesRow.family_origin).order_by(
-            SeriesRow.id
-        )
+        select(
+            SeriesRow.id, SeriesRow.series_id, SeriesRow.interval_seconds, SeriesRow.family_origin
+        ).order_by(SeriesRow.id)
     ).all()
-    meta = {sid: (iv, origin) for sid, iv, origin in rows}
+    meta = {sid: (pk, iv, origin) for pk, sid, iv, origin in rows}
     if series_ids is None:
-        ids = [r[0] for r in rows]
+        ids = [r[1] for r in rows]
     else:
         ids = list(series_ids)
         load_many_series(session, ids[:1])  # unknown id -> NotFoundError before any work
+    family_ids: dict[str, int] = {}
+    updates: list[dict[str, Any]] = []
     out: list[Detection] = []
     for i in range(0, len(ids), CHUNK):
         for s in load_many_series(session, ids[i : i + CHUNK]):
-            iv, origin = meta.get(s.series_id, (None, None))
+            pk, iv, origin = meta[s.series_id]
             if iv is None:
                 iv = infer_interval(s.timestamps)
             det = detect_family(s.series_id, s.values, interval_seconds=iv)
-            name = None
+            change: dict[str, Any] = {
+                "id": pk,
+                "interval_seconds": iv,
+                "detected_period": det.estimate.period,
+                "period_strength": det.estimate.strength if det.estimate.period else None,
+            }
             if det.family is not None and (reassign or origin != "assigned"):
-                upsert_family(session, det.family, overwrite=False)
                 name = det.family.name
-            if reassign and origin == "assigned":
-                session.execute(
-                    SeriesRow.__table__.update()
-                    .where(SeriesRow.series_id == s.series_id)
-                    .values(family_origin=None)
-                )
-                session.expire_all()
-            record_detection(
-                session,
-                s.series_id,
-                interval_seconds=iv,
-                detected_period=det.estimate.period,
-                period_strength=det.estimate.strength if det.estimate.period else None,
-                family=name,
-            )
+                if name not in family_ids:
+                    upsert_family(session, det.family, overwrite=False)
+                    family_ids[name] = family_row(session, name).id
+                change["family_id"] = family_ids[name]
+                change["family_origin"] = "detected"
+            updates.append(change)
             out.append(det)
         if on_progress is not None:
             on_progress(min(CHUNK, len(ids) - i))
+    # Bulk UPDATE by primary key (one executemany per distinct key set).
+    for keys in {tuple(sorted(u)) for u in updates}:
+        batch = [u for u in updates if tuple(sorted(u)) == keys]
+        session.execute(update(SeriesRow), batch)
+    session.expire_all()
     return out

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from mamlctl.registry.series_queries import IN_CHUNK
+from mamlctl.registry.series_queries import IN_CHUNK, raw_point_values
 from mamlctl.registry.tables import PointRow, SeriesRow, utcnow
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
@@ -88,32 +88,6 @@ def _split_by_pk(pk_col: npt.NDArray[np.int64], pks: Sequence[int]) -> dict[int,
     return out
 
 
-def _raw_values(conn: Any, pks: Sequence[int]) -> npt.NDArray[np.float64]:
-    """``[[series_pk, value], ...]`` ordered by (series_pk, position), through the DBAPI cursor
-    (SQLAlchemy's row objects would cost more than the query)."""
-    dialect = conn.dialect.name
-    raw: Any = conn.connection.driver_connection
-    if dialect not in ("sqlite", "postgresql"):
-        res = conn.execute(
-            select(PointRow.series_pk, PointRow.value)
-            .where(PointRow.series_pk.in_(list(pks)))
-            .order_by(PointRow.series_pk, PointRow.position)
-        ).all()
-        return np.array([tuple(r) for r in res], dtype=np.float64).reshape(-1, 2)
-    mark = "?" if dialect == "sqlite" else "%s"
-    sql = (
-        "SELECT series_pk, value FROM points WHERE series_pk IN "
-        f"({', '.join([mark] * len(pks))}) ORDER BY series_pk, position"
-    )
-    cur = raw.cursor()
-    try:
-        cur.execute(sql, list(pks))
-        rows = cur.fetchall()
-    finally:
-        cur.close()
-    return np.array(rows, dtype=np.float64).reshape(-1, 2)
-
-
 def _load_stored(session: Session, rows: Sequence[SeriesRow]) -> dict[int, _Stored]:
     """Stored values (and timestamps, for series that have them) of the given series.
 
@@ -125,7 +99,7 @@ def _load_stored(session: Session, rows: Sequence[SeriesRow]) -> dict[int, _Stor
     for i in range(0, len(rows), IN_CHUNK):
         chunk = rows[i : i + IN_CHUNK]
         pks = [r.id for r in chunk]
-        table = _raw_values(conn, pks)
+        table = raw_point_values(conn, pks)
         pk_col = table[:, 0].astype(np.int64)
         val_col = np.ascontiguousarray(table[:, 1])
         ranges = _split_by_pk(pk_col, pks)

@@ -26,6 +26,34 @@ IntArray = npt.NDArray[np.int64]
 IN_CHUNK = 500
 
 
+def raw_point_values(conn: Any, pks: Sequence[int]) -> npt.NDArray[np.float64]:
+    """``[[series_pk, value], ...]`` ordered by (series_pk, position), through the DBAPI cursor
+    (SQLAlchemy's row objects would cost more than the query)."""
+    if not pks:
+        return np.empty((0, 2), dtype=np.float64)
+    dialect = conn.dialect.name
+    raw: Any = conn.connection.driver_connection
+    if dialect not in ("sqlite", "postgresql"):
+        res = conn.execute(
+            select(PointRow.series_pk, PointRow.value)
+            .where(PointRow.series_pk.in_(list(pks)))
+            .order_by(PointRow.series_pk, PointRow.position)
+        ).all()
+        return np.array([tuple(r) for r in res], dtype=np.float64).reshape(-1, 2)
+    mark = "?" if dialect == "sqlite" else "%s"
+    sql = (
+        "SELECT series_pk, value FROM points WHERE series_pk IN "
+        f"({', '.join([mark] * len(pks))}) ORDER BY series_pk, position"
+    )
+    cur = raw.cursor()
+    try:
+        cur.execute(sql, list(pks))
+        rows = cur.fetchall()
+    finally:
+        cur.close()
+    return np.array(rows, dtype=np.float64).reshape(-1, 2)
+
+
 def _info(row: SeriesRow, family: str | None) -> SeriesInfo:
     has_ts = row.first_ts is not None
     return SeriesInfo(
@@ -162,27 +190,31 @@ def load_many_series(session: Session, series_ids: Sequence[str]) -> list[Series
             raise NotFoundError(
                 f"unknown series {sorted(missing)[0]!r} (see `mamlctl series list`)"
             )
+        pks = list(by_pk)
+        table = raw_point_values(session.connection(), pks)
+        pk_col = table[:, 0].astype(np.int64)
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(pk_col)) + 1)) if pk_col.size else []
+        ranges = {int(pk_col[a]): a for a in starts}
+        counts = (
+            dict(zip(*np.unique(pk_col, return_counts=True), strict=True)) if pk_col.size else {}
+        )
         with_ts = [pk for pk, (_, has_ts, _) in by_pk.items() if has_ts]
-        cols: dict[int, tuple[list[float], list[datetime | None]]] = {pk: ([], []) for pk in by_pk}
-        stmt = (
-            select(PointRow.series_pk, PointRow.value, PointRow.ts)
-            if with_ts
-            else select(PointRow.series_pk, PointRow.value)
-        )
-        stmt = stmt.where(PointRow.series_pk.in_(list(by_pk))).order_by(
-            PointRow.series_pk, PointRow.position
-        )
-        for row in session.connection().execute(stmt):
-            vals, tss = cols[row[0]]
-            vals.append(row[1])
-            if with_ts:
-                tss.append(row[2])
+        tss: dict[int, list[datetime | None]] = {pk: [] for pk in with_ts}
+        if with_ts:
+            stmt = (
+                select(PointRow.series_pk, PointRow.ts)
+                .where(PointRow.series_pk.in_(with_ts))
+                .order_by(PointRow.series_pk, PointRow.position)
+            )
+            for pk, ts in session.connection().execute(stmt).all():
+                tss[pk].append(ts)
         for pk, (sid, has_ts, fam) in by_pk.items():
-            vals, tss = cols[pk]
+            a = ranges.get(pk, 0)
+            n = int(counts.get(pk, 0))
             out[sid] = Series(
                 series_id=sid,
-                values=np.asarray(vals, dtype=np.float64),
-                timestamps=_to_datetime64(tss) if has_ts else None,
+                values=np.ascontiguousarray(table[a : a + n, 1]),
+                timestamps=_to_datetime64(tss[pk]) if has_ts else None,
                 family=fam,
             )
     return [out[s] for s in series_ids]
