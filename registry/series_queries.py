@@ -193,8 +193,8 @@ def load_many_series(session: Session, series_ids: Sequence[str]) -> list[Series
         pks = list(by_pk)
         table = raw_point_values(session.connection(), pks)
         pk_col = table[:, 0].astype(np.int64)
-        starts = np.concatenate(([0], np.flatnonzero(np.diff(pk_col)) + 1)) if pk_col.size else []
-        ranges = {int(pk_col[a]): a for a in starts}
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(pk_col)) + 1)).astype(np.int64)
+        ranges = {int(pk_col[a]): int(a) for a in starts[: len(starts) if pk_col.size else 0]}
         counts = (
             dict(zip(*np.unique(pk_col, return_counts=True), strict=True)) if pk_col.size else {}
         )
@@ -293,7 +293,8 @@ def record_detection(
 def delete_series(session: Session, series_id: str) -> int:
     """Remove a series with its points and adapted-model records; returns points removed."""
     row = series_row(session, series_id)
-    removed = session.execute(delete(PointRow).where(PointRow.series_pk == row.id)).rowcount
+    removed = int(session.scalar(select(func.count()).where(PointRow.series_pk == row.id)) or 0)
+    session.execute(delete(PointRow).where(PointRow.series_pk == row.id))
     session.delete(row)
     session.flush()
-    return int(removed or 0)
+    return removed
