@@ -98,7 +98,8 @@ def register(app: typer.Typer) -> None:
             float | None,
             typer.Option(
                 "--time-budget",
-                help="Stop meta-training after this many seconds (baseline included).",
+                help="Stop meta-training after this many seconds, baseline included "
+                "(default 900; the iteration count normally ends training first).",
             ),
         ] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed of init and task draws.")] = 0,

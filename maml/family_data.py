@@ -37,13 +37,15 @@ class FamilyTrainConfig(BaseModel):
     head: Literal["mean", "gaussian"] = "mean"
     support: int | None = Field(default=None, ge=2, description="K raw support points.")
     query: int | None = Field(default=None, ge=1, le=1024, description="Query pairs per task.")
-    inner_steps: int = Field(default=1, ge=1, le=50)
-    inner_lr: float = Field(default=0.01, gt=0, le=10)
+    # Defaults tuned on M4 Hourly (see the report): two inner steps at 0.3 on support-normalised
+    # windows adapt far better than the paper's sine setting (one step at 0.01).
+    inner_steps: int = Field(default=2, ge=1, le=50)
+    inner_lr: float = Field(default=0.3, gt=0, le=10)
     first_order: bool = False
-    meta_lr: float = Field(default=1e-3, gt=0, le=1)
+    meta_lr: float = Field(default=3e-3, gt=0, le=1)
     meta_batch: int = Field(default=16, ge=1, le=1024)
-    iterations: int = Field(default=1500, ge=1, le=10_000_000)
-    time_budget_s: float | None = Field(default=None, gt=0)
+    iterations: int = Field(default=3000, ge=1, le=10_000_000)
+    time_budget_s: float | None = Field(default=900.0, gt=0)
     seed: int = Field(default=0, ge=0)
     holdout_fraction: float = Field(default=0.15, gt=0, lt=1)
     max_holdout: int = Field(default=64, ge=1)
@@ -108,7 +110,7 @@ class ResolvedPlan:
 
         c = self.config
         return MetaTrainConfig(
-            method=method or ("fomaml" if c.first_order else "maml"),  # type: ignore[arg-type]
+            method=method or ("fomaml" if c.first_order else "maml"),
             iterations=iterations or c.iterations,
             meta_batch_size=c.meta_batch,
             inner_steps=c.inner_steps,

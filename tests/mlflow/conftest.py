@@ -98,7 +98,7 @@ def embedded_settings(clean_env: Path) -> Settings:
     return Settings(home=clean_env)
 
 
-@pytest.fixture(params=["embedded", "server"])
+@pytest.fixture(params=["embedded", pytest.param("server", marks=pytest.mark.slow)])
 def backend(
     request: pytest.FixtureRequest, clean_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> str:

@@ -95,7 +95,8 @@ def test_train_end_to_end(backend: str, seeded_registry: Any, tmp_path: Path) ->
     store = open_store(settings)
     run = store.client.get_run(first["run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["train.inner_lr"] == "0.01"
+    assert run.data.params["train.inner_lr"] == "0.3"
+    assert run.data.params["train.inner_steps"] == "2"
     assert run.data.params["family.support_points"] == "60"
     assert run.data.params["data.fingerprint"] == first["data_fingerprint"]
     losses = store.client.get_metric_history(first["run_id"], "train_loss")
@@ -125,7 +126,7 @@ def test_train_end_to_end(backend: str, seeded_registry: Any, tmp_path: Path) ->
     assert loaded.task_spec == {"kind": "window", **data.plan.task_spec().to_dict()}
     for name, tensor in result.params.items():
         assert np.array_equal(loaded.params[name].numpy(), tensor.numpy())
-    again = forecast_heldout(data.plan, loaded.params, data.validation, steps=1)
+    again = forecast_heldout(data.plan, loaded.params, data.validation, steps=2)
     np.testing.assert_array_equal(again, result.forecasts.adapted)
 
     onnx_dir = Path(store.client.download_artifacts(outcome.run_id, "onnx", str(tmp_path)))
