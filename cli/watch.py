@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -46,7 +49,6 @@ def register(app: typer.Typer) -> None:
         previous models serving. Ctrl-C stops it.
         """
         import json
-        import logging
         import os
         from dataclasses import asdict
 
@@ -66,7 +68,6 @@ def register(app: typer.Typer) -> None:
         only = tuple(family or ())
         watched_families(settings, only)  # unknown family -> one-line error before looping
 
-        _configure_logging(logging.getLogger("mamlctl.watch"))
         current: list[MlflowStore] = []
 
         def connect() -> MlflowStore:
@@ -90,29 +91,35 @@ def register(app: typer.Typer) -> None:
             backoff=Backoff(initial_s=min(1.0, cap), max_s=cap),
             on_event=on_event,
         )
-        logging.getLogger("mamlctl.watch").info(
-            "following %s of %s every %g s (store %s)",
-            alias,
-            ", ".join(only) or "every family",
-            every,
-            settings.resolved_tracking_uri,
-        )
-        loop.run(max_polls=1 if once else None)
+        with _stderr_log(logging.getLogger("mamlctl.watch")) as log:
+            log.info(
+                "following %s of %s every %g s (store %s)",
+                alias,
+                ", ".join(only) or "every family",
+                every,
+                settings.resolved_tracking_uri,
+            )
+            loop.run(max_polls=1 if once else None)
 
 
-def _configure_logging(logger: object) -> None:
-    """One stderr line per event with a timestamp (rich keeps stdout clean for --json)."""
-    import logging
-
+@contextlib.contextmanager
+def _stderr_log(logger: logging.Logger) -> Iterator[logging.Logger]:
+    """One timestamped stderr line per event while the command runs (stdout stays clean for
+    --json); the logger is restored afterwards (in-process callers, tests)."""
     from mamlctl.cli.output import console
     from rich.logging import RichHandler
 
-    assert isinstance(logger, logging.Logger)
-    if not logger.handlers:
-        handler = RichHandler(
-            console=console(stderr=True), show_path=False, rich_tracebacks=False, markup=False
-        )
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
+    handler = RichHandler(
+        console=console(stderr=True), show_path=False, rich_tracebacks=False, markup=False
+    )
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = (logger.level, logger.propagate)
+    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]

@@ -81,4 +81,4 @@ class AdaptingFollower:
             set_family_champion(session, family, ref.version)
         if self._on_report is not None:
             self._on_report(report)
-        return report.adapted + report.up_to_date
+        return int(report.adapted) + int(report.up_to_date)

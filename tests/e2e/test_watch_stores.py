@@ -203,3 +203,30 @@ def test_tracking_server_outage_backs_off_logs_once_and_recovers(
         assert not loop.in_outage
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_watch_cli_once_catches_up_and_names_unknown_families(
+    sines_home: Any, tmp_path: Path
+) -> None:
+    import json
+
+    from mamlctl.cli.app import app
+    from typer.testing import CliRunner
+
+    settings = sines_home.settings
+    _register(settings, tmp_path, seed=0)
+    result = CliRunner().invoke(app, ["watch", "--once", "--json", "--interval", "1s"])
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [(e["kind"], e["family"], e["version"], e["adapted"]) for e in events] == [
+        ("promoted", "sines", 1, 6)
+    ]
+    assert served_version(settings, "sines") == 1
+    again = CliRunner().invoke(app, ["watch", "--once", "--json"])
+    assert again.exit_code == 0 and not again.stdout.strip()  # nothing moved: no event
+    unknown = CliRunner().invoke(app, ["watch", "--family", "nope", "--once"])
+    assert unknown.exit_code == 1
+    assert unknown.output.strip().splitlines()[-1].startswith("error: ")
+    bad = CliRunner().invoke(app, ["watch", "--interval", "soon", "--once"])
+    assert bad.exit_code == 1 and "invalid duration" in bad.output
