@@ -102,7 +102,10 @@ def register(app: typer.Typer) -> None:
                 _render(summary)
             if keep_server:
                 typer.echo(f"scoring server on {server.url} (Ctrl-C stops it)", err=True)
-                server.wait()
+                try:
+                    server.wait()
+                except KeyboardInterrupt:  # the normal way to end --keep-server
+                    typer.echo("scoring server stopped", err=True)
         finally:
             server.stop()
 
