@@ -103,6 +103,7 @@ def sine(
         config_log_every = max(1, min(500, iterations // 20))
         result = run_sine_experiment(config, progress=on_progress, jobs=jobs)
     figure = plot_sine_figure(result, out / "sine_figure.png")
+    _save_initializers(result, out / "initializers")
     doc = {
         "results": [
             {
@@ -125,14 +126,40 @@ def sine(
         return
     print_table(
         f"sine regression, {iterations} iterations, {config.test_tasks} test tasks (MSE +- 95% CI)",
-        ["method", "K", "steps", "MSE", "ci95"],
+        ["method", "K", "steps", "MSE", "ci95", "diverged"],
         [
-            (_METHOD_NAMES.get(r.method, r.method), r.k, r.steps, f"{r.mse:.3f}", f"{r.ci95:.3f}")
+            (
+                _METHOD_NAMES.get(r.method, r.method),
+                r.k,
+                r.steps,
+                f"{r.mse:.3f}",
+                f"{r.ci95:.3f}",
+                f"{r.diverged}/{config.test_tasks}" if r.diverged else "",
+            )
             for r in result.rows
         ],
     )
     typer.echo(f"MAML meta-iterations/s: {result.iterations_per_second:.0f}")
     typer.echo(f"figure: {figure}")
+
+
+def _save_initializers(result: Any, folder: Path) -> None:
+    """Each trained method's initializer (safetensors + JSON) under ``folder/<method>``."""
+    from mamlctl.maml.initializer import save_initializer
+
+    for method, trained in result.trained.items():
+        if trained.result is None:
+            continue
+        spec = {"kind": "sine", "support": result.config.train_k, "query": result.config.train_k}
+        save_initializer(
+            folder / method,
+            model_config=result.model_config,
+            params=trained.params,
+            task_spec=spec,
+            train_config=trained.result.config.model_dump(mode="json"),
+            inner_lrs=trained.result.inner_lrs,
+            metrics={"final_train_loss": trained.result.losses[-1]},
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -55,6 +55,8 @@ class ResultRow:
     steps: int
     mse: float
     ci95: float
+    #: Test tasks whose loss became non-finite (adaptation diverged); then mse is not finite.
+    diverged: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +118,8 @@ def _ci95(values: Tensor) -> float:
 
 def evaluate(
     trained: TrainedMethod, model_config: MLPConfig, test: SineTestSet, *, steps: tuple[int, ...]
-) -> list[tuple[int, float, float]]:
-    """(steps, mean MSE, ci95) on ``test`` for each count in ``steps``."""
+) -> list[tuple[int, float, float, int]]:
+    """(steps, mean MSE, ci95, diverged tasks) on ``test`` for each count in ``steps``."""
     model = build_model(model_config)
     curve = adaptation_curve(
         model,
@@ -130,7 +132,10 @@ def evaluate(
         inner_lr=trained.inner_lr,
         loss_fn=mse_loss,
     )
-    return [(s, float(curve[s].double().mean()), _ci95(curve[s])) for s in steps]
+    return [
+        (s, float(curve[s].double().mean()), _ci95(curve[s]), int((~curve[s].isfinite()).sum()))
+        for s in steps
+    ]
 
 
 def _train_in_worker(
@@ -196,8 +201,10 @@ def run_sine_experiment(
             config.test_tasks, k=k, seed=10_000 + config.seed, grid_points=config.grid_points
         )
         for m in config.methods:
-            for steps, mse, ci in evaluate(trained[m], model_config, test, steps=config.test_steps):
-                rows.append(ResultRow(m, k, steps, mse, ci))
+            for steps, mse, ci, bad in evaluate(
+                trained[m], model_config, test, steps=config.test_steps
+            ):
+                rows.append(ResultRow(m, k, steps, mse, ci, bad))
     speeds = [t.result.iterations_per_second for t in trained.values() if t.result is not None]
     maml = trained.get("maml")
     ips = (

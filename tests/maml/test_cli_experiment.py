@@ -10,6 +10,7 @@ import pytest
 import torch
 from mamlctl.cli.app import app
 from mamlctl.maml.engine import adaptation_curve
+from mamlctl.maml.initializer import load_initializer
 from mamlctl.maml.models import build_model, mse_loss
 from mamlctl.maml.sine_experiment import SineExperimentConfig, run_sine_experiment
 from mamlctl.maml.tasks import sine_test_tasks
@@ -40,6 +41,11 @@ def test_sine_json_matches_the_library_and_writes_the_figure(tmp_path: Path) -> 
     for r, ref in zip(rows, lib.rows, strict=True):
         assert (r["method"], r["k"], r["steps"]) == (ref.method, ref.k, ref.steps)
         assert math.isclose(r["mse"], ref.mse, rel_tol=1e-6)
+    # The saved initializers are the library's trained parameters, bit for bit.
+    saved = load_initializer(tmp_path / "initializers" / "maml")
+    for name, value in lib.trained["maml"].params.items():
+        assert torch.equal(saved.params[name], value)
+    assert not (tmp_path / "initializers" / "scratch").exists()
     # Oracle 2: the scratch rows are a random net fine-tuned by hand-checked adaptation.
     torch.manual_seed(3)
     net = build_model(lib.model_config)
