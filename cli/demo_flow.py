@@ -21,7 +21,6 @@ from mamlctl.errors import ConfigError
 
 if TYPE_CHECKING:
     from mamlctl.cli.demo_server import ThreadedServer
-
     from mamlctl.domain import Family
     from mamlctl.settings import Settings
 
@@ -183,6 +182,7 @@ def _train(
     settings: Settings, family: Family, options: DemoOptions, stages: Stages
 ) -> dict[str, Any]:
     import torch
+
     from mamlctl.maml.family_data import make_config
     from mamlctl.maml.family_training import plan_training, run_training
     from mamlctl.registry.db import transaction
@@ -280,6 +280,7 @@ def _serve_and_score(
     settings: Settings, family: Family, options: DemoOptions, stages: Stages
 ) -> tuple[ThreadedServer, dict[str, Any]]:
     import httpx
+
     from mamlctl.cli.demo_server import measure_latency, score, start_server, wait_ready
     from mamlctl.registry import queries as q
     from mamlctl.registry.db import open_registry

@@ -55,6 +55,7 @@ def start_server(
 ) -> ThreadedServer:
     """Start the scoring server in this process and wait until it is listening."""
     import uvicorn
+
     from mamlctl.serving.app import ServeOptions, create_app
     from mamlctl.serving.source import RegistrySource
 

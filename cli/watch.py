@@ -106,8 +106,9 @@ def register(app: typer.Typer) -> None:
 def _stderr_log(logger: logging.Logger) -> Iterator[logging.Logger]:
     """One timestamped stderr line per event while the command runs (stdout stays clean for
     --json); the logger is restored afterwards (in-process callers, tests)."""
-    from mamlctl.cli.output import console
     from rich.logging import RichHandler
+
+    from mamlctl.cli.output import console
 
     handler = RichHandler(
         console=console(stderr=True), show_path=False, rich_tracebacks=False, markup=False

@@ -13,7 +13,6 @@ if TYPE_CHECKING:
     from mamlctl.maml.adaptation import AdaptConfig
     from mamlctl.registry.adaptation_job import AdaptReport
     from mamlctl.registry.mlflow_store import MlflowStore
-
     from mamlctl.settings import Settings
 
 #: One chunk for the whole family: the job records a chunk's rows in one transaction, so a

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from mamlctl.cli.app import app
 from typer.testing import CliRunner
 
+from mamlctl.cli.app import app
 from mamlctl.settings import Settings
 
 
@@ -29,6 +29,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.mark.slow
 def test_demo_summary_matches_registry_and_onnx_files(demo_run: dict[str, Any]) -> None:
     import onnxruntime as ort
+
     from mamlctl.registry import queries as q
     from mamlctl.registry.db import open_registry
 

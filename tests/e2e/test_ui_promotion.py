@@ -52,8 +52,9 @@ pytestmark = [
 
 
 def _cli(*args: str) -> dict[str, Any]:
-    from mamlctl.cli.app import app
     from typer.testing import CliRunner
+
+    from mamlctl.cli.app import app
 
     result = CliRunner().invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
@@ -110,10 +111,11 @@ def _move_champion_in_ui(page: Any, ui: str, *, shots: Path) -> None:
 def test_champion_moved_in_the_ui_reaches_live_scoring(sines_home: Any, tmp_path: Path) -> None:
     pytest.importorskip("playwright", reason="pip install playwright (scripts/browser-deps.sh)")
     import onnxruntime as ort
+    from playwright.sync_api import sync_playwright
+
     from mamlctl.registry import queries as q
     from mamlctl.registry.db import open_registry
     from mamlctl.registry.mlflow_store import open_store
-    from playwright.sync_api import sync_playwright
 
     settings = sines_home.settings
     family = sines_home.family

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from mamlctl.registry.promotion_watch import Backoff, WatchLoop
 
 from mamlctl.domain import InitializerRef
 from mamlctl.errors import (
@@ -19,6 +18,7 @@ from mamlctl.errors import (
     TrackingUnavailableError,
     TrainingError,
 )
+from mamlctl.registry.promotion_watch import Backoff, WatchLoop
 
 
 @dataclass

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from e2e_processes import Proc, free_port, start, wait_http
-from mamlctl.registry.promotion_follow import AdaptingFollower, served_version
-from mamlctl.registry.promotion_watch import Backoff, WatchLoop
 
 from mamlctl.domain import AdaptedModelRecord
+from mamlctl.registry.promotion_follow import AdaptingFollower, served_version
+from mamlctl.registry.promotion_watch import Backoff, WatchLoop
 from mamlctl.settings import Settings
 
 L, H, K = 24, 6, 60
@@ -24,6 +24,7 @@ L, H, K = 24, 6, 60
 def _register(settings: Settings, tmp: Path, *, seed: int, window: int = L) -> int:
     """A seeded random initializer logged as a FINISHED run and registered (no training)."""
     import torch
+
     from mamlctl.maml.initializer import save_initializer
     from mamlctl.maml.models import MLPConfig, build_model
     from mamlctl.registry.mlflow_store import INITIALIZER_ARTIFACT, open_store
@@ -211,8 +212,9 @@ def test_watch_cli_once_catches_up_and_names_unknown_families(
 ) -> None:
     import json
 
-    from mamlctl.cli.app import app
     from typer.testing import CliRunner
+
+    from mamlctl.cli.app import app
 
     settings = sines_home.settings
     _register(settings, tmp_path, seed=0)
