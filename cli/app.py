@@ -46,6 +46,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "watch",
     # the one-command tour on the data shipped in the package
     "demo",
+    # mamlctl against baselines on M4 and NAB
+    "evaluate",
 )
 
 
