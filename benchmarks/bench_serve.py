@@ -91,16 +91,16 @@ def build_home(
 ) -> tuple[list[str], dict[str, list[float]]]:
     """Registry + files for ``copies`` x the series in ``values``; returns ids and windows."""
     import torch
+
+    from mamlctl.domain import Family, InitializerRef, Series
     from mamlctl.maml.export import SeriesBatch, export_to_files, template_for_config
     from mamlctl.maml.models import MLPConfig, build_model
     from mamlctl.registry import queries as q
     from mamlctl.registry.db import open_registry
     from mamlctl.registry.ingest import IncomingSeries, store_series
     from mamlctl.registry.model_queries import record_adapted_model, record_initializer_version
-    from mamlctl.timeseries.scaling import support_stats
-
-    from mamlctl.domain import Family, InitializerRef, Series
     from mamlctl.settings import Settings
+    from mamlctl.timeseries.scaling import support_stats
 
     settings = Settings(home=home)
     settings.ensure_home()

@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnx
+from onnx import TensorProto, helper, numpy_helper
+
 from mamlctl.serving.bank_rewrite import (
     BANK_PREFIX,
     ROW,
@@ -48,7 +50,6 @@ from mamlctl.serving.bank_rewrite import (
     BankUnsupported,
     Rewriter,
 )
-from onnx import TensorProto, helper, numpy_helper
 
 __all__ = [
     "BANK_PREFIX",

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+
 from mamlctl.serving.bank import ROW, WINDOW, BankGraph
 
 F32 = npt.NDArray[np.float32]
@@ -99,7 +100,8 @@ class SessionsRuntime:
                 sigma = np.empty((len(rows), s.shape[1]), dtype=np.float32)
             forecast[take] = f
             sigma[take] = s
-        assert forecast is not None and sigma is not None
+        if forecast is None or sigma is None:
+            raise ValueError("run() needs at least one row")
         return forecast, sigma
 
     @property

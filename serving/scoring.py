@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import orjson
+
 from mamlctl.serving.state import SeriesEntry, ServingState
 from mamlctl.timeseries.anomaly import anomaly_score, flag
 

@@ -88,9 +88,10 @@ class RegistrySource:
         return self._settings.models_dir
 
     def fingerprint(self) -> str:
-        from mamlctl.registry.tables import AdaptedModelRow
         from sqlalchemy import func, select
         from sqlalchemy.exc import SQLAlchemyError
+
+        from mamlctl.registry.tables import AdaptedModelRow
 
         stmt = select(
             func.count(AdaptedModelRow.id),
@@ -105,9 +106,10 @@ class RegistrySource:
         return f"{count}:{max_id}:{max_at}"
 
     def current(self) -> list[AdaptedModelRecord]:
-        from mamlctl.registry.model_queries import current_adapted_models
         from sqlalchemy.exc import SQLAlchemyError
         from sqlalchemy.orm import Session
+
+        from mamlctl.registry.model_queries import current_adapted_models
 
         try:
             with Session(self._engine) as session:

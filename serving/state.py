@@ -26,6 +26,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnx
+
+from mamlctl.domain import AdaptedModelRecord
+from mamlctl.errors import MamlctlError
 from mamlctl.registry.model_files import open_verified
 from mamlctl.serving.bank import (
     BankBuilder,
@@ -35,9 +38,6 @@ from mamlctl.serving.bank import (
     template_of,
 )
 from mamlctl.serving.runtime import BankRuntime, Runtime, SessionsRuntime, make_session
-
-from mamlctl.domain import AdaptedModelRecord
-from mamlctl.errors import MamlctlError
 
 log = logging.getLogger("mamlctl.serving")
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
-from mamlctl.serving.app import ScoringApp, ServeOptions, create_app
-from mamlctl.serving.source import StaticSource
 from serving_models import Spec, write_series
 
 from mamlctl.domain import AdaptedModelRecord
+from mamlctl.serving.app import ScoringApp, ServeOptions, create_app
+from mamlctl.serving.source import StaticSource
 from mamlctl.settings import Settings
 
 MLP = Spec(kind="mlp", head="mean", window=12, horizon=4)

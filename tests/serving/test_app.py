@@ -15,11 +15,12 @@ import numpy as np
 import orjson
 import pytest
 from conftest import CONV, MLP, Client, Served
+from serving_models import Spec, write_series
+
 from mamlctl.serving import schemas
 from mamlctl.serving.app import ServeOptions
 from mamlctl.serving.runtime import make_session
 from mamlctl.timeseries.anomaly import anomaly_score
-from serving_models import Spec, write_series
 
 
 def _window(served: Served, sid: str, seed: int = 0) -> list[float]:

@@ -15,10 +15,11 @@ import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mamlctl.serving import bank as bk
-from mamlctl.serving.runtime import BankRuntime, SessionsRuntime, make_session
 from onnx import helper, numpy_helper
 from serving_models import Spec, make_model_bytes
+
+from mamlctl.serving import bank as bk
+from mamlctl.serving.runtime import BankRuntime, SessionsRuntime, make_session
 
 SPECS = [
     Spec(kind="mlp", head="mean"),

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mamlctl.cli.app import app
 from typer.testing import CliRunner
+
+from mamlctl.cli.app import app
 
 
 def test_serve_runs_uvicorn_with_the_factory(

@@ -15,11 +15,11 @@ import pytest
 from conftest import CONV, MLP, Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from serving_models import write_series
+
 from mamlctl.serving import schemas
 from mamlctl.serving.app import ScoringApp, ServeOptions, create_app
 from mamlctl.serving.source import StaticSource
-from serving_models import write_series
-
 from mamlctl.settings import Settings
 
 IDS = ["m0", "m1", "c0"]

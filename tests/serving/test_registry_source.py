@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 from conftest import Client
+from serving_models import Spec, write_series
+
 from mamlctl.registry.db import open_registry
 from mamlctl.registry.model_queries import record_adapted_model, record_initializer_version
 from mamlctl.serving.app import ServeOptions, create_app
 from mamlctl.serving.source import RegistrySource
-from serving_models import Spec, write_series
-
 from mamlctl.settings import Settings
 
 SINES = Spec(kind="mlp", window=24, horizon=6)

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import uvicorn
 from conftest import MLP
+from serving_models import write_series
+
 from mamlctl.serving.app import ServeOptions, create_app
 from mamlctl.serving.runtime import make_session
 from mamlctl.serving.source import StaticSource
-from serving_models import write_series
-
 from mamlctl.settings import Settings
 
 IDS = [f"m{i}" for i in range(5)]
