@@ -56,9 +56,10 @@ def _engine_step_fn(order: str) -> Any:
 
 def _loop_step_fn(order: str) -> Any:
     import torch
+    from torch.func import functional_call
+
     from mamlctl.maml.models import MLPConfig, build_model
     from mamlctl.maml.tasks import SineTaskSampler, SineTaskSpec
-    from torch.func import functional_call
 
     torch.manual_seed(0)
     model = build_model(MLPConfig(input_size=1, output_size=1))
@@ -90,6 +91,7 @@ def _loop_step_fn(order: str) -> Any:
 
 def _batch_adapt_fn(n_series: int) -> Any:
     import torch
+
     from mamlctl.maml.engine import batch_adapt, params_of
     from mamlctl.maml.models import ConvConfig, build_model, gaussian_nll_loss
 

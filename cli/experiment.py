@@ -64,12 +64,12 @@ def sine(
     """Meta-train MAML, FOMAML, Meta-SGD and the baselines on sine tasks; report MSE +- 95% CI
     for K = 5, 10, 20 after 1 and 10 steps, and draw the paper's figure."""
     import torch
-    from mamlctl.cli.output import emit_json, print_table, progress
-    from mamlctl.maml.sine_experiment import SineExperimentConfig, run_sine_experiment
-    from mamlctl.maml.sine_figure import plot_sine_figure
     from pydantic import ValidationError
 
+    from mamlctl.cli.output import emit_json, print_table, progress
     from mamlctl.errors import ConfigError
+    from mamlctl.maml.sine_experiment import SineExperimentConfig, run_sine_experiment
+    from mamlctl.maml.sine_figure import plot_sine_figure
 
     torch.set_num_threads(threads)
     chosen = tuple(m.strip() for m in methods.split(",") if m.strip())

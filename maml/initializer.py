@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from mamlctl.maml.models import ConvConfig, MLPConfig, build_model, config_from_dict, config_to_dict
 from torch import Tensor, nn
 
 from mamlctl.errors import ConfigError, NotFoundError
+from mamlctl.maml.models import ConvConfig, MLPConfig, build_model, config_from_dict, config_to_dict
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "initializer.json"

@@ -26,6 +26,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from mamlctl.errors import TrainingError
 from mamlctl.maml.engine import (
     BatchedForward,
     InnerLR,
@@ -38,10 +42,6 @@ from mamlctl.maml.engine import (
 )
 from mamlctl.maml.models import ConvConfig, MLPConfig, build_model, loss_for_head
 from mamlctl.maml.tasks import TaskBatch, TaskSampler
-from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor, nn
-
-from mamlctl.errors import TrainingError
 
 Method = Literal["maml", "fomaml", "metasgd", "pretrained"]
 

@@ -31,11 +31,11 @@ from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from mamlctl.timeseries.scaling import SCALE_FLOOR_REL
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from torch import Tensor, nn
 
 from mamlctl.errors import ConfigError
+from mamlctl.timeseries.scaling import SCALE_FLOOR_REL
 
 Activation = Literal["relu", "tanh"]
 Head = Literal["mean", "gaussian"]

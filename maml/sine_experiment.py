@@ -5,6 +5,8 @@ meta-batch 25, inner lr 0.01, Adam 1e-3; then every method is evaluated on the s
 test tasks for each K in ``test_ks``: adapt on K random support points with the inner lr (the
 learned rates for Meta-SGD), report the MSE on a 100-point grid over [-5, 5] after each count in
 ``test_steps``, with the 95% confidence interval of the mean over tasks (1.96 s / sqrt(n)).
+A task whose adaptation diverges (non-finite loss) is counted in ``ResultRow.diverged`` and left
+out of the mean, which is therefore over the ``test_tasks - diverged`` remaining tasks.
 
 Methods: ``maml`` (second order), ``fomaml``, ``metasgd``, ``pretrained`` (one network trained
 on all tasks jointly, fine-tuned with the same steps) and ``scratch`` (a random network,
@@ -20,12 +22,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
 from mamlctl.maml.engine import Params, adaptation_curve, batch_adapt, batched_forward
 from mamlctl.maml.meta import MetaTrainConfig, MetaTrainProgress, MetaTrainResult, meta_train
 from mamlctl.maml.models import MLPConfig, build_model, mse_loss
 from mamlctl.maml.tasks import SineTaskSampler, SineTaskSpec, SineTestSet, sine_test_tasks
-from pydantic import BaseModel, ConfigDict, Field
-from torch import Tensor
 
 SineMethod = Literal["maml", "fomaml", "metasgd", "pretrained", "scratch"]
 ALL_METHODS: tuple[SineMethod, ...] = ("maml", "fomaml", "metasgd", "pretrained", "scratch")
@@ -132,10 +135,14 @@ def evaluate(
         inner_lr=trained.inner_lr,
         loss_fn=mse_loss,
     )
-    return [
-        (s, float(curve[s].double().mean()), _ci95(curve[s]), int((~curve[s].isfinite()).sum()))
-        for s in steps
-    ]
+    out = []
+    for s in steps:
+        ok = curve[s].isfinite()
+        finite = curve[s][ok].double()
+        mse = float(finite.mean()) if finite.numel() else math.inf
+        ci = _ci95(finite) if finite.numel() > 1 else math.inf
+        out.append((s, mse, ci, int((~ok).sum())))
+    return out
 
 
 def _train_in_worker(

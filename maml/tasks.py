@@ -15,10 +15,10 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 import torch
-from mamlctl.timeseries.windows import SeriesPool, WindowTasks, WindowTaskSpec
 from torch import Tensor
 
 from mamlctl.errors import ConfigError
+from mamlctl.timeseries.windows import SeriesPool, WindowTasks, WindowTaskSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from mamlctl.timeseries.scaling import support_stats
 
 from mamlctl.errors import InputError
+from mamlctl.timeseries.scaling import support_stats
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from mamlctl.cli.app import app
 from mamlctl.maml.engine import adaptation_curve
 from mamlctl.maml.initializer import load_initializer
 from mamlctl.maml.models import build_model, mse_loss
 from mamlctl.maml.sine_experiment import SineExperimentConfig, run_sine_experiment
 from mamlctl.maml.tasks import sine_test_tasks
-from typer.testing import CliRunner
 
 ARGS = ["--iterations", "20", "--test-tasks", "12", "--methods", "maml,pretrained,scratch"]
 

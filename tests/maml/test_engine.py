@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from mamlctl.errors import TrainingError
 from mamlctl.maml.engine import (
     adapt,
     adaptation_curve,
@@ -15,10 +19,6 @@ from mamlctl.maml.engine import (
 from mamlctl.maml.meta import meta_objective
 from mamlctl.maml.models import ConvConfig, MLPConfig, build_model, gaussian_nll_loss, mse_loss
 from mamlctl.maml.tasks import SineTaskSampler, SineTaskSpec, TaskBatch
-from torch import Tensor, nn
-from torch.func import functional_call
-
-from mamlctl.errors import TrainingError
 
 
 def _sine_batch(n: int, k: int = 10, seed: int = 0) -> TaskBatch:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from mamlctl.maml.initializer import CONFIG_FILE, WEIGHTS_FILE, load_initializer, save_initializer
-from mamlctl.maml.models import ConvConfig, build_model
 
 from mamlctl.errors import ConfigError, NotFoundError
+from mamlctl.maml.initializer import CONFIG_FILE, WEIGHTS_FILE, load_initializer, save_initializer
+from mamlctl.maml.models import ConvConfig, build_model
 
 
 def _save(tmp_path: Path, with_lrs: bool = True) -> tuple[torch.nn.Module, ConvConfig]:

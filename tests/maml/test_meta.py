@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from mamlctl.errors import TrainingError
 from mamlctl.maml.engine import adaptation_curve
 from mamlctl.maml.meta import MetaTrainConfig, MetaTrainProgress, MetaTrainResult, meta_train
 from mamlctl.maml.models import ConvConfig, MLPConfig, build_model, mse_loss
 from mamlctl.maml.tasks import SineTaskSampler, SineTaskSpec, sine_test_tasks
-
-from mamlctl.errors import TrainingError
 
 MLP = MLPConfig(input_size=1, output_size=1)
 ITERS = 600
@@ -125,6 +125,7 @@ def test_divergence_raises_training_error() -> None:
 
 def test_conv_forecaster_meta_trains_on_window_tasks() -> None:
     import numpy as np
+
     from mamlctl.maml.tasks import WindowTaskSampler
     from mamlctl.timeseries.windows import WindowTaskSpec
 

@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from torch.func import functional_call, vmap
+
+from mamlctl.errors import ConfigError
 from mamlctl.maml.models import (
     ConvConfig,
     MLPConfig,
@@ -23,9 +26,6 @@ from mamlctl.maml.models import (
     torch_support_stats,
 )
 from mamlctl.timeseries.scaling import support_stats
-from torch.func import functional_call, vmap
-
-from mamlctl.errors import ConfigError
 
 CONFIGS = [
     MLPConfig(input_size=1, output_size=1),

@@ -7,6 +7,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from mamlctl.errors import InputError
 from mamlctl.maml.tasks import WindowTaskSampler
 from mamlctl.timeseries.scaling import support_stats
 from mamlctl.timeseries.windows import (
@@ -16,8 +18,6 @@ from mamlctl.timeseries.windows import (
     recent_support,
     sample_window_tasks,
 )
-
-from mamlctl.errors import InputError
 
 
 def _hand_task(v: np.ndarray, s: int, spec: WindowTaskSpec) -> dict[str, np.ndarray]:
