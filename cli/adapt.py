@@ -59,11 +59,10 @@ def register(app: typer.Typer) -> None:
         MLflow run in the family's experiment. Re-running with nothing new does nothing.
         """
         from mamlctl.cli.output import emit_json, load_settings, progress
+        from mamlctl.errors import ConfigError
         from mamlctl.maml.adaptation import AdaptConfig
         from mamlctl.registry.adaptation_job import AdaptRequest, parse_duration, run_adaptation
         from mamlctl.registry.mlflow_store import open_store
-
-        from mamlctl.errors import ConfigError
 
         try:
             config = AdaptConfig(steps=steps, inner_lr=lr, calibration=calibration)

@@ -26,12 +26,11 @@ def register(app: typer.Typer) -> None:
         import tempfile
 
         from mamlctl.cli.output import emit_json, load_settings
+        from mamlctl.errors import InputError, NotFoundError
         from mamlctl.maml.export import parse_metadata
         from mamlctl.registry import queries as q
         from mamlctl.registry.db import open_registry
         from mamlctl.registry.model_files import open_verified, sha256_hex
-
-        from mamlctl.errors import InputError, NotFoundError
 
         settings = load_settings()
         with open_registry(settings) as factory, factory() as session:

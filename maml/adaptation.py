@@ -36,8 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from mamlctl.errors import InputError, TrainingError
 
 if TYPE_CHECKING:
-    from mamlctl.maml.initializer import Initializer
     from torch import Tensor
+
+    from mamlctl.maml.initializer import Initializer
 
 FloatArray = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
@@ -171,8 +172,9 @@ def support_tasks(
 ) -> tuple[F32, F32, FloatArray, FloatArray]:
     """Pairs of N support stretches ``[N, K]`` -> ``x [N, P, L]``, ``y [N, P, H]`` normalised
     by each stretch's support statistics, and ``loc``, ``scale`` ``[N]``."""
-    from mamlctl.timeseries.scaling import support_stats
     from numpy.lib.stride_tricks import sliding_window_view
+
+    from mamlctl.timeseries.scaling import support_stats
 
     loc, scale = support_stats(stretches)
     z = (stretches - loc[:, None]) / scale[:, None]
@@ -205,6 +207,7 @@ def adapt_histories(
 ) -> Adapted:
     """Adapt every series (raw values, oldest first) from the initializer; see module doc."""
     import torch
+
     from mamlctl.maml.engine import batch_adapt, batched_forward, task_losses
     from mamlctl.maml.models import gaussian_nll_loss, mse_loss, split_gaussian
 

@@ -63,15 +63,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from mamlctl.maml.onnx_template import OPSET, canonical_json, config_hash
 
 from mamlctl.errors import InputError
+from mamlctl.maml.onnx_template import OPSET, canonical_json, config_hash
 
 if TYPE_CHECKING:
+    from mamlctl.domain import InitializerRef
     from mamlctl.maml.onnx_template import OnnxTemplate
     from mamlctl.registry.model_files import StoredFile
-
-    from mamlctl.domain import InitializerRef
 
 PREFIX = "mamlctl."
 CONTRACT_VERSION = "1"
@@ -316,6 +315,7 @@ class TemplateCache:
 def template_for_config(config: Any, *, opset: int | None = None, seed: int = 0) -> OnnxTemplate:
     """Build the template of a ``maml.models`` config (exports once; ~1 s)."""
     import torch
+
     from mamlctl.maml.models import build_model, config_to_dict
     from mamlctl.maml.onnx_template import build_template
 

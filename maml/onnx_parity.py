@@ -28,8 +28,9 @@ from mamlctl.errors import InputError
 
 if TYPE_CHECKING:
     import onnxruntime as ort
-    from mamlctl.maml.onnx_template import Head
     from torch import nn
+
+    from mamlctl.maml.onnx_template import Head
 
 F32 = npt.NDArray[np.float32]
 #: ``window [n, L] float32 -> (forecast [n, H], sigma [n, H])`` in raw units.
@@ -78,6 +79,7 @@ def torch_reference(
 ) -> Reference:
     """The torch twin of a rendered file: ``core`` with ``params`` inside the contract wrapper."""
     import torch
+
     from mamlctl.maml.onnx_template import contract_module
 
     module = copy.deepcopy(core).float().eval()

@@ -33,10 +33,10 @@ from mamlctl.domain import CHAMPION, AdaptedModelRecord, InitializerRef
 from mamlctl.errors import InputError, TrainingError
 
 if TYPE_CHECKING:
-    from mamlctl.maml.adaptation import AdaptConfig
-    from mamlctl.registry.mlflow_store import MlflowStore
     from sqlalchemy.orm import Session, sessionmaker
 
+    from mamlctl.maml.adaptation import AdaptConfig
+    from mamlctl.registry.mlflow_store import MlflowStore
     from mamlctl.settings import Settings
 
 #: Series parity-checked per job (1,000 random windows each), spread over the selection.
@@ -286,10 +286,10 @@ def record_models_bulk(
     :func:`mamlctl.registry.model_queries.record_adapted_model`, which costs ~5 statements a
     row): lock the series rows (PostgreSQL; in id order), flip their current rows, insert the
     new current rows. The caller's transaction commits; never commits itself."""
-    from mamlctl.registry.tables import AdaptedModelRow, InitializerVersionRow, SeriesRow
     from sqlalchemy import insert, select, update
 
     from mamlctl.errors import NotFoundError
+    from mamlctl.registry.tables import AdaptedModelRow, InitializerVersionRow, SeriesRow
 
     for e in entries:
         if len(e.sha256) != 64 or any(c not in "0123456789abcdef" for c in e.sha256):
@@ -405,7 +405,7 @@ class _Job:
         from mamlctl.maml.export import SeriesBatch, TemplateCache, export_to_files
         from mamlctl.registry import queries as q
 
-        template = TemplateCache().get(self.initializer.model_config)
+        templates = TemplateCache()  # exported on first use: a job with nothing to do skips it
         need = self.plan.min_points
         adapted = up_to_date = 0
         total = len(selected)
@@ -436,6 +436,7 @@ class _Job:
                     ends.append(end)
                     todo.append(sid)
             if todo:
+                template = templates.get(self.initializer.model_config)
                 result = adapt_fn(self.initializer, histories, plan=self.plan)
                 batch = SeriesBatch(
                     series_ids=tuple(todo),

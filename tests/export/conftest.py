@@ -13,6 +13,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture(scope="session")
 def template_cache() -> Any:
     import torch
+
     from mamlctl.maml.export import TemplateCache
 
     torch.set_num_threads(1)

@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from mamlctl.cli.app import app
+from mamlctl.domain import AdaptedModelRecord, InitializerRef
 from mamlctl.maml.export import read_metadata
 from mamlctl.maml.initializer import save_initializer
 from mamlctl.maml.models import MLPConfig, build_model
 from mamlctl.registry.adaptation_job import parse_duration, select_series
 from mamlctl.registry.model_files import iter_model_files, open_verified
-from typer.testing import CliRunner
-
-from mamlctl.domain import AdaptedModelRecord, InitializerRef
 from mamlctl.settings import Settings
 
 runner = CliRunner()
@@ -218,8 +218,9 @@ def test_unknown_family_and_series_are_one_line_errors(registered: Any) -> None:
 
 @pytest.mark.slow
 def test_kill_9_mid_job_leaves_no_row_without_its_file(registered: Any) -> None:
-    """A job killed at random points never leaves a row pointing at a missing/partial file;
-    the previous models stay current; the next run completes the work."""
+    """``kill -9`` while files are being written, and again after some chunks were recorded:
+    no row ever points at a missing or partial file, every series keeps a current model, and
+    the next run completes the work."""
     settings = registered.settings
     _adapt()  # every series has a current model
     before = _current(settings)
@@ -228,30 +229,36 @@ def test_kill_9_mid_job_leaves_no_row_without_its_file(registered: Any) -> None:
         env["MAMLCTL_DATABASE_URL"] = settings.database_url
     cmd = [sys.executable, "-c", "from mamlctl.cli.app import main; main()"]
     args = ["adapt", "--family", "sines", "--force", "--chunk", "1"]
-    kills = 0
-    for delay in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0):
-        proc = subprocess.Popen(
-            [*cmd, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        # Kill once the job has started writing (a temp or new model file appears), plus delay.
-        deadline = time.monotonic() + 60
-        n0 = len(list(settings.models_dir.rglob("*")))
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len(list(settings.models_dir.rglob("*"))) > n0:
-                break
-            time.sleep(0.01)
-        time.sleep(delay)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+
+    def n_entries() -> int:
+        return sum(1 for _ in settings.models_dir.rglob("*"))
+
+    killed_after_rows = False
+    for wait_rows in (False, True):
+        start_files = n_entries()
+        start_rows = len(_history(settings, "s0")) + len(_history(settings, "s5"))
+        with subprocess.Popen(
+            [*cmd, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ) as proc:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and proc.poll() is None:
+                if not wait_rows and n_entries() > start_files:
+                    break  # the first file (or its temporary) is being written
+                rows = len(_history(settings, "s0")) + len(_history(settings, "s5"))
+                if wait_rows and rows > start_rows:
+                    break  # a chunk is recorded (s0 first), the job is still running
+                time.sleep(0.005)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                killed_after_rows = killed_after_rows or wait_rows
+            proc.wait()
         current = _assert_consistent(settings)
         assert sorted(current) == sorted(before)  # nobody lost their current model
-    assert kills >= 1
+    assert killed_after_rows
     final = _adapt()
     assert final["adapted"] + final["up_to_date"] == 6
     _assert_consistent(settings)
-    assert not [p for p in settings.models_dir.rglob(".*tmp-*")]
+    assert not list(settings.models_dir.rglob(".*tmp-*"))
 
 
 def test_bulk_recording_equals_record_adapted_model(seeded_registry: Any) -> None:

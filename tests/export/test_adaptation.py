@@ -13,14 +13,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from mamlctl.errors import InputError, TrainingError
 from mamlctl.maml import adaptation as ad
 from mamlctl.maml.engine import adapt
 from mamlctl.maml.initializer import Initializer
 from mamlctl.maml.models import MLPConfig, build_model, mse_loss
 from mamlctl.timeseries.anomaly import calibrate
 from mamlctl.timeseries.windows import WindowTaskSpec, recent_support
-
-from mamlctl.errors import InputError, TrainingError
 
 L, H, K = 24, 6, 60
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mamlctl.registry import model_files as mf
 
 from mamlctl.errors import InputError, IntegrityError, NotFoundError
+from mamlctl.registry import model_files as mf
 
 
 def test_write_then_open_verified_returns_identical_bytes(tmp_path: Path) -> None:

@@ -17,16 +17,16 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mamlctl.maml import export as ex
-from mamlctl.maml.models import build_model, config_from_dict
-from mamlctl.maml.onnx_parity import check_parity, ort_session, torch_reference
-from mamlctl.maml.onnx_template import OPSET, OnnxTemplate, build_template
-from mamlctl.registry.model_files import open_verified
 from onnx import numpy_helper
 from torch import nn
 
 from mamlctl.domain import InitializerRef
 from mamlctl.errors import ConfigError, InputError
+from mamlctl.maml import export as ex
+from mamlctl.maml.models import build_model, config_from_dict
+from mamlctl.maml.onnx_parity import check_parity, ort_session, torch_reference
+from mamlctl.maml.onnx_template import OPSET, OnnxTemplate, build_template
+from mamlctl.registry.model_files import open_verified
 
 #: Small configs of both architectures; ids used in parametrised tests.
 CONFIGS: dict[str, dict[str, Any]] = {
