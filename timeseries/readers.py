@@ -83,9 +83,15 @@ def series_id_from_name(path: Path) -> str:
 
 
 def m4_interval_from_name(path: Path) -> float | None:
-    """``Hourly-train.csv.gz`` -> 3600; None when the name names no M4 frequency."""
-    head = re.split(r"[-_.]", path.name.lower())[0]
-    return M4_INTERVALS.get(head)
+    """``Hourly-train.csv.gz`` or ``m4-Hourly-train-demo.csv.gz`` -> 3600.
+
+    The first dash/underscore/dot-separated part of the name that is an M4 frequency wins;
+    None when no part names one.
+    """
+    for part in re.split(r"[-_.]", path.name.lower()):
+        if part in M4_INTERVALS:
+            return M4_INTERVALS[part]
+    return None
 
 
 def _is_parquet(path: Path) -> bool:

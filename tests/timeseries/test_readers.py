@@ -131,6 +131,8 @@ def test_names() -> None:
     assert series_id_from_name(Path("x/realKnownCause/nyc_taxi.csv.gz")) == "nyc_taxi"
     assert m4_interval_from_name(Path("Weekly-train.csv.gz")) == 604800.0
     assert m4_interval_from_name(Path("mydata.csv")) is None
+    # the shipped demo files carry the frequency in the middle of the name
+    assert m4_interval_from_name(Path("m4-Hourly-train-demo.csv.gz")) == 3600.0
 
 
 @pytest.mark.skipif(not M4_HOURLY.exists(), reason="real M4 data not present")
