@@ -109,7 +109,10 @@ def fast_path(
         init, window=L, horizon=H, support=K, period=P, config=AdaptConfig(calibration=C)
     )
     adapt_s = export_s = 0.0
-    batches, stored, results = [], [], []
+    first: Any = None
+    stored: list[Any] = []
+    rscale: list[np.ndarray] = []
+    thr: list[np.ndarray] = []
     when = datetime.now(UTC)
     for start in range(0, len(histories), chunk):
         t0 = time.perf_counter()
@@ -133,18 +136,20 @@ def fast_path(
         )
         export_s += time.perf_counter() - t1
         adapt_s += t1 - t0
-        batches.append(batch)
-        results.append(result)
+        first = batch if first is None else first  # keep one chunk only (parity), like the job
+        rscale.append(result.residual_scale)
+        thr.append(result.threshold)
+        del result, batch
     return {
         "adapt_s": adapt_s,
         "export_write_s": export_s,
         "total_s": adapt_s + export_s,
         "files": float(len(stored)),
         "bytes_per_file": float(stored[0].size),
-        "_batch": batches[0],
+        "_batch": first,
         "_stored": stored,
-        "_residual_scale": np.concatenate([r.residual_scale for r in results]),
-        "_threshold": np.concatenate([r.threshold for r in results]),
+        "_residual_scale": np.concatenate(rscale),
+        "_threshold": np.concatenate(thr),
     }
 
 
