@@ -300,6 +300,10 @@ def main() -> None:
         t0 = time.perf_counter()
         template = template_for_config(init.model_config)
         out["template_export_s"] = time.perf_counter() - t0
+        # torch, torch.export and onnxscript loaded: the fixed part of the peak
+        out["peak_rss_mib_after_template"] = (
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        )
 
         big = fast_path(init, histories[: args.n], root / "big", template=template)
         out["n"] = args.n
