@@ -51,7 +51,9 @@ __all__ = [
     "config_for",
     "fit",
     "forecast",
+    "loss_of",
     "m4_method",
+    "masked_mae",
     "masked_mse",
     "stretch_tasks",
 ]
@@ -74,6 +76,15 @@ class ForecasterConfig(BaseModel):
     time_budget_s: float = Field(default=120.0, gt=0)
     max_iterations: int = Field(default=100_000, ge=1)
     seed: int = 0
+    adapt_steps: int | None = Field(
+        default=None, ge=0, le=100, description="Steps per series at forecast time (None: inner)."
+    )
+    clip: float | None = Field(
+        default=None, gt=0, description="Clip normalised values to +-clip (spiky series)."
+    )
+    loss: Literal["mse", "mae"] = Field(
+        default="mae", description="Masked loss; MAE targets the median (M4 scores MAE-like)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ForecasterConfig:
@@ -144,6 +155,8 @@ def stretch_tasks(
         raise InputError(f"stretches must be [N, {k}], got {visible.shape}")
     loc, scale = support_stats(visible)
     z = (visible - loc[:, None]) / scale[:, None]
+    if cfg.clip is not None:
+        z = np.clip(z, -cfg.clip, cfg.clip)
     padded = np.concatenate([z, np.zeros((z.shape[0], h))], axis=1)
     starts = np.arange(cfg.pairs)
     x = z[:, starts[:, None] + np.arange(length)]  # [N, P, L]
@@ -164,6 +177,8 @@ def stretch_tasks(
     }
     if future is not None:
         fz = (future - loc[:, None]) / scale[:, None]
+        if cfg.clip is not None:
+            fz = np.clip(fz, -cfg.clip, cfg.clip)
         qy = np.concatenate([fz[:, None, :] - qbase, np.ones_like(qbase)], axis=-1)
         out["query_y"] = qy.astype(np.float32)
     return out
@@ -208,6 +223,18 @@ def masked_mse(pred: Tensor, target: Tensor) -> Tensor:
     return se.sum(dim=(-2, -1)) / mask.sum(dim=(-2, -1)).clamp(min=1.0)
 
 
+def masked_mae(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute error over observed targets, shaped like :func:`masked_mse`."""
+    h = pred.shape[-1]
+    y, mask = target[..., :h], target[..., h:]
+    ae = (pred - y).abs() * mask
+    return ae.sum(dim=(-2, -1)) / mask.sum(dim=(-2, -1)).clamp(min=1.0)
+
+
+def loss_of(cfg: ForecasterConfig) -> Callable[[Tensor, Tensor], Tensor]:
+    return masked_mae if cfg.loss == "mae" else masked_mse
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FitResult:
     """A trained initializer (or pretrained network) and how training went."""
@@ -246,6 +273,7 @@ def fit(
     method: Method,
     time_budget_s: float | None = None,
     on_progress: ProgressFn | None = None,
+    init: FitResult | None = None,
 ) -> FitResult:
     """Meta-train (``maml``) or jointly pre-train (``pretrained``) on stretches of ``series``
     until ``time_budget_s`` (default ``cfg.time_budget_s``) or ``cfg.max_iterations``."""
@@ -256,10 +284,12 @@ def fit(
     from mamlctl.maml.tasks import TaskBatch
 
     budget = cfg.time_budget_s if time_budget_s is None else time_budget_s
+    loss_fn = loss_of(cfg)
     sampler = StretchSampler(series, cfg, seed=cfg.seed + (0 if method == "maml" else 1))
     model = _model(cfg)
     assert isinstance(model, torch.nn.Module)
-    flat = FlatParams({k: v.detach() for k, v in model.named_parameters()})
+    start = init.params if init is not None else dict(model.named_parameters())
+    flat = FlatParams({k: v.detach() for k, v in start.items()})
     opt = FlatAdam(flat.flat, lr=cfg.meta_lr)
     forward = batched_forward(model)
     t = cfg.meta_batch
@@ -276,13 +306,13 @@ def fit(
                 batch,
                 inner_lr=cfg.inner_lr,
                 steps=cfg.inner_steps,
-                loss_fn=masked_mse,
+                loss_fn=loss_fn,
                 second_order=True,
             )
         else:
             x = torch.cat([batch.support_x, batch.query_x], dim=1)
             y = torch.cat([batch.support_y, batch.query_y], dim=1)
-            loss = masked_mse(forward(theta, x), y).mean()
+            loss = loss_fn(forward(theta, x), y).mean()
         (grad,) = torch.autograd.grad(loss, flat.flat)
         if not torch.isfinite(grad).all():
             raise TrainingError(f"{method} training diverged at iteration {it}; lower meta_lr")
@@ -337,7 +367,8 @@ def forecast(
     d = stretch_tasks(_visible(histories, cfg.support), None, cfg)
     model = _model(cfg)
     assert isinstance(model, torch.nn.Module)
-    n_steps = cfg.inner_steps if steps is None else steps
+    default_steps = cfg.inner_steps if cfg.adapt_steps is None else cfg.adapt_steps
+    n_steps = default_steps if steps is None else steps
     sx = torch.from_numpy(np.asarray(d["support_x"]))
     sy = torch.from_numpy(np.asarray(d["support_y"]))
     qx = torch.from_numpy(np.asarray(d["query_x"]))
@@ -350,7 +381,7 @@ def forecast(
             sy,
             steps=n_steps,
             inner_lr=cfg.inner_lr,
-            loss_fn=masked_mse,
+            loss_fn=loss_of(cfg),
             chunk_size=chunk_size,
         )
     else:
@@ -360,6 +391,9 @@ def forecast(
     z = out + np.asarray(d["query_base"], dtype=np.float64)[:, 0, :]
     loc, scale = np.asarray(d["loc"]), np.asarray(d["scale"])
     fc = z * scale[:, None] + loc[:, None]
+    # A series that never went below zero is not forecast below zero (M4's are all positive).
+    nonneg = np.array([np.min(np.asarray(x)[-cfg.support :]) >= 0 for x in histories])
+    fc[nonneg] = np.maximum(fc[nonneg], 0.0)
     if not np.all(np.isfinite(fc)):
         raise TrainingError(f"{fitted.method} produced non-finite forecasts; lower inner_lr")
     return np.asarray(fc, dtype=np.float64)
