@@ -211,7 +211,7 @@ def record_rows(stored: Any, big: dict[str, Any], home: Path) -> float:
             )
             q.assign_family(s, "hourly", [f"S{i}" for i in range(n)])
             q.record_initializer_version(s, family="hourly", version=1, run_id="0" * 32)
-        from mamlctl.registry.adaptation_job import NewModel, record_models_bulk
+        from mamlctl.registry.bulk_models import NewModel, record_models_bulk
 
         entries = [
             NewModel(

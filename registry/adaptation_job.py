@@ -258,103 +258,6 @@ def run_adaptation(
     )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NewModel:
-    """One adapted-model row to record (the file is already complete and hashed)."""
-
-    series_id: str
-    path: str
-    sha256: str
-    residual_scale: float
-    threshold: float
-    support_end: int | None
-    metadata: dict[str, str]
-
-
-def record_models_bulk(
-    session: Session,
-    *,
-    registered_model: str,
-    initializer_version: int,
-    support: int,
-    window: int,
-    horizon: int,
-    adapted_at: datetime,
-    entries: Sequence[NewModel],
-) -> int:
-    """Record many adapted models in a few statements (the semantics of
-    :func:`mamlctl.registry.model_queries.record_adapted_model`, which costs ~5 statements a
-    row): lock the series rows (PostgreSQL; in id order), flip their current rows, insert the
-    new current rows. The caller's transaction commits; never commits itself."""
-    from sqlalchemy import insert, select, update
-
-    from mamlctl.errors import NotFoundError
-    from mamlctl.registry.tables import AdaptedModelRow, InitializerVersionRow, SeriesRow
-
-    for e in entries:
-        if len(e.sha256) != 64 or any(c not in "0123456789abcdef" for c in e.sha256):
-            raise InputError(f"sha256 must be 64 lowercase hex characters, got {e.sha256!r}")
-    ids = [e.series_id for e in entries]
-    if len(set(ids)) != len(ids):
-        raise InputError("a series appears twice in one batch of adapted models")
-    pks: dict[str, int] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        rows = session.execute(
-            select(SeriesRow.id, SeriesRow.series_id)
-            .where(SeriesRow.series_id.in_(chunk))
-            .order_by(SeriesRow.id)
-            .with_for_update()
-        ).all()
-        pks.update({sid: pk for pk, sid in rows})
-    missing = [sid for sid in ids if sid not in pks]
-    if missing:
-        raise NotFoundError(f"unknown series {missing[0]!r} (see `mamlctl series list`)")
-    init_id = session.scalar(
-        select(InitializerVersionRow.id).where(
-            InitializerVersionRow.registered_model == registered_model,
-            InitializerVersionRow.version == initializer_version,
-        )
-    )
-    if init_id is None:
-        raise NotFoundError(
-            f"{registered_model} version {initializer_version} is not recorded in the registry"
-        )
-    all_pks = [pks[sid] for sid in ids]
-    for start in range(0, len(all_pks), 500):
-        session.execute(
-            update(AdaptedModelRow)
-            .where(
-                AdaptedModelRow.series_pk.in_(all_pks[start : start + 500]),
-                AdaptedModelRow.is_current.is_(True),
-            )
-            .values(is_current=False)
-        )
-    when = adapted_at.astimezone(UTC).replace(tzinfo=None)
-    session.execute(
-        insert(AdaptedModelRow),
-        [
-            {
-                "series_pk": pks[e.series_id],
-                "initializer_version_id": init_id,
-                "path": e.path,
-                "sha256": e.sha256,
-                "adapted_at": when,
-                "support": support,
-                "window": window,
-                "horizon": horizon,
-                "residual_scale": float(e.residual_scale),
-                "threshold": float(e.threshold),
-                "support_end": e.support_end,
-                "meta": dict(e.metadata),
-                "is_current": True,
-            }
-            for e in entries
-        ],
-    )
-    return len(entries)
-
-
 class _Job:
     """State of one job across chunks (kept out of ``run_adaptation`` for readability)."""
 
@@ -404,6 +307,7 @@ class _Job:
     ) -> dict[str, int]:
         from mamlctl.maml.export import SeriesBatch, TemplateCache, export_to_files
         from mamlctl.registry import queries as q
+        from mamlctl.registry.bulk_models import NewModel, record_models_bulk
 
         templates = TemplateCache()  # exported on first use: a job with nothing to do skips it
         need = self.plan.min_points

@@ -264,7 +264,7 @@ def test_kill_9_mid_job_leaves_no_row_without_its_file(registered: Any) -> None:
 def test_bulk_recording_equals_record_adapted_model(seeded_registry: Any) -> None:
     """Oracle: the registry's one-row function; same fields, same current-flip semantics."""
     from mamlctl.registry import queries as q
-    from mamlctl.registry.adaptation_job import NewModel, record_models_bulk
+    from mamlctl.registry.bulk_models import NewModel, record_models_bulk
     from mamlctl.registry.db import open_registry
 
     when = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
