@@ -37,7 +37,7 @@ def _log_run(experiment: str, params: dict[str, Any], metrics: dict[str, float],
             run.log_artifacts(out / "plots", artifact_path="plots")
         if (out / "forecasts").is_dir():
             run.log_artifacts(out / "forecasts", artifact_path="forecasts")
-    return run.run_id
+    return str(run.run_id)
 
 
 def register(app: typer.Typer) -> None:

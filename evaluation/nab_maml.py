@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mamlctl.errors import InputError
 
-from .m4_maml import FitResult, ProgressFn, fit, make_config, stretch_tasks
+from .m4_maml import FitResult, ForecasterConfig, ProgressFn, fit, make_config, stretch_tasks
 
 if TYPE_CHECKING:
     from .nab import Detector
@@ -79,7 +79,7 @@ def fold_of(keys: Sequence[str], folds: int) -> dict[str, int]:
     return {k: i % folds for i, k in enumerate(sorted(keys))}
 
 
-def _forecaster(cfg: NabDetectorConfig, support: int) -> object:
+def _forecaster(cfg: NabDetectorConfig, support: int) -> ForecasterConfig:
     return make_config(
         window=cfg.window,
         horizon=1,
