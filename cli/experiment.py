@@ -28,6 +28,10 @@ _METHOD_NAMES = {
 }
 
 
+def _fmt(x: float) -> str:
+    return f"{x:.3f}" if abs(x) < 1e4 else f"{x:.2e}"
+
+
 def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
@@ -132,8 +136,8 @@ def sine(
                 _METHOD_NAMES.get(r.method, r.method),
                 r.k,
                 r.steps,
-                f"{r.mse:.3f}",
-                f"{r.ci95:.3f}",
+                _fmt(r.mse),
+                _fmt(r.ci95),
                 f"{r.diverged}/{config.test_tasks}" if r.diverged else "",
             )
             for r in result.rows

@@ -68,6 +68,7 @@ def test_sine_json_matches_the_library_and_writes_the_figure(tmp_path: Path) -> 
     assert math.isclose(scratch[1]["ci95"], ci, rel_tol=1e-6)
 
 
+@pytest.mark.slow  # a tiny experiment + matplotlib: ~7 s idle, much more on a loaded machine
 def test_table_output_and_bad_method_is_one_line_error(tmp_path: Path) -> None:
     ok = CliRunner().invoke(app, ["experiment", "sine", *ARGS, "--out", str(tmp_path)])
     assert ok.exit_code == 0, ok.output
