@@ -12,14 +12,14 @@ from pathlib import Path
 import click
 import pytest
 import yaml
-from mamlctl.cli.app import app
-from mamlctl.cli.ui import ui_command
-from mamlctl.registry.mlflow_store import INITIALIZER_ARTIFACT, MlflowStore, open_store
 from mlflow_server_process import free_port, stop_process_group, wait_for_health
 from typer.core import TyperGroup
 from typer.main import get_command
 from typer.testing import CliRunner
 
+from mamlctl.cli.app import app
+from mamlctl.cli.ui import ui_command
+from mamlctl.registry.mlflow_store import INITIALIZER_ARTIFACT, MlflowStore, open_store
 from mamlctl.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -168,6 +168,10 @@ def test_mlproject_entry_points_call_real_cli_options() -> None:
         command = root.commands.get(words[1])
         if command is None:
             pytest.skip(f"`mamlctl {words[1]}` is not built yet")
+        rest = words[2:]
+        while rest and rest[0] in getattr(command, "commands", {}):
+            command = command.commands[rest[0]]  # a sub-command such as `evaluate m4`
+            rest = rest[1:]
         known = {opt for p in command.params for opt in getattr(p, "opts", [])}
         used = {w for w in words if w.startswith("--")}
         assert used <= known, f"{name}: unknown options {used - known}"
