@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from mamlctl.timeseries import baselines
 from mamlctl.timeseries.metrics import m4_accuracy
 

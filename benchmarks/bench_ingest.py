@@ -26,11 +26,12 @@ from sqlalchemy import insert
 from sqlalchemy.orm import sessionmaker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pg_scratch import scratch_database
+
 from mamlctl.registry.db import make_engine, upgrade_schema
 from mamlctl.registry.ingest import store_series
 from mamlctl.registry.ingest_files import PreparedIngest, prepare_ingest
 from mamlctl.registry.tables import PointRow, SeriesRow
-from pg_scratch import scratch_database
 
 
 def _store(url: str, prepared: PreparedIngest) -> tuple[float, float]:

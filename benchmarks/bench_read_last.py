@@ -24,11 +24,12 @@ import numpy as np
 from sqlalchemy.orm import sessionmaker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pg_scratch import scratch_database
+
 from mamlctl.registry import queries as q
 from mamlctl.registry.db import make_engine, upgrade_schema
 from mamlctl.registry.ingest import store_series
 from mamlctl.registry.ingest_files import prepare_ingest
-from pg_scratch import scratch_database
 
 
 def _pct(xs: list[float], p: float) -> float:

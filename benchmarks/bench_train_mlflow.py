@@ -55,9 +55,8 @@ def main() -> None:
     from mamlctl.maml.family_training import plan_training, run_training, train_family
     from mamlctl.maml.models import config_to_dict
     from mamlctl.registry.mlflow_store import open_store
-    from mamlctl.timeseries.families import family_defaults
-
     from mamlctl.settings import Settings
+    from mamlctl.timeseries.families import family_defaults
 
     family = family_defaults("hourly", period=24, interval_seconds=3600.0)
     data = plan_training(family, _series(), make_config(iterations=args.iterations))

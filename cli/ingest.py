@@ -64,11 +64,10 @@ def ingest_command(
     """
     from mamlctl.cli.output import emit_json, load_settings, print_table
     from mamlctl.cli.progress_tty import tty_progress as progress
+    from mamlctl.errors import InputError
     from mamlctl.registry.db import transaction
     from mamlctl.registry.ingest_files import ingest, prepare_ingest
     from mamlctl.timeseries.periodicity import parse_interval
-
-    from mamlctl.errors import InputError
 
     if fmt not in ("auto", "long", "m4", "nab"):
         raise InputError(f"unknown --format {fmt!r}: use auto, long, m4 or nab")

@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from mamlctl.maml.family_training import TrainOutcome
-
     from mamlctl.domain import InitializerRef
+    from mamlctl.maml.family_training import TrainOutcome
     from mamlctl.settings import Settings
 
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from mamlctl.timeseries import baselines
-from mamlctl.timeseries.metrics import m4_accuracy
 
 from mamlctl.errors import InputError, NotFoundError
+from mamlctl.timeseries import baselines
+from mamlctl.timeseries.metrics import m4_accuracy
 
 FloatArray = npt.NDArray[np.float64]
 ForecastFn = Callable[[Sequence[FloatArray], int], FloatArray]

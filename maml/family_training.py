@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from mamlctl.domain import CHAMPION, Family, InitializerRef, Series
 from mamlctl.maml.family_data import (
     FamilyData,
     FamilyTrainConfig,
@@ -35,12 +37,11 @@ from mamlctl.maml.family_data import (
     resolve,
 )
 
-from mamlctl.domain import CHAMPION, Family, InitializerRef, Series
-
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from mamlctl.registry.mlflow_runs import TrackedRun
     from mamlctl.registry.mlflow_store import InitializerStore
-    from torch import Tensor
 
 #: Callback for progress: (iterations done, total planned, latest metrics).
 ProgressFn = Callable[[int, int, Mapping[str, float]], None]
@@ -74,6 +75,7 @@ def forecast_heldout(
 ) -> np.ndarray:
     """Adapt ``params`` on every held-out support set (``steps`` inner steps) and forecast H."""
     import torch
+
     from mamlctl.maml.engine import batch_adapt, batched_forward, expand_params
     from mamlctl.maml.models import build_model, loss_for_head, point_forecast
 
@@ -128,6 +130,7 @@ def train_family(
     the ``val_*`` metrics at each validation point; ``on_progress`` drives a progress bar.
     """
     import torch
+
     from mamlctl.maml.meta import MetaTrainProgress, meta_train
     from mamlctl.maml.tasks import WindowTaskSampler
 

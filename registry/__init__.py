@@ -1,1 +1,2 @@
-"""SQLAlchemy registry database (series, families, initializers, adapted models) and MLflow store."""
+"""The registry: SQLAlchemy database (series, families, initializers, adapted models)
+and the MLflow store."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
 from mamlctl.registry.family_queries import family_row, upsert_family
 from mamlctl.registry.series_queries import load_many_series
 from mamlctl.registry.tables import SeriesRow
 from mamlctl.timeseries.families import Detection, detect_family
 from mamlctl.timeseries.periodicity import infer_interval
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
 
 CHUNK = 200
 

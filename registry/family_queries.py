@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from mamlctl.registry.tables import FamilyRow
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mamlctl.domain import Family
 from mamlctl.errors import InputError, NotFoundError
+from mamlctl.registry.tables import FamilyRow
 
 
 def family_from_row(row: FamilyRow) -> Family:

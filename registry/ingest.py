@@ -22,13 +22,13 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from mamlctl.registry.series_queries import IN_CHUNK, raw_point_values
-from mamlctl.registry.tables import PointRow, SeriesRow, utcnow
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from mamlctl.domain import Series
 from mamlctl.errors import IngestError
+from mamlctl.registry.series_queries import IN_CHUNK, raw_point_values
+from mamlctl.registry.tables import PointRow, SeriesRow, utcnow
 
 IngestMode = Literal["merge", "append"]
 

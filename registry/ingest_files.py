@@ -10,11 +10,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from mamlctl.registry.ingest import IncomingSeries, IngestMode, IngestSummary, store_series
 from mamlctl.timeseries.periodicity import infer_interval
 from mamlctl.timeseries.readers import FileFormat, expand_paths, read_file
 from mamlctl.timeseries.validation import NanPolicy, OrderPolicy, validate_series
-from sqlalchemy.orm import Session
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,11 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mamlctl.registry.mlflow_client import translate_errors
-from mamlctl.registry.mlflow_runs import FINISHED
-
 from mamlctl.domain import CHALLENGER, CHAMPION, InitializerRef, registered_model_name
 from mamlctl.errors import ConfigError, NotFoundError, StoreError
+from mamlctl.registry.mlflow_client import translate_errors
+from mamlctl.registry.mlflow_runs import FINISHED
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -16,9 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from mamlctl.registry.mlflow_client import translate_errors
-
 from mamlctl.errors import StoreError
+from mamlctl.registry.mlflow_client import translate_errors
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -23,12 +23,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from mamlctl.domain import CHAMPION, InitializerRef, registered_model_name
+from mamlctl.errors import StoreError
 from mamlctl.registry.mlflow_client import TrackingTarget, connect, translate_errors
 from mamlctl.registry.mlflow_models import InitializerVersion, ModelRegistry, models_uri
 from mamlctl.registry.mlflow_runs import TrackedRun
-
-from mamlctl.domain import CHAMPION, InitializerRef, registered_model_name
-from mamlctl.errors import StoreError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -7,6 +7,12 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Select, select, update
+from sqlalchemy.exc import IntegrityError as SAIntegrityError
+from sqlalchemy.orm import Session
+
+from mamlctl.domain import AdaptedModelRecord, InitializerRef, registered_model_name
+from mamlctl.errors import InputError, NotFoundError, StoreError
 from mamlctl.registry.family_queries import family_row
 from mamlctl.registry.series_queries import series_row
 from mamlctl.registry.tables import (
@@ -16,12 +22,6 @@ from mamlctl.registry.tables import (
     SeriesRow,
     utcnow,
 )
-from sqlalchemy import Select, select, update
-from sqlalchemy.exc import IntegrityError as SAIntegrityError
-from sqlalchemy.orm import Session
-
-from mamlctl.domain import AdaptedModelRecord, InitializerRef, registered_model_name
-from mamlctl.errors import InputError, NotFoundError, StoreError
 
 
 def _aware(dt: datetime) -> datetime:

@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from mamlctl.registry.family_queries import family_row
-from mamlctl.registry.tables import FamilyRow, PointRow, SeriesRow
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from mamlctl.domain import FloatArray, Series, SeriesInfo
 from mamlctl.errors import InputError, NotFoundError
+from mamlctl.registry.family_queries import family_row
+from mamlctl.registry.tables import FamilyRow, PointRow, SeriesRow
 
 IntArray = npt.NDArray[np.int64]
 

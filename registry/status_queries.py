@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mamlctl.registry.tables import AdaptedModelRow, FamilyRow, InitializerVersionRow, SeriesRow
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+
+from mamlctl.registry.tables import AdaptedModelRow, FamilyRow, InitializerVersionRow, SeriesRow
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -34,9 +34,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from mamlctl.timeseries.periodicity import PeriodEstimate, detect_period, interval_label
 
 from mamlctl.domain import Family, FloatArray
+from mamlctl.timeseries.periodicity import PeriodEstimate, detect_period, interval_label
 
 DAY = 86400.0
 #: Calendar cycle per interval label, in samples.

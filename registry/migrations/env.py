@@ -9,6 +9,7 @@ command reads (``MAMLCTL_DATABASE_URL`` or the embedded SQLite file under ``MAML
 from __future__ import annotations
 
 from alembic import context
+
 from mamlctl.registry.tables import Base
 
 config = context.config

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
 from mamlctl.cli.app import app
 from mamlctl.registry import queries as q
 from mamlctl.registry.db import transaction
-from typer.testing import CliRunner
-
 from mamlctl.settings import Settings
 
 

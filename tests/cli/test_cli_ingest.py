@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-from mamlctl.cli.app import app
-from mamlctl.registry.db import transaction
-from mamlctl.registry.tables import PointRow, SeriesRow
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from mamlctl.cli.app import app
+from mamlctl.registry.db import transaction
+from mamlctl.registry.tables import PointRow, SeriesRow
 from mamlctl.settings import Settings
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"

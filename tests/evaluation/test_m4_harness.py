@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from mamlctl.errors import InputError, NotFoundError
 from mamlctl.evaluation.m4 import (
     SUBSETS,
     baseline_methods,
@@ -16,8 +18,6 @@ from mamlctl.evaluation.m4 import (
     run_m4,
 )
 from mamlctl.timeseries.metrics import m4_accuracy
-
-from mamlctl.errors import InputError, NotFoundError
 
 REAL = Path("/work/shared/data/m4")
 

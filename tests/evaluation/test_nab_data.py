@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mamlctl.evaluation import nab_data
-from mamlctl.evaluation.nab_scoring import prepare_file, score_corpus
 
 from mamlctl.errors import InputError, NotFoundError
+from mamlctl.evaluation import nab_data
+from mamlctl.evaluation.nab_scoring import prepare_file, score_corpus
 
 REAL = Path("/work/shared/data/nab")
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from mamlctl.errors import InputError
 from mamlctl.evaluation.nab import (
     load_corpus,
     markdown_table,
@@ -16,8 +18,6 @@ from mamlctl.evaluation.nab import (
     windowed_gaussian,
 )
 from mamlctl.evaluation.nab_data import NabSeries, read_results
-
-from mamlctl.errors import InputError
 
 
 def make_corpus(root: Path) -> Path:

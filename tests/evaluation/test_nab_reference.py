@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mamlctl.evaluation.nab import load_corpus, windowed_gaussian
 from mamlctl.evaluation.nab_scoring import prepare_file, score_corpus
 

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from mamlctl.errors import InputError
 from mamlctl.evaluation.nab_scoring import (
     PROFILES,
     CostProfile,
@@ -18,8 +20,6 @@ from mamlctl.evaluation.nab_scoring import (
     score_corpus,
     sweep,
 )
-
-from mamlctl.errors import InputError
 
 STANDARD = PROFILES["standard"]
 

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mamlctl.registry.mlflow_store import MlflowStore, open_store
 from mlflow_server_process import (
     SERVER_START_TIMEOUT_S,
     free_port,
@@ -19,6 +18,7 @@ from mlflow_server_process import (
     wait_for_health,
 )
 
+from mamlctl.registry.mlflow_store import MlflowStore, open_store
 from mamlctl.settings import Settings
 
 

@@ -11,14 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from mamlctl.registry.mlflow_client import TrackingTarget, probe
-from mamlctl.registry.mlflow_models import models_uri
-from mamlctl.registry.mlflow_store import INITIALIZER_ARTIFACT, MlflowStore, open_store
 from mlflow import MlflowClient
 from mlflow_server_process import free_port
 
 from mamlctl.domain import CHALLENGER, CHAMPION
 from mamlctl.errors import NotFoundError, StoreError, TrackingUnavailableError
+from mamlctl.registry.mlflow_client import TrackingTarget, probe
+from mamlctl.registry.mlflow_models import models_uri
+from mamlctl.registry.mlflow_store import INITIALIZER_ARTIFACT, MlflowStore, open_store
 from mamlctl.settings import Settings
 
 

@@ -16,16 +16,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from mlflow_server_process import free_port
+from typer.testing import CliRunner
+
 from mamlctl.cli.app import app
 from mamlctl.cli.train import record_in_registry
+from mamlctl.errors import TrainingError
 from mamlctl.maml.family_data import make_config
 from mamlctl.maml.family_training import forecast_heldout, plan_training, run_training
 from mamlctl.registry.mlflow_models import models_uri
 from mamlctl.registry.mlflow_store import MlflowStore, open_store
-from mlflow_server_process import free_port
-from typer.testing import CliRunner
-
-from mamlctl.errors import TrainingError
 from mamlctl.settings import Settings
 
 TINY = ["--iterations", "24", "--meta-batch", "4", "--hidden", "16,16", "--query", "6"]
@@ -84,6 +84,7 @@ def test_train_end_to_end(backend: str, seeded_registry: Any, tmp_path: Path) ->
     """CLI train -> v1 champion; stage train -> v2 challenger; promote -> v2 champion, loaded
     back by models:/maml-sines@champion with bit-identical forecasts; registry DB mirrors it."""
     import onnxruntime as ort
+
     from mamlctl.maml.initializer import load_initializer
 
     settings = Settings()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+
 from mamlctl.registry import queries as q
 from mamlctl.registry.db import open_registry
-
 from tests.conftest import SeededRegistry, sine_values
 
 

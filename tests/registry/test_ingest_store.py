@@ -7,14 +7,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from mamlctl.registry import queries as q
-from mamlctl.registry.ingest import IncomingSeries, store_series
-from mamlctl.registry.tables import PointRow, SeriesRow
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mamlctl.domain import Series
 from mamlctl.errors import IngestError
+from mamlctl.registry import queries as q
+from mamlctl.registry.ingest import IncomingSeries, store_series
+from mamlctl.registry.tables import PointRow, SeriesRow
 
 
 def _inc(

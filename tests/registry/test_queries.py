@@ -6,14 +6,14 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from mamlctl.registry import queries as q
-from mamlctl.registry.ingest import IncomingSeries, store_series
-from mamlctl.registry.tables import AdaptedModelRow
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mamlctl.domain import Family, Series
 from mamlctl.errors import InputError, NotFoundError
+from mamlctl.registry import queries as q
+from mamlctl.registry.ingest import IncomingSeries, store_series
+from mamlctl.registry.tables import AdaptedModelRow
 
 HOURLY = Family(
     name="hourly", period=24, interval_seconds=3600.0, window=48, horizon=48, support=119

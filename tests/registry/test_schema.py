@@ -5,6 +5,11 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from mamlctl.errors import StoreError
 from mamlctl.registry.db import (
     current_revision,
     ensure_schema,
@@ -14,11 +19,6 @@ from mamlctl.registry.db import (
     upgrade_schema,
 )
 from mamlctl.registry.tables import Base
-from sqlalchemy import Engine, inspect, text
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
-
-from mamlctl.errors import StoreError
 from mamlctl.settings import Settings
 
 
@@ -89,6 +89,7 @@ def test_unreachable_database_is_a_store_error() -> None:
 def test_alembic_ini_reads_the_same_settings(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     from alembic import command
     from alembic.config import Config
+
     from mamlctl.registry.db import MIGRATIONS_DIR
 
     url = f"sqlite:///{tmp_path / 'via_ini.db'}"

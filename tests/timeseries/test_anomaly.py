@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from mamlctl.errors import InputError
 from mamlctl.timeseries.anomaly import (
     MAD_TO_SIGMA,
     anomaly_score,
@@ -18,8 +20,6 @@ from mamlctl.timeseries.anomaly import (
     score_from_z,
     window_score,
 )
-
-from mamlctl.errors import InputError
 
 finite = st.floats(-1e6, 1e6, allow_nan=False)
 positive = st.floats(1e-6, 1e6)

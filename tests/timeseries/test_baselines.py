@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+
+from mamlctl.errors import InputError
 from mamlctl.timeseries.baselines import (
     acf,
     auto_ets,
@@ -16,8 +18,6 @@ from mamlctl.timeseries.baselines import (
     seasonal_naive,
     seasonality_test,
 )
-
-from mamlctl.errors import InputError
 
 PATTERN = np.array([0.8, 1.0, 1.3, 0.9])  # mean 1.0
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mamlctl.timeseries.families import (
     calendar_period,
     detect_family,

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mamlctl.timeseries.metrics import m4_accuracy, mase, mase_scale, owa, smape
 
 from mamlctl.errors import InputError
+from mamlctl.timeseries.metrics import m4_accuracy, mase, mase_scale, owa, smape
 
 
 def test_smape_hand_computed() -> None:

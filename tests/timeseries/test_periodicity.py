@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from mamlctl.errors import InputError
 from mamlctl.timeseries.periodicity import (
     autocorrelation,
     detect_period,
@@ -15,8 +17,6 @@ from mamlctl.timeseries.periodicity import (
     interval_label,
     parse_interval,
 )
-
-from mamlctl.errors import InputError
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 

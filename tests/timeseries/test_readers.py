@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from mamlctl.errors import IngestError, NotFoundError
 from mamlctl.timeseries.readers import (
     detect_format,
     expand_paths,
@@ -15,8 +17,6 @@ from mamlctl.timeseries.readers import (
     read_file,
     series_id_from_name,
 )
-
-from mamlctl.errors import IngestError, NotFoundError
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 M4_HOURLY = DATA / "m4" / "Hourly-train.csv.gz"

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from mamlctl.timeseries.validation import validate_series
 
 from mamlctl.domain import Series
 from mamlctl.errors import IngestError
+from mamlctl.timeseries.validation import validate_series
 
 
 def _ts(*hours: int) -> np.ndarray:
