@@ -183,12 +183,11 @@ def _train(
 ) -> dict[str, Any]:
     import torch
 
+    from mamlctl.cli.train import record_in_registry
     from mamlctl.maml.family_data import make_config
     from mamlctl.maml.family_training import plan_training, run_training
     from mamlctl.registry.db import transaction
-    from mamlctl.registry.family_queries import set_family_champion
     from mamlctl.registry.mlflow_store import open_store
-    from mamlctl.registry.model_queries import record_initializer_version
     from mamlctl.registry.series_queries import load_family_series
 
     torch.set_num_threads(1)
@@ -201,19 +200,9 @@ def _train(
     data = plan_training(family, series, config)
     store = open_store(settings)
 
-    def record(ref: Any) -> None:
-        with transaction(settings) as session:
-            record_initializer_version(
-                session,
-                family=ref.family,
-                version=ref.version,
-                run_id=ref.run_id,
-                registered_model=ref.registered_model,
-                source_uri=ref.source_uri,
-                metrics=ref.metrics,
-                created_at=ref.created_at,
-            )
-            set_family_champion(session, ref.family, ref.version)
+    # The same recording as `mamlctl train`: the version row, and the family's champion mirror
+    # (the demo's first version is registered as champion).
+    record = record_in_registry(settings)
 
     with stages.stage(f"meta-train {family.name} (MAML)", total=config.iterations) as note:
         outcome = run_training(
