@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,6 +39,7 @@ from mamlctl.maml.engine import (
     expand_params,
     inner_steps_batched,
     per_task_loss,
+    resolve_adapt_names,
 )
 from mamlctl.maml.models import ConvConfig, MLPConfig, build_model, loss_for_head
 from mamlctl.maml.tasks import TaskBatch, TaskSampler
@@ -59,7 +60,11 @@ class MetaTrainConfig(BaseModel):
     meta_lr: float = Field(default=1e-3, gt=0)
     seed: int = 0
     log_every: int = Field(default=100, ge=1)
-    loss: Literal["auto", "mse", "gaussian_nll"] = "auto"
+    loss: Literal["auto", "mse", "mae", "gaussian_nll"] = "auto"
+    #: ANIL / partial adaptation: the parameters the inner loop adapts (None = all). The meta
+    #: update still trains every parameter. Meta-SGD learns rates for these names only (the
+    #: others keep ``inner_lr``: they get no gradient).
+    adapt_names: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +101,12 @@ Callback = Callable[[MetaTrainProgress], bool | None]
 
 
 def resolve_loss(config: MetaTrainConfig, model_config: MLPConfig | ConvConfig) -> LossFn:
-    from mamlctl.maml.models import gaussian_nll_loss, mse_loss
+    from mamlctl.maml.models import gaussian_nll_loss, mae_loss, mse_loss
 
     if config.loss == "mse":
         return mse_loss
+    if config.loss == "mae":
+        return mae_loss
     if config.loss == "gaussian_nll":
         if model_config.head != "gaussian":
             raise TrainingError("loss gaussian_nll needs a model with head='gaussian'")
@@ -167,11 +174,14 @@ def meta_objective(
     steps: int,
     loss_fn: LossFn,
     second_order: bool,
+    adapt_names: Collection[str] | None = None,
 ) -> Tensor:
     """Mean query loss after adapting every task of ``batch`` from ``theta``.
 
     Differentiable w.r.t. ``theta`` (and a learned ``inner_lr``): with ``second_order`` the
     gradient flows through the inner steps; without, it is the query gradient at theta'.
+    ``adapt_names`` (ANIL) adapts only those parameters in the inner loop; the gradient still
+    reaches every parameter of ``theta`` through the query forward.
     """
     return meta_objective_stacked(
         forward,
@@ -181,6 +191,7 @@ def meta_objective(
         steps=steps,
         loss_fn=loss_fn,
         second_order=second_order,
+        adapt_names=adapt_names,
     )
 
 
@@ -193,6 +204,7 @@ def meta_objective_stacked(
     steps: int,
     loss_fn: LossFn,
     second_order: bool,
+    adapt_names: Collection[str] | None = None,
 ) -> Tensor:
     """:func:`meta_objective` from parameters already stacked per task ``{name: [T, ...]}``."""
     phi = inner_steps_batched(
@@ -204,6 +216,7 @@ def meta_objective_stacked(
         inner_lr=inner_lr,
         loss_fn=loss_fn,
         create_graph=second_order,
+        adapt_names=adapt_names,
     )
     query: Tensor = per_task_loss(loss_fn, forward(phi, batch.query_x), batch.query_y).mean()
     return query
@@ -234,6 +247,9 @@ def meta_train(
     second_order = config.method in ("maml", "metasgd")
     named: dict[str, Tensor] = {k: v.detach() for k, v in start.items()}
     names = list(named)
+    adapt_names = (
+        None if config.adapt_names is None else resolve_adapt_names(named, config.adapt_names)
+    )
     if learn_lr:
         named.update({f"inner_lr.{k}": torch.full_like(named[k], config.inner_lr) for k in names})
     flat = FlatParams(named)
@@ -259,6 +275,7 @@ def meta_train(
             steps=config.inner_steps,
             loss_fn=loss_fn,
             second_order=second_order,
+            adapt_names=adapt_names,
         )
         (grad,) = torch.autograd.grad(qloss, flat.flat)
         opt.step(grad)

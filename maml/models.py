@@ -11,11 +11,16 @@ This module is a contract other stages code against (meta-training, adaptation, 
   Forward uses only linear/conv/relu/tanh/pad ops: ONNX-exportable, no data-dependent control flow.
 - :func:`config_to_dict` / :func:`config_from_dict` (JSON round trip; unknown keys raise
   :class:`~mamlctl.errors.ConfigError`).
-- Losses :func:`mse_loss` and :func:`gaussian_nll_loss`. Convention used by the engine: a loss
-  takes ``pred [..., N, out]`` and ``target [..., N, H]`` and averages over the last two axes,
-  broadcasting over leading ones, so the same function gives one task's loss (a scalar) or a
-  batch of tasks' losses (``[T]``) without ``vmap``.
+- Losses :func:`mse_loss`, :func:`mae_loss` and :func:`gaussian_nll_loss`. Convention used by
+  the engine: a loss takes ``pred [..., N, out]`` and ``target [..., N, H]`` and averages over
+  the last two axes, broadcasting over leading ones, so the same function gives one task's loss
+  (a scalar) or a batch of tasks' losses (``[T]``) without ``vmap``.
 - :func:`torch_support_stats`: exactly :func:`mamlctl.timeseries.scaling.support_stats` in torch.
+
+``season_skip = m > 0`` (both configs) makes the network predict the residual to the
+seasonal-naive forecast of its own (normalised) input window: ``base[h] = x[L - m + (h mod m)]``
+is added to the mean columns, so a network whose last layer is zero forecasts exactly seasonal
+naive. It is part of the module: meta-training, adaptation and the ONNX export all follow.
 
 Modules also offer ``forward_batched(params, x)``: the same forward with every parameter carrying
 a leading task axis ``T`` and ``x: [T, B, L]``. The engine uses it to run many tasks in one
@@ -44,8 +49,19 @@ Head = Literal["mean", "gaussian"]
 LOGVAR_MIN, LOGVAR_MAX = -10.0, 10.0
 
 
+_SEASON_SKIP_DOC = (
+    "m of the seasonal-naive skip: the network predicts the residual to the seasonal-naive "
+    "forecast of its own input window (1 = naive, 0 = off)."
+)
+
+
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+def _check_season_skip(m: int, window: int) -> None:
+    if m > window:
+        raise ValueError(f"season_skip {m} must not exceed the window {window}")
 
 
 class MLPConfig(_Config):
@@ -57,11 +73,13 @@ class MLPConfig(_Config):
     output_size: int = Field(ge=1)
     activation: Activation = "relu"
     head: Head = "mean"
+    season_skip: int = Field(default=0, ge=0, description=_SEASON_SKIP_DOC)
 
     @model_validator(mode="after")
     def _check_hidden(self) -> MLPConfig:
         if any(h < 1 for h in self.hidden):
             raise ValueError("hidden widths must be >= 1")
+        _check_season_skip(self.season_skip, self.input_size)
         return self
 
     @property
@@ -90,6 +108,12 @@ class ConvConfig(_Config):
     skip: bool = True
     activation: Activation = "relu"
     head: Head = "mean"
+    season_skip: int = Field(default=0, ge=0, description=_SEASON_SKIP_DOC)
+
+    @model_validator(mode="after")
+    def _check_skip(self) -> ConvConfig:
+        _check_season_skip(self.season_skip, self.window)
+        return self
 
 
 ModelConfig = Annotated[MLPConfig | ConvConfig, Field(discriminator="kind")]
@@ -97,8 +121,14 @@ _CONFIG_ADAPTER: TypeAdapter[MLPConfig | ConvConfig] = TypeAdapter(ModelConfig)
 
 
 def config_to_dict(config: MLPConfig | ConvConfig) -> dict[str, Any]:
-    """JSON-serialisable dict (tuples become lists) that :func:`config_from_dict` reads back."""
-    return config.model_dump(mode="json")
+    """JSON-serialisable dict (tuples become lists) that :func:`config_from_dict` reads back.
+
+    ``season_skip`` is left out when off (0), so configs written before it existed keep their
+    exact JSON and config hash."""
+    data = config.model_dump(mode="json")
+    if data.get("season_skip") == 0:
+        del data["season_skip"]
+    return data
 
 
 def config_from_dict(data: Mapping[str, Any]) -> MLPConfig | ConvConfig:
@@ -120,6 +150,25 @@ def _act(name: Activation, x: Tensor) -> Tensor:
     return torch.relu(x) if name == "relu" else torch.tanh(x)
 
 
+def seasonal_base(x: Tensor, horizon: int, m: int) -> Tensor:
+    """Seasonal-naive forecast of ``horizon`` steps from windows ``x [..., L]`` with period m:
+    ``base[h] = x[L - m + (h mod m)]`` (m = 1: the last value). Slice + Tile + Slice in ONNX."""
+    reps = -(-horizon // m)
+    return x[..., x.shape[-1] - m :].repeat(*([1] * (x.ndim - 1)), reps)[..., :horizon]
+
+
+def _add_season_skip(out: Tensor, x: Tensor, config: MLPConfig | ConvConfig) -> Tensor:
+    """Add the seasonal-naive base of the input window to the mean columns of ``out``."""
+    m = config.season_skip
+    if m == 0:
+        return out
+    h = config.horizon
+    base = seasonal_base(x, h, m)
+    if config.head == "gaussian":
+        return torch.cat([out[..., :h] + base, out[..., h:]], dim=-1)
+    return out + base
+
+
 class MLP(nn.Module):
     """The paper's regression network; parameters are ``layers.<i>.weight`` / ``.bias``."""
 
@@ -136,7 +185,7 @@ class MLP(nn.Module):
             h = layer(h)
             if i < last:
                 h = _act(self.config.activation, h)
-        return h
+        return _add_season_skip(h, x, self.config)
 
     def forward_batched(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
         """``params`` each with a leading task axis T; ``x [T, B, in]`` -> ``[T, B, out]``."""
@@ -148,7 +197,7 @@ class MLP(nn.Module):
             h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
             if i < last:
                 h = _act(self.config.activation, h)
-        return h
+        return _add_season_skip(h, x, self.config)
 
 
 class ConvForecaster(nn.Module):
@@ -180,7 +229,7 @@ class ConvForecaster(nn.Module):
         out: Tensor = self.readout(h.flatten(1))
         if self.skip is not None:
             out = out + self.skip(x)
-        return out
+        return _add_season_skip(out, x, self.config)
 
     def forward_batched(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
         """Grouped convolution over tasks: ``x [T, B, L]`` -> ``[T, B, out]``."""
@@ -205,7 +254,7 @@ class ConvForecaster(nn.Module):
         if self.skip is not None:
             sw, sb = params["skip.weight"], params["skip.bias"]
             out = out + torch.baddbmm(sb.unsqueeze(1), x, sw.transpose(1, 2))
-        return out
+        return _add_season_skip(out, x, self.config)
 
 
 def build_model(config: MLPConfig | ConvConfig) -> nn.Module:
@@ -223,6 +272,20 @@ def build_model(config: MLPConfig | ConvConfig) -> nn.Module:
 def mse_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Mean squared error over the last two axes (examples, outputs); leading axes kept."""
     return (pred - target).pow(2).mean(dim=(-2, -1))
+
+
+def mae_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute error, averaged like :func:`mse_loss` (targets the median; M4 and MASE
+    score absolute errors)."""
+    return (pred - target).abs().mean(dim=(-2, -1))
+
+
+def loss_by_name(name: str) -> Any:
+    """``mse`` | ``mae`` | ``gaussian_nll`` -> the loss function; ConfigError otherwise."""
+    losses = {"mse": mse_loss, "mae": mae_loss, "gaussian_nll": gaussian_nll_loss}
+    if name not in losses:
+        raise ConfigError(f"unknown loss {name!r}; expected one of {sorted(losses)}")
+    return losses[name]
 
 
 def split_gaussian(pred: Tensor) -> tuple[Tensor, Tensor]:

@@ -21,6 +21,7 @@ from mamlctl.maml.models import (
     config_from_dict,
     config_to_dict,
     gaussian_nll_loss,
+    mae_loss,
     mse_loss,
     output_width,
     torch_support_stats,
@@ -32,6 +33,8 @@ CONFIGS = [
     MLPConfig(input_size=8, hidden=(16, 8, 4), output_size=3, activation="tanh", head="gaussian"),
     ConvConfig(window=12, horizon=2, channels=4, layers=3),
     ConvConfig(window=6, horizon=1, channels=3, kernel_size=2, skip=False, head="gaussian"),
+    MLPConfig(input_size=10, hidden=(8,), output_size=7, season_skip=3),
+    ConvConfig(window=12, horizon=5, channels=4, head="gaussian", season_skip=12),
 ]
 
 
@@ -50,6 +53,8 @@ def test_config_round_trips_through_json(config: MLPConfig | ConvConfig) -> None
         {"kind": "conv", "window": 0, "horizon": 1},
         {"kind": "mlp", "input_size": 1, "output_size": 1, "hidden": [4, 0]},
         {"kind": "mlp", "input_size": 1, "output_size": 1, "head": "laplace"},
+        {"kind": "mlp", "input_size": 4, "output_size": 1, "season_skip": 5},
+        {"kind": "conv", "window": 4, "horizon": 1, "season_skip": -1},
     ],
 )
 def test_bad_configs_raise_config_error(data: dict[str, object]) -> None:
@@ -99,6 +104,63 @@ def test_forward_batched_equals_per_task_functional_call(config: MLPConfig | Con
     )
     torch.testing.assert_close(model.forward_batched(params, x), ref)  # type: ignore[operator]
     torch.testing.assert_close(vmap(lambda p, xx: functional_call(model, p, (xx,)))(params, x), ref)
+
+
+def test_config_without_season_skip_keeps_its_old_json() -> None:
+    old = {"kind": "mlp", "input_size": 3, "hidden": [4], "output_size": 2}
+    config = config_from_dict(old)
+    assert config.season_skip == 0
+    assert "season_skip" not in config_to_dict(config)
+    assert config_to_dict(MLPConfig(input_size=3, output_size=2, season_skip=1))["season_skip"] == 1
+
+
+def _seasonal_naive(x: np.ndarray, horizon: int, m: int) -> np.ndarray:
+    """Oracle: base[h] = x[L - m + (h mod m)], written as a loop."""
+    length = x.shape[-1]
+    return np.stack([x[..., length - m + (h % m)] for h in range(horizon)], axis=-1)
+
+
+@pytest.mark.parametrize(("m", "horizon"), [(1, 4), (3, 7), (24, 48), (10, 10)])
+@pytest.mark.parametrize("head", ["mean", "gaussian"])
+def test_mlp_with_zero_last_layer_forecasts_exactly_seasonal_naive(
+    m: int, horizon: int, head: str
+) -> None:
+    window = max(m, 10)
+    config = MLPConfig(
+        input_size=window, hidden=(8,), output_size=horizon, head=head, season_skip=m
+    )
+    model = build_model(config)
+    with torch.no_grad():
+        model.layers[-1].weight.zero_()  # type: ignore[index]
+        model.layers[-1].bias.zero_()  # type: ignore[index]
+    x = torch.randn(5, window)
+    out = model(x).detach()
+    np.testing.assert_array_equal(out[:, :horizon].numpy(), _seasonal_naive(x.numpy(), horizon, m))
+    if head == "gaussian":  # the log-variance columns get no skip
+        assert torch.count_nonzero(out[:, horizon:]) == 0
+    params = {k: v.detach().unsqueeze(0).expand(2, *v.shape) for k, v in model.named_parameters()}
+    batched = model.forward_batched(params, x.expand(2, 5, window))  # type: ignore[operator]
+    torch.testing.assert_close(batched.detach(), out.expand(2, 5, -1), rtol=0, atol=0)
+
+
+def test_conv_season_skip_adds_the_base_to_the_plain_output() -> None:
+    plain = ConvConfig(window=12, horizon=5, channels=4)
+    skip = ConvConfig(window=12, horizon=5, channels=4, season_skip=4)
+    torch.manual_seed(0)
+    a = build_model(plain)
+    b = build_model(skip)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 12)
+    expected = a(x) + torch.from_numpy(_seasonal_naive(x.numpy(), 5, 4))
+    torch.testing.assert_close(b(x).detach(), expected.detach())
+
+
+def test_mae_loss_matches_torch_and_keeps_leading_axes() -> None:
+    pred, target = torch.randn(4, 7, 3), torch.randn(4, 7, 3)
+    per_task = mae_loss(pred, target)
+    assert per_task.shape == (4,)
+    for i in range(4):
+        torch.testing.assert_close(per_task[i], F.l1_loss(pred[i], target[i]))
 
 
 def test_mse_loss_matches_torch_and_keeps_leading_axes() -> None:
