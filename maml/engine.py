@@ -12,13 +12,22 @@ Two entry points share one update rule ``θ' = θ - alpha ⊙ ∇_θ L(f_θ(supp
   It returns stacked per-task parameters ``{name: [N, ...]}``; ``chunk_size`` bounds memory.
 
 ``inner_lr`` is a float (MAML) or a dict of per-parameter tensors shaped like the parameters
-(Meta-SGD). Losses follow the convention of :mod:`mamlctl.maml.models`: they average over the
-last two axes (examples, outputs) and keep leading axes, so they give per-task losses directly.
+(Meta-SGD).
+
+Head-only / partial adaptation (ANIL, Raghu et al. 2020): every entry point takes
+``adapt_names``. ``None`` adapts all parameters. Otherwise only the named parameters are updated
+by the inner loop and only their gradients are computed there (the rest is a constant feature
+extractor for the inner loop, which is where the speed-up comes from); the others stay at theta,
+the very same tensors, so an outer (meta) gradient still reaches every parameter through the
+forward. Unknown or no names raise :class:`~mamlctl.errors.TrainingError`.
+
+Losses follow the convention of :mod:`mamlctl.maml.models`: they average over the last two axes
+(examples, outputs) and keep leading axes, so they give per-task losses directly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Protocol
 
 import torch
@@ -79,6 +88,28 @@ def _check_steps(steps: int) -> None:
         raise TrainingError(f"inner steps must be >= 0, got {steps}")
 
 
+def resolve_adapt_names(
+    params: Mapping[str, Tensor], adapt_names: Collection[str] | None
+) -> list[str]:
+    """The parameters the inner loop updates, in ``params`` order (all for ``None``).
+
+    Unknown names, or an empty collection, raise a one-line :class:`TrainingError`.
+    """
+    if adapt_names is None:
+        return list(params)
+    if isinstance(adapt_names, str):
+        adapt_names = (adapt_names,)
+    wanted = set(adapt_names)
+    unknown = sorted(wanted - set(params))
+    if unknown:
+        raise TrainingError(
+            f"adapt_names: unknown parameter(s) {unknown}; the model has {list(params)}"
+        )
+    if not wanted:
+        raise TrainingError("adapt_names is empty: name at least one parameter to adapt")
+    return [n for n in params if n in wanted]
+
+
 def adapt(
     model: nn.Module,
     params: Mapping[str, Tensor],
@@ -89,26 +120,31 @@ def adapt(
     inner_lr: InnerLR,
     loss_fn: LossFn,
     create_graph: bool,
+    adapt_names: Collection[str] | None = None,
 ) -> Params:
     """Adapt one task: ``steps`` gradient steps from ``params`` on ``(support_x, support_y)``.
 
     Pure: ``params`` are not modified. ``create_graph=True`` keeps the steps differentiable
     w.r.t. ``params`` (and a learned ``inner_lr``); ``False`` treats each gradient as constant
-    (first-order MAML / plain fine-tuning).
+    (first-order MAML / plain fine-tuning). ``adapt_names`` restricts the steps to those
+    parameters (the others are returned as the given tensors); ``None`` = all.
     """
     _check_steps(steps)
+    names = resolve_adapt_names(params, adapt_names)
+    fixed = {n: v for n, v in params.items() if n not in set(names)}
 
     def task_loss(p: Params) -> Tensor:
-        return loss_fn(functional_call(model, p, (support_x,)), support_y).mean()
+        full = {**fixed, **p} if fixed else p
+        return loss_fn(functional_call(model, full, (support_x,)), support_y).mean()
 
     grad_fn = torch.func.grad(task_loss)
-    phi: Params = dict(params)
+    phi: Params = {n: params[n] for n in names}
     for _ in range(steps):
         grads = grad_fn(phi)
         if not create_graph:
             grads = {n: g.detach() for n, g in grads.items()}
         phi = {n: p - _lr_for(inner_lr, n) * grads[n] for n, p in phi.items()}
-    return phi
+    return {n: phi.get(n, v) for n, v in params.items()}
 
 
 def expand_params(params: Mapping[str, Tensor], n_tasks: int) -> Params:
@@ -126,23 +162,25 @@ def inner_steps_batched(
     inner_lr: InnerLR,
     loss_fn: LossFn,
     create_graph: bool,
+    adapt_names: Collection[str] | None = None,
 ) -> Params:
     """``steps`` inner updates of task-stacked parameters ``params_t`` ``{name: [T, ...]}``.
 
     Each step is one batched forward and one backward for all T tasks. Gradients are taken
-    w.r.t. ``params_t`` (which must be in the autograd graph, e.g. :func:`expand_params` of
-    leaves requiring grad); the sum of per-task losses gives each task its own gradient.
+    w.r.t. the adapted entries of ``params_t`` (which must be in the autograd graph, e.g.
+    :func:`expand_params` of leaves requiring grad); the sum of per-task losses gives each task
+    its own gradient. With ``adapt_names`` only those entries are updated (and differentiated);
+    the others are returned as the given tensors.
     """
     _check_steps(steps)
-    names = list(params_t)
-    phi = params_t
+    names = resolve_adapt_names(params_t, adapt_names)
+    phi = dict(params_t)
     for _ in range(steps):
         values = [phi[n] for n in names]
         loss = per_task_loss(loss_fn, forward(phi, support_x), support_y).sum()
         grads = torch.autograd.grad(loss, values, create_graph=create_graph)
-        phi = {
-            n: v - _lr_for(inner_lr, n) * g for n, v, g in zip(names, values, grads, strict=True)
-        }
+        for n, v, g in zip(names, values, grads, strict=True):
+            phi[n] = v - _lr_for(inner_lr, n) * g
     return phi
 
 
@@ -157,6 +195,7 @@ def batch_adapt(
     loss_fn: LossFn,
     create_graph: bool = False,
     chunk_size: int | None = 1024,
+    adapt_names: Collection[str] | None = None,
 ) -> Params:
     """Adapt N independent tasks (series) at once; returns stacked params ``{name: [N, ...]}``.
 
@@ -164,12 +203,18 @@ def batch_adapt(
     per-series job) nothing but the current step's graph is kept and the result is detached;
     tasks are processed ``chunk_size`` at a time to bound peak memory. With
     ``create_graph=True`` the result is differentiable w.r.t. ``params`` (one chunk).
+
+    ``adapt_names`` (ANIL): only those parameters are adapted; every name is still returned,
+    the adapted ones as per-task ``[N, ...]`` tensors, the others as ``params[name]`` expanded
+    to ``[N, ...]`` -- a stride-0 VIEW of theta, not a copy (``N`` times nothing in memory).
+    Callers that write into the result, or need contiguous storage, call ``.contiguous()``.
     """
     _check_steps(steps)
     if support_x.shape[0] != support_y.shape[0]:
         raise TrainingError(
             f"support_x has {support_x.shape[0]} tasks but support_y {support_y.shape[0]}"
         )
+    names = resolve_adapt_names(params, adapt_names)
     n = support_x.shape[0]
     forward = batched_forward(model)
     if create_graph:
@@ -182,17 +227,20 @@ def batch_adapt(
             inner_lr=inner_lr,
             loss_fn=loss_fn,
             create_graph=True,
+            adapt_names=adapt_names,
         )
     lrs = (
         {k: v.detach() for k, v in inner_lr.items()} if isinstance(inner_lr, Mapping) else inner_lr
     )
+    adapted = set(names)
+    partial = len(adapted) < len(params)
     size = n if chunk_size is None else max(1, chunk_size)
     chunks: list[Params] = []
     with torch.enable_grad():
         for start in range(0, n, size):
             sx, sy = support_x[start : start + size], support_y[start : start + size]
             m = sx.shape[0]
-            phi = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+            phi = {k: v.detach().requires_grad_(k in adapted) for k, v in params.items()}
             phi_t = expand_params(phi, m)
             for step in range(steps):
                 phi_t = inner_steps_batched(
@@ -204,15 +252,26 @@ def batch_adapt(
                     inner_lr=lrs,
                     loss_fn=loss_fn,
                     create_graph=False,
+                    adapt_names=names if partial else None,
                 )
                 if step < steps - 1:
-                    phi_t = {k: v.detach().requires_grad_(True) for k, v in phi_t.items()}
+                    phi_t = {
+                        k: v.detach().requires_grad_(True) if k in adapted else v
+                        for k, v in phi_t.items()
+                    }
             chunks.append(
-                {k: v.detach().expand(m, *params[k].shape).contiguous() for k, v in phi_t.items()}
+                {
+                    k: v.detach().expand(m, *params[k].shape).contiguous()
+                    for k, v in phi_t.items()
+                    if k in adapted
+                }
             )
-    if len(chunks) == 1:
-        return chunks[0]
-    return {k: torch.cat([c[k] for c in chunks]) for k in params}
+    out = chunks[0] if len(chunks) == 1 else {k: torch.cat([c[k] for c in chunks]) for k in names}
+    if not partial:
+        return out
+    return {
+        k: out[k] if k in adapted else v.detach().expand(n, *v.shape) for k, v in params.items()
+    }
 
 
 def task_losses(
@@ -235,12 +294,16 @@ def adaptation_curve(
     inner_lr: InnerLR,
     loss_fn: LossFn,
     metric_fn: LossFn | None = None,
+    adapt_names: Collection[str] | None = None,
 ) -> Tensor:
     """Per-task query metric after 0, 1, ..., ``steps`` inner steps: ``[steps + 1, N]``.
 
-    ``metric_fn`` defaults to ``loss_fn`` (e.g. adapt with Gaussian NLL, report MSE).
+    ``metric_fn`` defaults to ``loss_fn`` (e.g. adapt with Gaussian NLL, report MSE);
+    ``adapt_names`` as in :func:`batch_adapt`.
     """
     metric = metric_fn or loss_fn
+    names = resolve_adapt_names(params, adapt_names)
+    adapted = set(names)
     n = support_x.shape[0]
     forward = batched_forward(model)
     lrs = (
@@ -254,7 +317,9 @@ def adaptation_curve(
                 rows.append(per_task_loss(metric, forward(phi_t, query_x), query_y))
             if step == steps:
                 break
-            phi_t = {k: v.detach().requires_grad_(True) for k, v in phi_t.items()}
+            phi_t = {
+                k: v.detach().requires_grad_(True) if k in adapted else v for k, v in phi_t.items()
+            }
             phi_t = inner_steps_batched(
                 forward,
                 phi_t,
@@ -264,5 +329,6 @@ def adaptation_curve(
                 inner_lr=lrs,
                 loss_fn=loss_fn,
                 create_graph=False,
+                adapt_names=None if adapt_names is None else names,
             )
     return torch.stack(rows)
