@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from e2e_processes import Proc, free_port, mamlctl_argv, start, wait_http
+from local_processes import Proc, free_port, mamlctl_argv, start, wait_http
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

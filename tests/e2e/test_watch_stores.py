@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_processes import Proc, free_port, start, wait_http
+from local_processes import Proc, free_port, start_mlflow_server
 
 from mamlctl.domain import AdaptedModelRecord
 from mamlctl.registry.promotion_follow import AdaptingFollower, served_version
@@ -134,26 +133,8 @@ def test_failed_readaptation_keeps_previous_models_current(sines_home: Any, tmp_
 
 
 def _start_server(root: Path, port: int, name: str) -> Proc:
-    argv = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAMLCTL_", "MLFLOW_"))}
-    proc = start(name, argv, env={**env, "OMP_NUM_THREADS": "1"}, log_dir=root)
-    wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
-    return proc
+    return start_mlflow_server(root, port, name=name, env={**env, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.slow

@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mlflow_server_process import (
-    SERVER_START_TIMEOUT_S,
-    free_port,
-    stop_process_group,
-    wait_for_health,
-)
+from local_processes import free_port, start_mlflow_server
 
 from mamlctl.registry.mlflow_store import MlflowStore, open_store
 from mamlctl.settings import Settings
@@ -27,37 +20,11 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URI of a real ``mlflow server`` (started once, always terminated)."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    log = (root / "server.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=root,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    server = start_mlflow_server(root, port, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        wait_for_health(uri, timeout_s=SERVER_START_TIMEOUT_S, process=process)
-        yield uri
+        yield f"http://127.0.0.1:{port}"
     finally:
-        stop_process_group(process)
-        log.close()
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import pytest
 import yaml
-from mlflow_server_process import free_port, stop_process_group, wait_for_health
+from local_processes import free_port, stop_process_group, wait_for_health
 from typer.core import TyperGroup
 from typer.main import get_command
 from typer.testing import CliRunner

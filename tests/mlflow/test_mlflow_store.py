@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from local_processes import free_port
 from mlflow import MlflowClient
-from mlflow_server_process import free_port
 
 from mamlctl.domain import CHALLENGER, CHAMPION
 from mamlctl.errors import NotFoundError, StoreError, TrackingUnavailableError
@@ -181,7 +181,7 @@ def test_server_stopping_mid_session_raises_tracking_unavailable(
     import subprocess
     import sys
 
-    from mlflow_server_process import stop_process_group, wait_for_health
+    from local_processes import stop_process_group, wait_for_health
 
     port = free_port()
     uri = f"http://127.0.0.1:{port}"

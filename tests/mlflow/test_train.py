@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from mlflow_server_process import free_port
+from local_processes import free_port
 from typer.testing import CliRunner
 
 from mamlctl.cli.app import app
