@@ -8,6 +8,8 @@ What it does (prints one JSON document on stdout; progress on stderr):
    registry database. The weights are a seeded initializer plus a per-series perturbation
    (the adaptation job is not what is measured here); loc/scale are each series' real support
    statistics. Model: the family default MLP (96 -> 64 -> 64 -> 48, mean head).
+   ``--adapt-scope head`` perturbs only the last layer per series (head-only adaptation, ANIL):
+   the bank keeps the body as constants and gathers only the head per row.
 2. Starts ``mamlctl serve`` (one worker, uvicorn + uvloop + httptools) as a subprocess and
    measures cold start (spawn -> ``/readyz`` 200). Load comes from ``wrk`` (a separate C
    process) with a Lua script picking a random series' real window per request.
@@ -15,12 +17,13 @@ What it does (prints one JSON document on stdout; progress on stderr):
    the same ONNX files, logged with ``mlflow.onnx.log_model`` into a temporary store.
 4. With both up, single-row p50/p99, requests/s and server CPU per request at concurrency 1
    and 8, interleaved (ours, mlflow, ours, ...) ``--repeats`` times, medians reported; then
-   batch-of-256 rows/s (each batch mixes random series). Server CPU per request (from
+   batch-of-256 rows/s (each batch mixes random series), as JSON and in the binary batch format
+   (``mamlctl.serving.binary``, float32 rows). Server CPU per request (from
    ``/proc``) is the figure least distorted by other work on a shared machine.
 5. A second home with 10,000 series (copies of the 414 with perturbed weights): cold start
    and RSS of the serving process once ready.
 
-Run: ``python benchmarks/bench_serve.py [--duration 5] [--series 10000]``.
+Run: ``python benchmarks/bench_serve.py [--duration 5] [--series 10000] [--adapt-scope head]``.
 """
 
 from __future__ import annotations
@@ -53,7 +56,14 @@ local bodies = {}
 for line in io.lines(os.getenv("BODIES")) do bodies[#bodies + 1] = line end
 local path = os.getenv("TARGET_PATH")
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Content-Type"] = os.getenv("CONTENT_TYPE") or "application/json"
+local binary = os.getenv("CONTENT_TYPE") == "application/octet-stream"
+if binary then
+  bodies = {}
+  for line in io.lines(os.getenv("BODIES")) do
+    bodies[#bodies + 1] = (line:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
+  end
+end
 math.randomseed(7)
 request = function()
   return wrk.format("POST", path, nil, bodies[math.random(#bodies)])
@@ -88,8 +98,12 @@ def build_home(
     copies: int,
     seed: int,
     store_points: int | None = None,
+    scope: str = "all",
 ) -> tuple[list[str], dict[str, list[float]]]:
-    """Registry + files for ``copies`` x the series in ``values``; returns ids and windows."""
+    """Registry + files for ``copies`` x the series in ``values``; returns ids and windows.
+
+    ``scope="head"``: only the last layer gets a per-series perturbation (what head-only
+    adaptation, ANIL, produces: the body is the initializer's in every file)."""
     import torch
 
     from mamlctl.domain import Family, InitializerRef, Series
@@ -118,8 +132,13 @@ def build_home(
             tails.append(vals[-K:])
     n = len(ids)
     loc, scale = support_stats(np.stack(tails))
+    head = set(list(base)[-2:])  # the last Linear: weight and bias
     params = {
-        name: (arr[None] + rng.normal(0, 0.01, size=(n, *arr.shape))).astype(np.float32)
+        name: (
+            arr[None] + rng.normal(0, 0.01, size=(n, *arr.shape))
+            if scope == "all" or name in head
+            else np.broadcast_to(arr[None], (n, *arr.shape))
+        ).astype(np.float32)
         for name, arr in base.items()
     }
     batch = SeriesBatch(
@@ -185,7 +204,7 @@ def cached_home(
 ) -> tuple[list[str], dict[str, list[float]]]:
     """:func:`build_home`, reusing a complete earlier build of the same arguments."""
     marker = home / "bench-home.json"
-    key = {k: v for k, v in kwargs.items()}
+    key = {k: v for k, v in kwargs.items() if (k, v) != ("scope", "all")}  # old homes stay valid
     if marker.exists():
         saved = json.loads(marker.read_text())
         if saved["key"] == key:
@@ -330,11 +349,12 @@ def wrk(
     duration: float,
     work: Path,
     pid: int | None = None,
+    content_type: str = "application/json",
 ) -> dict[str, Any]:
     script = work / "bodies.lua"
     script.write_text(LUA)
     path = "/" + url.split("/", 3)[3]
-    env = {**os.environ, "BODIES": str(bodies), "TARGET_PATH": path}
+    env = {**os.environ, "BODIES": str(bodies), "TARGET_PATH": path, "CONTENT_TYPE": content_type}
     cpu0 = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(
         [
@@ -395,6 +415,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="Seconds per wrk run.")
     parser.add_argument("--series", type=int, default=10_000, help="Series for the RSS run.")
     parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument(
+        "--adapt-scope",
+        choices=("all", "head"),
+        default="all",
+        help="Per-series weights: every layer (full adaptation) or the last layer only (ANIL).",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="Interleaved repeats per run.")
     parser.add_argument(
         "--homes",
@@ -413,13 +439,15 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()},
         "model": {"kind": "mlp", "window": L, "horizon": H, "hidden": list(HIDDEN), "head": "mean"},
         "duration_s_per_run": args.duration,
+        "adapt_scope": args.adapt_scope,
     }
     try:
         values = load_m4_hourly()
         log(f"building the M4 Hourly home ({len(values)} series)")
         t = time.perf_counter()
-        home = homes / "m4"
-        ids, windows = cached_home(home, values, copies=1, seed=0)
+        scope = args.adapt_scope
+        home = homes / ("m4" if scope == "all" else f"m4-{scope}")
+        ids, windows = cached_home(home, values, copies=1, seed=0, scope=scope)
         result["setup_s"] = round(time.perf_counter() - t, 2)
         rng = np.random.default_rng(1)
         single = write_bodies(
@@ -432,6 +460,19 @@ def main() -> None:
                 {"items": [{"series_id": s, "window": windows[s]} for s in rng.choice(ids, 256)]}
                 for _ in range(16)
             ],
+        )
+        from mamlctl.serving.binary import encode_request
+
+        batch_bin = work / "batch_bin.txt"  # hex lines; the Lua script decodes them
+        batch_bin.write_text(
+            "\n".join(
+                encode_request(
+                    [it["series_id"] for it in doc["items"]],
+                    [it["window"] for it in doc["items"]],
+                ).hex()
+                for doc in map(json.loads, batch.read_text().splitlines())
+            )
+            + "\n"
         )
         port = _free_port()
         proc, cold = start_mamlctl(home, port)
@@ -500,6 +541,30 @@ def main() -> None:
             "p50_us": statistics.median(b["p50_us"] for b in batch_runs),
             "non_2xx": sum(b["non_2xx"] for b in batch_runs),
         }
+        bin_runs = []
+        for _ in range(args.repeats):
+            b = wrk(
+                url,
+                batch_bin,
+                connections=2,
+                duration=args.duration,
+                work=work,
+                pid=proc.pid,
+                content_type="application/octet-stream",
+            )
+            bin_runs.append(b)
+            log(f"mamlctl binary batch: {b}")
+        ours["batch256_binary"] = {
+            "rows_per_s": round(statistics.median(b["requests_per_s"] for b in bin_runs) * 256),
+            "server_cpu_ms_per_batch": round(
+                statistics.median(b["server_cpu_us_per_request"] for b in bin_runs) / 1e3, 3
+            ),
+            "capacity_rows_per_core_s": round(
+                statistics.median(b["capacity_req_per_core_s"] for b in bin_runs) * 256
+            ),
+            "p50_us": statistics.median(b["p50_us"] for b in bin_runs),
+            "non_2xx": sum(b["non_2xx"] for b in bin_runs),
+        }
         ours.update(rss_mb(proc.pid))
         stop(proc)
         result["mamlctl"] = ours
@@ -526,8 +591,8 @@ def main() -> None:
 
         copies = max(1, round(args.series / len(values)))
         log(f"building the {copies * len(values)}-series home")
-        big = homes / "big"
-        cached_home(big, values, copies=copies, seed=2, store_points=L + H)
+        big = homes / ("big" if scope == "all" else f"big-{scope}")
+        cached_home(big, values, copies=copies, seed=2, store_points=L + H, scope=scope)
         colds, cold_cpu, rss = [], [], {}
         for _ in range(2):
             port = _free_port()

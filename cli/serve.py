@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
             port=port,
             workers=workers,
             loop="uvloop",
-            http="httptools",
+            http="mamlctl.serving.fastpath:ScoreHttpProtocol",
             log_level=log_level,
             access_log=False,
             server_header=False,

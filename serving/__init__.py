@@ -5,6 +5,9 @@ Modules, in the order a request meets them:
 - :mod:`~mamlctl.serving.app`: ``create_app(settings, source, *, options=None)`` -> ASGI app
   (auth, body limit, metrics, the ``POST /v1/score`` fast path, FastAPI for the rest and for
   OpenAPI); ``app_from_env()`` is the uvicorn factory behind ``mamlctl serve``.
+- :mod:`~mamlctl.serving.fastpath`: uvicorn's httptools protocol answering ``POST /v1/score``
+  straight from the parser (same answer function as the ASGI path; ``mamlctl serve`` uses it).
+- :mod:`~mamlctl.serving.binary`: the binary batch format (``application/octet-stream``).
 - :mod:`~mamlctl.serving.scoring`: request bytes -> validated items -> one ``run`` per group ->
   response bytes; anomaly scores from :mod:`mamlctl.timeseries.anomaly`.
 - :mod:`~mamlctl.serving.state`: the immutable :class:`ServingState` (series -> runtime row and

@@ -23,7 +23,7 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mamlctl.errors import MamlctlError
 from mamlctl.serving import schemas
+from mamlctl.serving.binary import CONTENT_TYPE as BINARY_TYPE
+from mamlctl.serving.binary import score_binary
 from mamlctl.serving.metrics import Metrics
 from mamlctl.serving.scoring import ClientError, parse, score, series_detail
 from mamlctl.serving.source import ModelSource
@@ -50,7 +52,12 @@ Send = Callable[[Message], Awaitable[None]]
 
 SCORE_PATH = "/v1/score"
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-_JSON_HEADERS = [(b"content-type", b"application/json")]
+JSON_TYPE = (b"content-type", b"application/json")
+_JSON_HEADERS = [JSON_TYPE]
+UNAUTHORIZED = b'{"detail":"missing or wrong bearer token"}'
+WWW_AUTH = (b"www-authenticate", b"Bearer")
+_UNAUTH_HEADERS = [JSON_TYPE, WWW_AUTH]
+_BINARY_HEADERS = [(b"content-type", BINARY_TYPE)]
 
 
 class ServeOptions(BaseModel):
@@ -144,23 +151,31 @@ class ScoringApp:
             await self.api(scope, receive, send)
             return
         path = scope["path"]
+        if path == SCORE_PATH and scope["method"] == "POST":
+            start = time.perf_counter()
+            try:
+                body: bytes | ClientError = await _read_body(
+                    scope, receive, self.options.max_body_bytes
+                )
+            except ClientError as err:
+                if err.kind == "disconnect":
+                    return
+                body = err
+            status, payload, headers = self.answer_score(scope["headers"], body, start)
+            await _send(send, status, payload, headers)
+            return
         if self._token is not None and path not in OPEN_PATHS and not self._authorized(scope):
             self._count(path, 401, "unauthorized")
-            await _send(
-                send,
-                401,
-                b'{"detail":"missing or wrong bearer token"}',
-                [(b"www-authenticate", b"Bearer")],
-            )
-            return
-        if path == SCORE_PATH and scope["method"] == "POST":
-            await self._score(scope, receive, send)
+            await _send(send, 401, UNAUTHORIZED, _UNAUTH_HEADERS)
             return
         await self.api(scope, receive, send)
 
     def _authorized(self, scope: Scope) -> bool:
+        return self._token_ok(scope["headers"])
+
+    def _token_ok(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
         token = self._token or b""
-        for name, value in scope["headers"]:
+        for name, value in headers:
             if name == b"authorization":
                 return bool(token) and hmac.compare_digest(value, token)
         return False
@@ -171,29 +186,56 @@ class ScoringApp:
         if kind is not None:
             self.metrics.errors.labels(endpoint, kind).inc()
 
-    async def _score(self, scope: Scope, receive: Receive, send: Send) -> None:
-        start = time.perf_counter()
-        status, payload, rows, kind = 200, b"", 0, None
+    def answer_score(
+        self,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes | ClientError,
+        start: float,
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """The whole ``POST /v1/score`` answer: ``(status, body, headers but the length)``.
+
+        Synchronous and free of ASGI so that the HTTP fast path
+        (:mod:`mamlctl.serving.fastpath`) and the ASGI path give byte-identical answers.
+        ``body`` is the request body, or the error met reading it (413, bad length).
+        ``start`` is the ``perf_counter`` at the start of the request (latency metric).
+        """
+        if self._token is not None and not self._token_ok(headers):
+            self._count(SCORE_PATH, 401, "unauthorized")
+            return 401, UNAUTHORIZED, _UNAUTH_HEADERS
+        status, payload, rows, kind, out = 200, b"", 0, None, _JSON_HEADERS
         try:
-            body = await _read_body(scope, receive, self.options.max_body_bytes)
+            if isinstance(body, ClientError):
+                raise body
             state = self.holder.state  # read once: this request finishes on this state
             if not self.holder.ready:
                 raise ClientError(503, ["state"], "models are still loading", "not_ready")
-            items, is_batch = parse(body, max_batch=self.options.max_batch)
-            payload, rows = score(state, items, is_batch=is_batch)
+            if _is_binary(headers):
+                payload, rows = score_binary(state, body, max_batch=self.options.max_batch)
+                out = _BINARY_HEADERS
+            else:
+                items, is_batch = parse(body, max_batch=self.options.max_batch)
+                payload, rows = score(state, items, is_batch=is_batch)
         except ClientError as err:
-            status, payload, kind = err.status, err.body(), err.kind
+            status, payload, kind, out = err.status, err.body(), err.kind, _JSON_HEADERS
         except Exception:  # a server bug must not kill the worker; the client gets a 500
             log.exception("scoring failed")
             status, kind = 500, "internal"
             payload = b'{"detail":"internal error while scoring (see server log)"}'
-        await _send(send, status, payload)
+            out = _JSON_HEADERS
         self._latency.observe(time.perf_counter() - start)
         if status == 200:
             self._ok.inc()
             self.metrics.rows.inc(rows)
         else:
             self._count(SCORE_PATH, status, kind)
+        return status, payload, out
+
+
+def _is_binary(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"content-type":
+            return value.startswith(BINARY_TYPE)
+    return False
 
 
 _KNOWN_PATHS = frozenset({SCORE_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json"})
@@ -209,7 +251,7 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
                     400, ["header", "content-length"], "bad length", "header"
                 ) from None
             if declared > limit:
-                raise _too_large(limit)
+                raise too_large(limit)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -219,21 +261,21 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _too_large(limit: int) -> ClientError:
+def too_large(limit: int) -> ClientError:
     return ClientError(413, ["body"], f"request body exceeds {limit} bytes", "too_large")
 
 
-async def _send(send: Send, status: int, body: bytes, extra: list[Any] | None = None) -> None:
-    headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
-    if extra:
-        headers.extend(extra)
+async def _send(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = _JSON_HEADERS
+) -> None:
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -281,6 +323,9 @@ def _build_api(outer: ScoringApp) -> FastAPI:
         response_model=schemas.ScoreResult | schemas.BatchResult,
         responses=errors,
         summary="Forecast, residual and anomaly score for one item or a batch of items.",
+        description="JSON by default. Large batches may instead be sent as "
+        "`Content-Type: application/octet-stream` in the binary batch format of "
+        "`mamlctl.serving.binary` (float32 windows; same checks, identical numbers).",
     )
     async def score_route(
         request: Request, body: schemas.ScoreItem | schemas.ScoreBatch

@@ -33,7 +33,9 @@ that group with one session per series (see :mod:`mamlctl.serving.runtime`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import mmap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,9 +148,12 @@ def initializer_arrays(model: onnx.ModelProto) -> dict[str, npt.NDArray[Any]]:
 class BankBuilder:
     """Stacks the numbers of files sharing one structure, row by row, without a second copy.
 
-    Each initializer gets one array ``[capacity, ...]`` allocated on first use with
-    ``np.empty`` (pages never written are never resident, so a generous capacity costs no
-    memory) and each file's values are written straight into its row.
+    A number stays a single value while every file added so far carries the same bytes for it
+    (compared as raw bytes: one ``memcmp``): body layers that head-only adaptation leaves at the
+    initializer's values are never stacked. The first file whose bytes differ turns it into an
+    array ``[capacity, ...]`` allocated with ``np.empty`` (pages never written are never
+    resident, so a generous capacity costs no memory), rows so far filled with the shared
+    value; each later file's values are written straight into its row.
     """
 
     def __init__(self, template: onnx.ModelProto, *, capacity: int) -> None:
@@ -156,6 +161,28 @@ class BankBuilder:
         self.capacity = capacity
         self.n = 0
         self.stacks: dict[str, npt.NDArray[Any]] = {}
+        self.first: dict[str, tuple[bytes | None, npt.NDArray[Any]]] = {}
+        self.populated: dict[str, int] = {}
+        self.buffers: dict[str, mmap.mmap] = {}
+
+    def _populate(self, name: str, row: int) -> None:
+        """Fault in the pages of ``name``'s stack up to ``row`` ahead of writing, in 8 MiB
+        steps (one ``madvise`` per step instead of one page fault per 4 KiB page: the faults
+        of a 500 MB bank cost seconds on a virtual machine)."""
+        stack = self.stacks[name]
+        end = (row + 1) * stack.strides[0]
+        done = self.populated[name]
+        if end <= done:
+            return
+        buf = self.buffers.get(name)
+        if buf is not None:
+            step = max(_POPULATE_STEP, end - done)
+            size = min(done + step, len(buf)) - done
+            with contextlib.suppress(OSError, ValueError):  # no MADV_POPULATE_WRITE: faults
+                buf.madvise(_MADV_POPULATE_WRITE, done, size)
+            self.populated[name] = done + size
+        else:
+            self.populated[name] = stack.nbytes
 
     def add(self, model: onnx.ModelProto) -> int:
         """Append ``model``'s initializers as the next row; returns the row index."""
@@ -163,11 +190,28 @@ class BankBuilder:
             raise BankUnsupported("bank capacity exceeded")
         row = self.n
         for init in model.graph.initializer:
-            value = _fast_array(init)
             stack = self.stacks.get(init.name)
-            if stack is None:
-                stack = np.empty((self.capacity, *value.shape), dtype=value.dtype)
-                self.stacks[init.name] = stack
+            if stack is not None:
+                self._populate(init.name, row)
+                stack[row] = _fast_array(init)
+                continue
+            raw = _raw_bytes(init)
+            first = self.first.get(init.name)
+            if first is None:
+                self.first[init.name] = (raw, np.array(_fast_array(init), copy=True))
+                continue
+            if raw is not None and raw == first[0]:
+                continue
+            value = _fast_array(init)
+            if raw is None and np.array_equal(value, first[1]):
+                continue
+            stack, buf = _reserve((self.capacity, *value.shape), value.dtype)
+            self.stacks[init.name] = stack
+            if buf is not None:
+                self.buffers[init.name] = buf
+            self.populated[init.name] = 0
+            self._populate(init.name, row)
+            stack[:row] = first[1]
             stack[row] = value
         self.n += 1
         return row
@@ -175,8 +219,33 @@ class BankBuilder:
     def build(self) -> BankGraph:
         """The bank graph of the rows added so far (see :func:`build_bank`)."""
         stacked = {name: arr[: self.n] for name, arr in self.stacks.items()}
-        self.stacks = {}
+        for name, (_, value) in self.first.items():
+            if name not in stacked:  # equal in every file: a stride-0 view, no copy
+                stacked[name] = np.broadcast_to(value, (self.n, *value.shape))
+        self.stacks, self.first, self.populated, self.buffers = {}, {}, {}, {}
         return build_bank(self.template, stacked)
+
+
+_MADV_POPULATE_WRITE = 23  # Linux >= 5.14
+_POPULATE_STEP = 8 << 20
+
+
+def _reserve(
+    shape: tuple[int, ...], dtype: np.dtype[Any]
+) -> tuple[npt.NDArray[Any], mmap.mmap | None]:
+    """An uninitialised array in its own anonymous mapping (pages resident only once written
+    or populated; ``np.empty`` as a fallback) and that mapping."""
+    size = int(np.prod(shape)) * dtype.itemsize
+    if size < _POPULATE_STEP or not hasattr(mmap, "MAP_ANONYMOUS"):
+        return np.empty(shape, dtype=dtype), None
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(buf, dtype=dtype).reshape(shape), buf
+
+
+def _raw_bytes(init: onnx.TensorProto) -> bytes | None:
+    if init.raw_data and not init.HasField("data_location"):
+        return bytes(init.raw_data)
+    return None
 
 
 _RAW_DTYPES: dict[int, np.dtype[Any]] = {
@@ -244,7 +313,7 @@ def build_bank(template: onnx.ModelProto, stacked: Mapping[str, npt.NDArray[Any]
     shared: dict[str, npt.NDArray[Any]] = {}
     for name in names:
         arr = stacked[name]
-        if _all_rows_equal(arr):
+        if (arr.ndim and arr.strides[0] == 0) or _all_rows_equal(arr):
             shared[name] = np.array(arr[0], copy=True)
         elif arr.dtype.kind == "f":
             banks[name] = arr

@@ -161,7 +161,7 @@ def _result(
         "anomaly_score": None,
         "is_anomaly": None,
         "threshold": entry.threshold,
-        "lineage": entry.lineage,
+        "lineage": entry.lineage_json,
     }
     if actual is not None:
         k = len(actual)
@@ -189,12 +189,9 @@ def score(state: ServingState, items: list[Any], *, is_batch: bool) -> tuple[byt
     base = ["body", "items"]
     checked = [_check_item(state, item, [*base, i]) for i, item in enumerate(items)]
     n = len(checked)
-    by_group: dict[int, list[int]] = {}
-    for i, (entry, _, _) in enumerate(checked):
-        by_group.setdefault(entry.group, []).append(i)
     forecasts: list[Any] = [None] * n
     sigmas: list[Any] = [None] * n
-    for group, idx in by_group.items():
+    for idx, group in _groups([c[0] for c in checked]):
         windows = _windows32([checked[i][1] for i in idx])
         if not np.isfinite(windows).all():
             for i in idx:  # name the first offending item and value
@@ -209,6 +206,45 @@ def score(state: ServingState, items: list[Any], *, is_batch: bool) -> tuple[byt
         for i, (entry, _, actual) in enumerate(checked)
     ]
     return orjson.dumps({"results": results}, option=_DUMP_OPTS), n
+
+
+def _groups(entries: Sequence[SeriesEntry]) -> list[tuple[list[int], int]]:
+    """``[(item indices, runtime group)]``, groups in order of first appearance."""
+    by_group: dict[int, list[int]] = {}
+    for i, entry in enumerate(entries):
+        by_group.setdefault(entry.group, []).append(i)
+    return [(idx, group) for group, idx in by_group.items()]
+
+
+def run_groups(
+    state: ServingState, entries: Sequence[SeriesEntry], windows: npt.NDArray[np.float32]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """``(forecast [n, H], sigma [n, H])`` for ``windows [n, L]`` of ``entries``: one ``run``
+    per runtime group. All groups must share H (422 otherwise: the binary format's rule)."""
+    n = len(entries)
+    rows = np.fromiter((e.row for e in entries), dtype=np.int64, count=n)
+    first = entries[0].group
+    if all(e.group == first for e in entries):
+        return state.runtimes[first].run(windows, rows)
+    groups = _groups(entries)
+    forecast: npt.NDArray[np.float32] | None = None
+    sigma: npt.NDArray[np.float32] | None = None
+    for idx, group in groups:
+        take = np.array(idx, dtype=np.int64)
+        f, s = state.runtimes[group].run(np.ascontiguousarray(windows[take]), rows[take])
+        if forecast is None or sigma is None:
+            forecast = np.empty((n, f.shape[1]), dtype=np.float32)
+            sigma = np.empty((n, s.shape[1]), dtype=np.float32)
+        elif f.shape[1] != forecast.shape[1]:
+            raise _unprocessable(
+                ["body", "items", idx[0], "series_id"],
+                "a binary batch must not mix series with different horizons",
+                "horizon_mix",
+            )
+        forecast[take] = f
+        sigma[take] = s
+    assert forecast is not None and sigma is not None
+    return forecast, sigma
 
 
 def series_detail(state: ServingState, series_id: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnx
+import orjson
 
 from mamlctl.domain import AdaptedModelRecord
 from mamlctl.errors import MamlctlError
@@ -63,6 +64,10 @@ class SeriesEntry:
     sha256: str
     #: Pre-rendered ``lineage`` object of responses (built once per state, not per request).
     lineage: dict[str, Any] = field(repr=False)
+    #: ``lineage`` serialised once (responses embed it as is).
+    lineage_json: orjson.Fragment = field(repr=False)
+    #: ``{"series_id", "threshold", "lineage"}`` serialised once (binary responses' meta).
+    summary_json: bytes = field(repr=False)
     #: ``[row]`` as int64, ready to feed a single-row ``run``.
     row_array: npt.NDArray[np.int64] = field(repr=False)
 
@@ -134,24 +139,31 @@ def _read_verified(models_dir: Path, record: AdaptedModelRecord) -> bytes | Maml
     return data
 
 
+def _read_chunk(models_dir: Path, records: list[AdaptedModelRecord]) -> list[bytes | MamlctlError]:
+    return [_read_verified(models_dir, record) for record in records]
+
+
 def _prefetch(
-    models_dir: Path, records: list[AdaptedModelRecord], *, ahead: int = 32
+    models_dir: Path, records: list[AdaptedModelRecord], *, chunk: int = 64, ahead: int = 4
 ) -> Iterator[tuple[AdaptedModelRecord, bytes | MamlctlError]]:
-    """Verified file bytes in record order, read by two threads at most ``ahead`` files ahead
-    (reading and hashing release the GIL; the bound keeps memory flat)."""
+    """Verified file bytes in record order, read by two threads in chunks of ``chunk`` files at
+    most ``ahead`` chunks ahead (reading and hashing release the GIL; chunks keep the thread
+    hand-offs rare, the bound keeps memory flat)."""
+    chunks = [records[i : i + chunk] for i in range(0, len(records), chunk)]
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="mamlctl-load") as pool:
-        pending: deque[tuple[AdaptedModelRecord, Future[bytes | MamlctlError]]] = deque()
-        feed = iter(records)
-        for record in feed:
-            pending.append((record, pool.submit(_read_verified, models_dir, record)))
+        pending: deque[tuple[list[AdaptedModelRecord], Future[list[bytes | MamlctlError]]]]
+        pending = deque()
+        feed = iter(chunks)
+        for part in feed:
+            pending.append((part, pool.submit(_read_chunk, models_dir, part)))
             if len(pending) >= ahead:
                 break
         while pending:
-            record, future = pending.popleft()
+            part, future = pending.popleft()
             nxt = next(feed, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(_read_verified, models_dir, nxt)))
-            yield record, future.result()
+                pending.append((nxt, pool.submit(_read_chunk, models_dir, nxt)))
+            yield from zip(part, future.result(), strict=True)
 
 
 def _load_one(record: AdaptedModelRecord, data: bytes) -> tuple[_Loaded, onnx.ModelProto]:
@@ -208,6 +220,10 @@ def _entry(item: _Loaded, *, group: int, row: int, generation: int) -> SeriesEnt
         adapted_at=adapted_at,
         sha256=rec.sha256,
         lineage=lineage,
+        lineage_json=orjson.Fragment(orjson.dumps(lineage)),
+        summary_json=orjson.dumps(
+            {"series_id": rec.series_id, "threshold": float(rec.threshold), "lineage": lineage}
+        ),
         row_array=np.array([row], dtype=np.int64),
     )
 

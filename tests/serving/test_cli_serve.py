@@ -27,7 +27,7 @@ def test_serve_runs_uvicorn_with_the_factory(
     assert result.exit_code == 0, result.output
     assert seen["target"] == "mamlctl.serving.app:app_from_env" and seen["factory"] is True
     assert (seen["host"], seen["port"], seen["workers"]) == ("127.0.0.1", 9123, 2)
-    assert (seen["loop"], seen["http"]) == ("uvloop", "httptools")
+    assert (seen["loop"], seen["http"]) == ("uvloop", "mamlctl.serving.fastpath:ScoreHttpProtocol")
     assert os.environ["MAMLCTL_SERVE_RELOAD_INTERVAL"] == "0.5"
 
 
