@@ -186,6 +186,20 @@ def _load_one(record: AdaptedModelRecord, data: bytes) -> tuple[_Loaded, onnx.Mo
     return _Loaded(record=record, meta=meta, window=window), model
 
 
+def _exact(data: bytes) -> bytes:
+    """A copy of exactly ``len(data)`` bytes: orjson's output keeps its growth buffer (2-4 KiB
+    for a 300-byte document), 80 MB over 10k series."""
+    return bytes(memoryview(data))
+
+
+def _group_key(model: onnx.ModelProto, template_id: str | None) -> Any:
+    """:func:`structure_key`, as a plain tuple when the exporter's template id is there (the
+    same information without hashing strings: ~10x cheaper per file at 10k files)."""
+    if not template_id:
+        return structure_key(model)
+    return (template_id, *((i.name, i.data_type, *i.dims) for i in model.graph.initializer))
+
+
 def _entry(item: _Loaded, *, group: int, row: int, generation: int) -> SeriesEntry:
     rec, meta = item.record, item.meta
 
@@ -220,9 +234,11 @@ def _entry(item: _Loaded, *, group: int, row: int, generation: int) -> SeriesEnt
         adapted_at=adapted_at,
         sha256=rec.sha256,
         lineage=lineage,
-        lineage_json=orjson.Fragment(orjson.dumps(lineage)),
-        summary_json=orjson.dumps(
-            {"series_id": rec.series_id, "threshold": float(rec.threshold), "lineage": lineage}
+        lineage_json=orjson.Fragment(_exact(orjson.dumps(lineage))),
+        summary_json=_exact(
+            orjson.dumps(
+                {"series_id": rec.series_id, "threshold": float(rec.threshold), "lineage": lineage}
+            )
         ),
         row_array=np.array([row], dtype=np.int64),
     )
@@ -238,8 +254,8 @@ def build_state(
     """Load, verify and bank every record's model file; see the module docstring."""
     start = time.perf_counter()
     records = list(records)
-    builders: dict[str, BankBuilder] = {}
-    groups: dict[str, list[_Loaded]] = {}
+    builders: dict[Any, BankBuilder] = {}
+    groups: dict[Any, list[_Loaded]] = {}
     failures: dict[str, str] = {}
     for record, data in _prefetch(models_dir, records):
         try:
@@ -250,7 +266,7 @@ def build_state(
             failures[record.series_id] = str(err)
             log.error("not serving series %s: %s", record.series_id, err)
             continue
-        key = structure_key(model, template_id=item.meta.get(f"{META_PREFIX}template_id"))
+        key = _group_key(model, item.meta.get(f"{META_PREFIX}template_id"))
         builder = builders.get(key)
         if builder is None:
             builder = builders[key] = BankBuilder(template_of(model), capacity=len(records))
@@ -268,6 +284,7 @@ def build_state(
             entries[item.record.series_id] = _entry(
                 item, group=group, row=row, generation=generation
             )
+    _release_free_memory()
     return ServingState(
         entries=entries,
         runtimes=tuple(runtimes),
@@ -277,6 +294,17 @@ def build_state(
         load_seconds=time.perf_counter() - start,
         failures=failures,
     )
+
+
+def _release_free_memory() -> None:
+    """Hand the heap freed by loading (10k file buffers and protobufs, partly in the reader
+    threads' malloc arenas) back to the OS: otherwise it stays in the server's RSS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _runtime_for(builder: BankBuilder, items: list[_Loaded], *, models_dir: Path) -> Runtime:
