@@ -113,6 +113,25 @@ def register(app: typer.Typer) -> None:
                 help="Also train the pretrained baseline the validation compares against.",
             ),
         ] = True,
+        season_skip: Annotated[
+            int | None,
+            typer.Option(
+                "--season-skip",
+                help="m of the seasonal-naive skip: the net predicts the residual to seasonal "
+                "naive of its window (default: the period when it fits L, else 1; 0 = off).",
+            ),
+        ] = None,
+        loss: Annotated[
+            str | None,
+            typer.Option("--loss", help="mae (default) or mse; a gaussian head uses its NLL."),
+        ] = None,
+        nonnegative: Annotated[
+            bool | None,
+            typer.Option(
+                "--nonnegative/--allow-negative",
+                help="Clip forecasts at 0 (default: when every training series is >= 0).",
+            ),
+        ] = None,
         promote: Annotated[
             bool,
             typer.Option("--promote", help="Make the new version champion (default: challenger)."),
@@ -152,6 +171,9 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             holdout_fraction=holdout,
             pretrained_baseline=pretrained_baseline,
+            season_skip=season_skip,
+            loss=loss,
+            nonnegative=nonnegative,
         )
         settings = load_settings()
         with transaction(settings) as session:

@@ -17,6 +17,8 @@ tail are out-of-sample for a model adapted the same way, so they calibrate the e
 
 * ``residual_scale`` = :func:`mamlctl.timeseries.anomaly.robust_scale` of the raw residuals
   (floored at 1e-3 of the series' scale);
+* forecasts are clipped at 0 in raw units when the initializer says ``nonnegative`` (the
+  exported graph clips the same way), so the residuals are those the server will see;
 * ``threshold``: for a ``mean`` head :func:`mamlctl.timeseries.anomaly.calibrate` on the raw
   residuals (its scale is ``residual_scale``); for a ``gaussian`` head the same rule applied to
   the scores the server will compute, ``anomaly_score(r, sigma_predicted)``.
@@ -70,10 +72,11 @@ class AdaptPlan:
     calibration: int  # C raw points
     steps: int
     inner_lr: float | None  # None: the initializer's learned Meta-SGD rates
-    loss: str
+    loss: str  # mse | mae | gaussian_nll, as in meta-training
     false_alarm_rate: float
     min_z: float
     chunk_size: int
+    nonnegative: bool = False  # raw forecasts clipped at 0 (the exported graph does the same)
 
     @property
     def min_points(self) -> int:
@@ -90,6 +93,7 @@ class AdaptPlan:
             "steps": self.steps,
             "inner_lr": "meta-sgd" if self.inner_lr is None else self.inner_lr,
             "loss": self.loss,
+            "nonnegative": self.nonnegative,
             "false_alarm_rate": self.false_alarm_rate,
             "min_z": self.min_z,
         }
@@ -148,6 +152,7 @@ def plan_adaptation(
         lr = None
     else:
         lr = float(train.get("inner_lr", 0.01))
+    # Initializers written before the loss was recorded trained with the head's natural loss.
     loss = str(train.get("loss", "auto"))
     if loss == "auto":
         loss = "gaussian_nll" if mc.head == "gaussian" else "mse"
@@ -161,6 +166,7 @@ def plan_adaptation(
         steps=steps,
         inner_lr=lr,
         loss=loss,
+        nonnegative=bool(train.get("nonnegative", False)),
         false_alarm_rate=config.false_alarm_rate,
         min_z=config.min_z,
         chunk_size=config.chunk_size,
@@ -209,7 +215,7 @@ def adapt_histories(
     import torch
 
     from mamlctl.maml.engine import batch_adapt, batched_forward, task_losses
-    from mamlctl.maml.models import gaussian_nll_loss, mse_loss, split_gaussian
+    from mamlctl.maml.models import loss_by_name, split_gaussian
 
     n = len(histories)
     if n == 0:
@@ -221,7 +227,7 @@ def adapt_histories(
 
     model = initializer.model()
     theta = {name: p.detach() for name, p in initializer.params.items()}
-    loss_fn = gaussian_nll_loss if plan.loss == "gaussian_nll" else mse_loss
+    loss_fn = loss_by_name(plan.loss)
     inner_lr: float | Mapping[str, Tensor] = (
         plan.inner_lr if plan.inner_lr is not None else initializer.inner_lr(0.0)
     )
@@ -270,6 +276,8 @@ def adapt_histories(
         actual = tails[:, k:]  # [N, C]
         forecast = point(out) * cal_scale[:, None] + cal_loc[:, None]
         forecast0 = point(forward(theta_n, zx)) * cal_scale[:, None] + cal_loc[:, None]
+        if plan.nonnegative:  # as the exported graph: clip the raw forecast at 0
+            forecast, forecast0 = np.maximum(forecast, 0.0), np.maximum(forecast0, 0.0)
         residuals = actual - forecast
         if head == "gaussian":
             from mamlctl.maml.models import LOGVAR_MAX, LOGVAR_MIN

@@ -13,7 +13,8 @@ One self-contained ONNX file per series, usable without mamlctl:
     ``gaussian`` head ``exp(0.5 * clamp(logvar, -10, 10)) * scale``; for a ``mean`` head the
     series' ``residual_scale`` broadcast.
 * **normalisation inside the graph**: ``z = (window - loc) / scale``;
-  ``forecast = core(z)[:, :H] * scale + loc``. ``loc`` and ``scale`` are the series' support
+  ``forecast = core(z)[:, :H] * scale + loc``, then ``max(forecast, 0)`` (a Relu node) for a
+  non-negative family. ``loc`` and ``scale`` are the series' support
   statistics (:func:`mamlctl.timeseries.scaling.support_stats` over the K points it was adapted
   on), stored as float32 initializers ``loc`` and ``scale`` of shape ``[1]``; a mean head also
   has a ``residual_scale`` ``[1]`` initializer.
@@ -33,7 +34,8 @@ One self-contained ONNX file per series, usable without mamlctl:
   ``window``                L, input length
   ``horizon``               H, output length
   ``head``                  ``mean`` or ``gaussian``
-  ``loss``                  ``mse`` or ``gaussian_nll``
+  ``loss``                  ``mse``, ``mae`` or ``gaussian_nll`` (adaptation's loss)
+  ``nonnegative``           ``"1"`` when ``forecast`` is clipped at 0 in raw units, else ``"0"``
   ``config_hash``           sha256 of the canonical JSON of ``model_config``
   ``model_config``          the model config JSON (``maml.models.config_to_dict``)
   ``loc``, ``scale``        normalisation constants (also in the graph)
@@ -101,6 +103,7 @@ class ModelMetadata:
     threshold: float
     template_id: str
     series_initializers: tuple[str, ...]
+    nonnegative: bool = False
 
 
 def build_metadata(
@@ -114,6 +117,7 @@ def build_metadata(
     scale: float,
     residual_scale: float,
     threshold: float,
+    loss: str | None = None,
 ) -> dict[str, str]:
     """The ``metadata_props`` of one series' file (keys with the ``mamlctl.`` prefix)."""
     if adapted_at.tzinfo is None:
@@ -130,7 +134,8 @@ def build_metadata(
         PREFIX + "window": str(template.window),
         PREFIX + "horizon": str(template.horizon),
         PREFIX + "head": template.head,
-        PREFIX + "loss": _LOSS[template.head],
+        PREFIX + "loss": loss or _LOSS[template.head],
+        PREFIX + "nonnegative": "1" if template.nonnegative else "0",
         PREFIX + "config_hash": template.config_hash,
         PREFIX + "model_config": canonical_json(template.model_config),
         PREFIX + "loc": repr(float(loc)),
@@ -173,6 +178,7 @@ def parse_metadata(props: Mapping[str, str]) -> ModelMetadata:
             threshold=float(get("threshold")),
             template_id=get("template_id"),
             series_initializers=tuple(json.loads(get("series_initializers"))),
+            nonnegative=props.get(PREFIX + "nonnegative", "0") == "1",
         )
     except KeyError as err:
         raise InputError(f"model file lacks metadata key {err.args[0]!r}") from None
@@ -234,6 +240,7 @@ def render_batch(
     initializer: InitializerRef,
     support: int,
     adapted_at: datetime,
+    loss: str | None = None,
 ) -> Iterator[tuple[str, bytes]]:
     """Yield ``(series_id, serialized ONNX)`` for every series of ``batch``, lazily."""
     missing = set(template.param_shapes) - set(batch.params)
@@ -254,6 +261,7 @@ def render_batch(
             scale=scale,
             residual_scale=rscale,
             threshold=thr,
+            loss=loss,
         )
         yield (
             series_id,
@@ -277,6 +285,7 @@ def export_to_files(
     adapted_at: datetime,
     workers: int = 4,
     fsync: bool = True,
+    loss: str | None = None,
 ) -> list[StoredFile]:
     """Render every series and write its file atomically below ``models_dir``.
 
@@ -290,29 +299,40 @@ def export_to_files(
         futures = [
             writer.submit(family=initializer.family, series_id=sid, data=blob)
             for sid, blob in render_batch(
-                template, batch, initializer=initializer, support=support, adapted_at=adapted_at
+                template,
+                batch,
+                initializer=initializer,
+                support=support,
+                adapted_at=adapted_at,
+                loss=loss,
             )
         ]
     return [f.result() for f in futures]
 
 
 class TemplateCache:
-    """Templates by (config hash, opset): one ``torch.onnx.export`` per architecture."""
+    """Templates by (config hash, opset, non-negative clip): one ``torch.onnx.export`` each."""
 
     def __init__(self) -> None:
         self._templates: dict[tuple[str, int], OnnxTemplate] = {}
 
-    def get(self, config: Any, *, opset: int | None = None) -> OnnxTemplate:
+    def get(
+        self, config: Any, *, opset: int | None = None, nonnegative: bool = False
+    ) -> OnnxTemplate:
         """The template of a ``maml.models`` config (``MLPConfig`` / ``ConvConfig``)."""
         from mamlctl.maml.models import config_to_dict
 
-        key = (config_hash(config_to_dict(config)), opset or OPSET)
+        key = (config_hash(config_to_dict(config)), opset or OPSET, nonnegative)
         if key not in self._templates:
-            self._templates[key] = template_for_config(config, opset=key[1])
+            self._templates[key] = template_for_config(
+                config, opset=key[1], nonnegative=nonnegative
+            )
         return self._templates[key]
 
 
-def template_for_config(config: Any, *, opset: int | None = None, seed: int = 0) -> OnnxTemplate:
+def template_for_config(
+    config: Any, *, opset: int | None = None, seed: int = 0, nonnegative: bool = False
+) -> OnnxTemplate:
     """Build the template of a ``maml.models`` config (exports once; ~1 s)."""
     import torch
 
@@ -330,6 +350,7 @@ def template_for_config(config: Any, *, opset: int | None = None, seed: int = 0)
         head=config.head,
         opset=opset or OPSET,
         seed=seed,
+        nonnegative=nonnegative,
     )
 
 

@@ -37,7 +37,7 @@ def write_artifacts(result: FamilyTrainingResult, out: Path) -> ArtifactPaths:
         model_config=plan.model_config(),
         params=result.params,
         task_spec={"kind": "window", **plan.task_spec().to_dict()},
-        train_config=plan.meta_config().model_dump(mode="json"),
+        train_config=plan.initializer_train_config(),
         metrics={k: v for k, v in result.metrics.items() if k.startswith("val_")},
     )
     family_doc = plan.as_params()

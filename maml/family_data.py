@@ -3,13 +3,19 @@
 Pure (no I/O): the training config with per-family defaults, the deterministic held-out
 split, the data fingerprint and the validation set (adapt on the K most recent points of each
 held-out series' history, forecast its last H points).
+
+The default recipe (the one :mod:`mamlctl.evaluation.m4_maml` showed beats seasonal naive on M4
+Hourly and Weekly): the network predicts the residual to the seasonal-naive forecast of its own
+window (``season_skip`` = the period when it fits the window, else 1 = naive), it is trained
+and adapted on MAE, and its raw-unit forecasts are clipped at 0 when every training series is
+non-negative (``nonnegative``, resolved by :func:`prepare`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -51,6 +57,18 @@ class FamilyTrainConfig(BaseModel):
     max_holdout: int = Field(default=64, ge=1)
     validations: int = Field(default=4, ge=1, le=100, description="Validation points in a run.")
     pretrained_baseline: bool = True
+    # The forecasting recipe (see the module docstring): the network predicts the residual to
+    # seasonal naive, is trained on MAE, and its raw forecasts are clipped at 0 for families
+    # whose series never go negative.
+    season_skip: int | None = Field(
+        default=None, ge=0, description="m of the seasonal-naive skip (None: period, 0: off)."
+    )
+    loss: Literal["mse", "mae"] = Field(
+        default="mae", description="Loss of the mean head (a gaussian head uses its NLL)."
+    )
+    nonnegative: bool | None = Field(
+        default=None, description="Clip forecasts at 0 (None: when every training series >= 0)."
+    )
 
 
 def make_config(**values: Any) -> FamilyTrainConfig:
@@ -76,6 +94,13 @@ class ResolvedPlan:
     query: int
     hidden: tuple[int, ...]
     season: int  # m for seasonal naive / MASE (1 without a cycle)
+    season_skip: int  # m of the model's seasonal-naive skip (0 = off)
+    nonnegative: bool | None = None  # resolved from the training series by prepare()
+
+    @property
+    def loss(self) -> str:
+        """The loss meta-training and adaptation use."""
+        return "gaussian_nll" if self.config.head == "gaussian" else self.config.loss
 
     @property
     def task_span(self) -> int:
@@ -97,12 +122,14 @@ class ResolvedPlan:
                 horizon=self.horizon,
                 channels=self.config.channels,
                 head=self.config.head,
+                season_skip=self.season_skip,
             )
         return MLPConfig(
             input_size=self.window,
             hidden=self.hidden,
             output_size=self.horizon,
             head=self.config.head,
+            season_skip=self.season_skip,
         )
 
     def meta_config(self, *, method: str | None = None, iterations: int | None = None) -> Any:
@@ -118,7 +145,13 @@ class ResolvedPlan:
             meta_lr=c.meta_lr,
             seed=c.seed,
             log_every=max(1, min(50, (iterations or c.iterations) // 20 or 1)),
+            loss=self.loss,
         )
+
+    def initializer_train_config(self) -> dict[str, Any]:
+        """What ``adapt`` needs from training, stored in the initializer's JSON: the meta-training
+        config (inner steps, rate, loss) plus the non-negative clip."""
+        return {**self.meta_config().model_dump(mode="json"), "nonnegative": bool(self.nonnegative)}
 
     def task_spec(self) -> Any:
         from mamlctl.timeseries.windows import WindowTaskSpec
@@ -138,8 +171,15 @@ class ResolvedPlan:
                 "support_points": self.support_points,
             },
             "task": {"support_pairs": self.support_pairs, "query": self.query},
-            "model": {"architecture": self.config.architecture, "hidden": list(self.hidden)},
-            "train": self.config.model_dump(mode="json", exclude={"hidden"}),
+            "model": {
+                "architecture": self.config.architecture,
+                "hidden": list(self.hidden),
+                "season_skip": self.season_skip,
+            },
+            "train": {
+                **self.config.model_dump(mode="json", exclude={"hidden"}),
+                "nonnegative": self.nonnegative,
+            },
         }
 
 
@@ -158,6 +198,15 @@ def resolve(family: Family, config: FamilyTrainConfig) -> ResolvedPlan:
     hidden = config.hidden or ((64, 64) if window >= 64 else (40, 40))
     if any(h < 1 for h in hidden):
         raise ConfigError(f"invalid --hidden {list(hidden)}: widths must be >= 1")
+    if config.season_skip is None:
+        season_skip = period if period is not None and period <= window else 1
+    elif config.season_skip > window:
+        raise ConfigError(
+            f"--season-skip {config.season_skip} exceeds the window L={window} of family "
+            f"{family.name}"
+        )
+    else:
+        season_skip = config.season_skip
     return ResolvedPlan(
         config=config,
         family=family,
@@ -168,6 +217,8 @@ def resolve(family: Family, config: FamilyTrainConfig) -> ResolvedPlan:
         query=query,
         hidden=tuple(hidden),
         season=period or 1,
+        season_skip=season_skip,
+        nonnegative=config.nonnegative,
     )
 
 
@@ -225,6 +276,8 @@ def prepare(family: Family, series: Sequence[Series], plan: ResolvedPlan) -> Fam
     n_hold = min(n_hold, len(ranked) - (MIN_SERIES - 1))
     held = {s.series_id for s in ranked[:n_hold]}
     train = tuple(s for s in usable if s.series_id not in held)
+    if plan.nonnegative is None:
+        plan = replace(plan, nonnegative=all(float(np.min(s.values)) >= 0 for s in train))
     validation = validation_set([s for s in usable if s.series_id in held], plan)
     return FamilyData(
         plan=plan,

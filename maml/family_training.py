@@ -73,11 +73,12 @@ class FamilyTrainingResult:
 def forecast_heldout(
     plan: ResolvedPlan, params: Mapping[str, Tensor], val: ValidationSet, *, steps: int
 ) -> np.ndarray:
-    """Adapt ``params`` on every held-out support set (``steps`` inner steps) and forecast H."""
+    """Adapt ``params`` on every held-out support set (``steps`` inner steps, the plan's loss) and
+    forecast H in raw units (clipped at 0 for a non-negative family, as the exported files are)."""
     import torch
 
     from mamlctl.maml.engine import batch_adapt, batched_forward, expand_params
-    from mamlctl.maml.models import build_model, loss_for_head, point_forecast
+    from mamlctl.maml.models import build_model, loss_by_name, point_forecast
 
     model_config = plan.model_config()
     model = build_model(model_config)
@@ -92,14 +93,15 @@ def forecast_heldout(
             sy,
             steps=steps,
             inner_lr=plan.config.inner_lr,
-            loss_fn=loss_for_head(model_config.head),
+            loss_fn=loss_by_name(plan.loss),
         )
     else:
         phi = expand_params({k: v.detach() for k, v in params.items()}, n)
     with torch.no_grad():
         out = batched_forward(model)(phi, qx)  # [N, 1, out]
         mean = point_forecast(out, model_config.head)[:, 0, :].double().numpy()
-    return np.asarray(mean * val.scale[:, None] + val.loc[:, None], dtype=np.float64)
+    raw = np.asarray(mean * val.scale[:, None] + val.loc[:, None], dtype=np.float64)
+    return np.maximum(raw, 0.0) if plan.nonnegative else raw
 
 
 def seasonal_naive_heldout(plan: ResolvedPlan, val: ValidationSet) -> np.ndarray:

@@ -76,6 +76,7 @@ def torch_reference(
     residual_scale: float,
     horizon: int,
     head: Head,
+    nonnegative: bool = False,
 ) -> Reference:
     """The torch twin of a rendered file: ``core`` with ``params`` inside the contract wrapper."""
     import torch
@@ -85,7 +86,7 @@ def torch_reference(
     module = copy.deepcopy(core).float().eval()
     state = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in params.items()}
     module.load_state_dict(state, strict=True)
-    wrapper = contract_module(module, horizon=horizon, head=head).eval()
+    wrapper = contract_module(module, horizon=horizon, head=head, nonnegative=nonnegative).eval()
     with torch.no_grad():
         wrapper.loc.fill_(loc)
         wrapper.scale.fill_(scale)

@@ -94,6 +94,7 @@ class OnnxTemplate:
     head: Head
     opset: int
     template_bytes: bytes
+    nonnegative: bool
     bindings: tuple[Binding, ...]
     param_shapes: dict[str, tuple[int, ...]]
 
@@ -151,7 +152,7 @@ class _Contract:
     """Factory of the torch wrapper implementing the graph contract around a core module."""
 
     @staticmethod
-    def build(core: nn.Module, *, horizon: int, head: Head) -> nn.Module:
+    def build(core: nn.Module, *, horizon: int, head: Head, nonnegative: bool) -> nn.Module:
         import torch
         from torch import nn
 
@@ -173,6 +174,8 @@ class _Contract:
                 out = self.core(z)
                 mean = out[:, :horizon]
                 forecast = mean * self.scale + self.loc
+                if nonnegative:  # clip in raw units (one Relu node)
+                    forecast = torch.relu(forecast)
                 if head == "gaussian":
                     logvar = out[:, horizon:].clamp(*_LOGVAR_RANGE)
                     sigma = torch.exp(0.5 * logvar) * self.scale
@@ -183,12 +186,15 @@ class _Contract:
         return ContractModule()
 
 
-def contract_module(core: nn.Module, *, horizon: int, head: Head) -> nn.Module:
-    """The torch twin of an exported file: raw window -> (forecast, sigma) in raw units.
+def contract_module(
+    core: nn.Module, *, horizon: int, head: Head, nonnegative: bool = False
+) -> nn.Module:
+    """The torch twin of an exported file: raw window -> (forecast, sigma) in raw units;
+    ``nonnegative`` clips the raw forecast at 0 (sigma is unchanged).
 
     Set its ``loc``/``scale``/``residual_scale`` buffers (shape ``[1]``) per series.
     """
-    return _Contract.build(core, horizon=horizon, head=head)
+    return _Contract.build(core, horizon=horizon, head=head, nonnegative=nonnegative)
 
 
 @contextlib.contextmanager
@@ -300,6 +306,7 @@ def build_template(
     opset: int = OPSET,
     seed: int = 0,
     verify: bool = True,
+    nonnegative: bool = False,
 ) -> OnnxTemplate:
     """Export the contract graph around ``core`` once; see the module docstring.
 
@@ -326,6 +333,7 @@ def build_template(
                 opset=opset,
                 seed=seed + 7919 * attempt,
                 verify=verify,
+                nonnegative=nonnegative,
             )
         except _NotUnique as err:  # a 4-byte sentinel collided with other bytes: reseed
             last_err = err
@@ -342,6 +350,7 @@ def _build_once(
     opset: int,
     seed: int,
     verify: bool,
+    nonnegative: bool,
 ) -> OnnxTemplate:
     import torch
 
@@ -350,7 +359,9 @@ def _build_once(
     for p in sentinel_core.parameters():
         p.requires_grad_(False)
     _randomise(sentinel_core, rng)
-    wrapper = contract_module(sentinel_core, horizon=horizon, head=head).eval()
+    wrapper = contract_module(
+        sentinel_core, horizon=horizon, head=head, nonnegative=nonnegative
+    ).eval()
     scalars = {name: float(rng.uniform(0.5, 2.0)) for name in (LOC, SCALE, RESIDUAL_SCALE)}
     with torch.no_grad():
         for name, value in scalars.items():
@@ -429,6 +440,7 @@ def _build_once(
         head=head,
         opset=opset,
         template_bytes=serialized,
+        nonnegative=nonnegative,
         bindings=bindings,
         param_shapes={n: s for n, s in shapes.items() if n not in scalars},
     )
@@ -459,6 +471,7 @@ def _self_check(template: OnnxTemplate, *, core: nn.Module, rng: np.random.Gener
         residual_scale=rscale,
         horizon=template.horizon,
         head=template.head,
+        nonnegative=template.nonnegative,
     )
     stats = check_parity(
         blob, reference, loc=loc, scale=scale, window=template.window, n=64, tolerance=1e-4

@@ -340,7 +340,9 @@ class _Job:
                     ends.append(end)
                     todo.append(sid)
             if todo:
-                template = templates.get(self.initializer.model_config)
+                template = templates.get(
+                    self.initializer.model_config, nonnegative=self.plan.nonnegative
+                )
                 result = adapt_fn(self.initializer, histories, plan=self.plan)
                 batch = SeriesBatch(
                     series_ids=tuple(todo),
@@ -358,6 +360,7 @@ class _Job:
                     support=self.plan.support,
                     adapted_at=self.now,
                     workers=self.request.workers,
+                    loss=self.plan.loss,
                 )
                 self._check_parity(template, batch, stored, start, parity_every)
                 self._accumulate(result)
@@ -421,6 +424,7 @@ class _Job:
                 residual_scale=float(batch.residual_scale[i]),
                 horizon=template.horizon,
                 head=template.head,
+                nonnegative=template.nonnegative,
             )
             stats = check_parity(blob, reference, loc=loc, scale=scale, window=template.window)
             if stats.max_rel_error > max(stats.tolerance, 2 * stats.resolution):

@@ -61,6 +61,74 @@ def test_plan_mirrors_meta_training() -> None:
     assert overridden.loss == "gaussian_nll"
 
 
+def test_recipe_initializer_adapts_on_mae_and_clips_calibration_forecasts_at_zero() -> None:
+    """An initializer recording loss=mae and nonnegative: adaptation steps follow MAE (a
+    by-hand reference) and the calibration residuals are those of forecasts clipped at 0."""
+    from mamlctl.maml.models import mae_loss
+
+    config = MLPConfig(input_size=L, output_size=H, hidden=(16,), season_skip=24)
+    torch.manual_seed(0)
+    model = build_model(config)
+    init = Initializer(
+        model_config=config,
+        params={k: v.detach() for k, v in model.state_dict().items()},
+        task_spec={"kind": "window", "window": L, "horizon": H, "support": K - L - H + 1},
+        train_config={"inner_steps": 2, "inner_lr": 0.05, "loss": "mae", "nonnegative": True},
+    )
+    plan = _plan(init)
+    assert (plan.loss, plan.nonnegative) == ("mae", True)
+    assert plan.as_dict()["nonnegative"] is True
+    old = _plan(_initializer())  # written before the recipe: MSE, no clip
+    assert (old.loss, old.nonnegative) == ("mse", False)
+
+    # series that touch 0 often: a clipped forecast differs from the raw one there
+    rng = np.random.default_rng(1)
+    t = np.arange(200)
+    histories = [np.maximum(0.0, np.sin(2 * np.pi * t / 24) + rng.normal(0, 0.3, 200))]
+    result = ad.adapt_histories(init, histories, plan=plan)
+    task = recent_support(
+        histories[0], WindowTaskSpec(window=L, horizon=H, support=plan.pairs, query=0)
+    )
+    ref = adapt(
+        init.model(),
+        dict(init.params),
+        torch.from_numpy(task.support_x[0]),
+        torch.from_numpy(task.support_y[0]),
+        steps=2,
+        inner_lr=0.05,
+        loss_fn=mae_loss,
+        create_graph=False,
+    )
+    for name, value in ref.items():
+        np.testing.assert_allclose(result.params[name][0], value.numpy(), atol=2e-6)
+
+    # calibration oracle: the twin adapted without the last C points, forecasts clipped at 0
+    c, k = plan.calibration, plan.support
+    tail = histories[0][-(k + c) :]
+    twin_task = recent_support(
+        tail[:k], WindowTaskSpec(window=L, horizon=H, support=plan.pairs, query=0)
+    )
+    twin = adapt(
+        init.model(),
+        dict(init.params),
+        torch.from_numpy(twin_task.support_x[0]),
+        torch.from_numpy(twin_task.support_y[0]),
+        steps=2,
+        inner_lr=0.05,
+        loss_fn=mae_loss,
+        create_graph=False,
+    )
+    loc, scale = twin_task.loc[0], twin_task.scale[0]
+    windows = np.stack([tail[j : j + L] for j in range(k - L, k - L + c)])
+    z = torch.from_numpy(((windows - loc) / scale).astype(np.float32))
+    with torch.no_grad():
+        raw = torch.func.functional_call(init.model(), twin, (z,))[:, 0].double().numpy()
+    forecast = np.maximum(raw * scale + loc, 0.0)
+    assert (raw * scale + loc < 0).any()  # the clip acts on this series
+    mae = np.abs(tail[k:] - forecast).mean()
+    np.testing.assert_allclose(result.calibration_mae_adapted[0], mae, rtol=1e-5)
+
+
 def test_plan_rejects_a_family_the_initializer_does_not_fit() -> None:
     with pytest.raises(TrainingError, match="retrain"):
         ad.plan_adaptation(

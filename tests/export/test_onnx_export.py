@@ -23,7 +23,7 @@ from torch import nn
 from mamlctl.domain import InitializerRef
 from mamlctl.errors import ConfigError, InputError
 from mamlctl.maml import export as ex
-from mamlctl.maml.models import build_model, config_from_dict
+from mamlctl.maml.models import build_model, config_from_dict, config_to_dict
 from mamlctl.maml.onnx_parity import check_parity, ort_session, torch_reference
 from mamlctl.maml.onnx_template import OPSET, OnnxTemplate, build_template
 from mamlctl.registry.model_files import open_verified
@@ -183,7 +183,7 @@ def test_metadata_round_trip(template_cache: Any) -> None:
     assert meta.adapted_at == WHEN
     assert (meta.support, meta.window, meta.horizon) == (96, 24, 6)
     assert (meta.head, meta.loss) == ("gaussian", "gaussian_nll")
-    assert meta.model_config == config_from_dict(CONFIGS["conv-gaussian"]).model_dump(mode="json")
+    assert meta.model_config == config_to_dict(config_from_dict(CONFIGS["conv-gaussian"]))
     assert meta.config_hash == ex.config_hash(meta.model_config)
     assert meta.loc == float(batch.loc[1]) and meta.scale == float(batch.scale[1])
     assert meta.residual_scale == float(batch.residual_scale[1])
@@ -381,3 +381,71 @@ def test_parity_holds_up_to_float32_resolution_for_any_level_and_scale(
     )
     stats = check_parity(blob, ref, loc=loc, scale=scale, window=24, n=50, seed=seed)
     assert stats.max_rel_error <= max(1e-5, 2 * stats.resolution), stats
+
+
+SKIP_CONFIG = {"kind": "mlp", "input_size": 24, "hidden": [16], "output_size": 10, "season_skip": 4}
+
+
+def test_season_skip_and_nonnegative_clip_in_the_graph_follow_the_oracle(
+    template_cache: Any,
+) -> None:
+    """Zero last layer: the file forecasts max(seasonal naive of the RAW window, 0) exactly as
+    the oracle computes it; the clip shows as one Relu after de-normalisation; the torch twin
+    agrees on 1,000 windows around 0 (where the clip acts); metadata records clip and loss."""
+    config = config_from_dict(SKIP_CONFIG)
+    template = template_cache.get(config, nonnegative=True)
+    assert template.nonnegative and not template_cache.get(config).nonnegative
+    assert template.template_id != template_cache.get(config).template_id
+    torch.manual_seed(0)
+    core = build_model(config)
+    params = {k: v.detach().numpy().copy() for k, v in core.named_parameters()}
+    params["layers.1.weight"][:] = 0.0
+    params["layers.1.bias"][:] = 0.0
+    loc, scale = 0.5, 2.0
+    blob = template.render(params, loc=loc, scale=scale, residual_scale=1.0, metadata={})
+    windows = np.random.default_rng(3).normal(0.0, 2.0, (50, 24)).astype(np.float32)
+    forecast, sigma = ort_session(blob).run(None, {"window": windows})
+    idx = [24 - 4 + (h % 4) for h in range(10)]
+    oracle = np.maximum(windows[:, idx].astype(np.float64), 0.0)
+    np.testing.assert_allclose(forecast, oracle, atol=1e-5 * scale)
+    assert (forecast == 0).any() and (forecast > 0).any()
+    np.testing.assert_allclose(sigma, 1.0)
+    ops = [n.op_type for n in onnx.load_from_string(blob).graph.node]
+    assert "Relu" in ops[ops.index("Mul") :]  # after forecast = out * scale + loc
+
+    batch = _batch(core, 2)
+    batch = ex.SeriesBatch(
+        series_ids=batch.series_ids,
+        params=batch.params,
+        loc=np.array([0.0, 3.0]),
+        scale=batch.scale,
+        residual_scale=batch.residual_scale,
+        threshold=batch.threshold,
+    )
+    blobs = [
+        b
+        for _, b in ex.render_batch(
+            template, batch, initializer=INIT, support=96, adapted_at=WHEN, loss="mae"
+        )
+    ]
+    for i, b in enumerate(blobs):
+        reference = torch_reference(
+            core,
+            batch.params_of(i),
+            loc=float(batch.loc[i]),
+            scale=float(batch.scale[i]),
+            residual_scale=float(batch.residual_scale[i]),
+            horizon=template.horizon,
+            head=template.head,
+            nonnegative=True,
+        )
+        stats = check_parity(
+            b, reference, loc=float(batch.loc[i]), scale=float(batch.scale[i]), window=24, n=1000
+        )
+        assert stats.passed and stats.max_rel_error <= 1e-5, stats
+        meta = ex.read_metadata(b)
+        assert (meta.nonnegative, meta.loss) == (True, "mae")
+    # files written before the clip existed parse as not clipped
+    old = {p.key: p.value for p in onnx.load_from_string(blobs[0]).metadata_props}
+    del old[ex.PREFIX + "nonnegative"]
+    assert ex.parse_metadata(old).nonnegative is False

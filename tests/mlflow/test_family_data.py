@@ -42,9 +42,36 @@ def test_defaults_come_from_the_family() -> None:
     assert (nocycle.season, nocycle.hidden) == (1, (64, 64))
 
 
+def test_recipe_defaults_seasonal_skip_mae_and_nonnegative_auto() -> None:
+    plan = resolve(FAMILY, make_config())
+    assert plan.season_skip == 6 and plan.model_config().season_skip == 6
+    assert plan.loss == "mae" and plan.meta_config().loss == "mae"
+    assert resolve(FAMILY, make_config(head="gaussian")).meta_config().loss == "gaussian_nll"
+    assert resolve(FAMILY, make_config(loss="mse")).meta_config().loss == "mse"
+    assert resolve(FAMILY, make_config(season_skip=0)).model_config().season_skip == 0
+    # no cycle -> naive (m = 1); a period longer than the window -> naive too
+    nocycle = Family(name="n", period=None, interval_seconds=None, window=8, horizon=3, support=20)
+    long = Family(name="p", period=12, interval_seconds=None, window=8, horizon=3, support=24)
+    assert resolve(nocycle, make_config()).season_skip == 1
+    assert resolve(long, make_config()).season_skip == 1
+    with pytest.raises(ConfigError, match="season-skip 9 exceeds the window L=8"):
+        resolve(FAMILY, make_config(season_skip=9))
+    # auto non-negative: decided by the training series; an explicit choice wins
+    positive = _series(8)
+    assert prepare(FAMILY, positive, plan).plan.nonnegative is True
+    shifted = [Series(series_id=s.series_id, values=s.values - 5.5) for s in positive]
+    assert prepare(FAMILY, shifted, plan).plan.nonnegative is False
+    forced = resolve(FAMILY, make_config(nonnegative=False))
+    assert prepare(FAMILY, positive, forced).plan.nonnegative is False
+    stored = prepare(FAMILY, positive, plan).plan.initializer_train_config()
+    assert (stored["loss"], stored["nonnegative"]) == ("mae", True)
+
+
 @pytest.mark.parametrize(
     ("values", "match"),
     [
+        ({"loss": "huber"}, "loss"),
+        ({"season_skip": -1}, "season_skip"),
         ({"inner_lr": -1.0}, "inner_lr"),
         ({"meta_batch": 0}, "meta_batch"),
         ({"architecture": "rnn"}, "architecture"),
