@@ -2,17 +2,20 @@
 
 Shape of the app::
 
-    ScoringApp (plain ASGI)            auth, body limit, metrics, POST /v1/score fast path
-      └── FastAPI                      GET /v1/series/{id}, /healthz, /readyz, /metrics,
-                                       /openapi.json, /docs  (+ POST /v1/score for the docs)
+    ScoringApp (plain ASGI)            lifespan (reload poller), auth, body limit, metrics,
+      |                                POST /v1/score, GET /healthz and /readyz
+      +-- FastAPI (built on first use) GET /v1/series/{id}, /metrics, /openapi.json, /docs
+                                       (+ the documented routes of the paths above)
 
-``POST /v1/score`` is answered by the thin outer layer straight from ASGI messages (FastAPI's
-routing, dependency and pydantic layers would cost more than the model itself); the FastAPI
-route of the same path exists so that OpenAPI documents it and behaves identically if the
-inner app is mounted alone. The state (models, lineage) lives in :class:`StateHolder`: loaded
-in the background at startup (``/readyz`` answers 503 until then), re-built off the event loop
-when the source's fingerprint changes and swapped as one reference; a request reads the
-reference once, so it finishes on the state it started with.
+``POST /v1/score`` is answered by the thin outer layer (FastAPI's routing, dependency and
+pydantic layers would cost more than the model itself) through one synchronous function,
+:meth:`ScoringApp.answer_score`, which ``mamlctl serve``'s HTTP protocol
+(:mod:`mamlctl.serving.fastpath`) also calls straight from the parser. The FastAPI part
+(:mod:`mamlctl.serving.api`) is imported and built once the models are loaded, off the cold
+start. The state (models, lineage) lives in :class:`StateHolder`: loaded in the background at
+startup (``/readyz`` answers 503 until then), re-built off the event loop when the source's
+fingerprint changes and swapped as one reference; a request reads the reference once, so it
+finishes on the state it started with.
 """
 
 from __future__ import annotations
@@ -23,14 +26,11 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from mamlctl.errors import MamlctlError
@@ -38,7 +38,7 @@ from mamlctl.serving import schemas
 from mamlctl.serving.binary import CONTENT_TYPE as BINARY_TYPE
 from mamlctl.serving.binary import score_binary
 from mamlctl.serving.metrics import Metrics
-from mamlctl.serving.scoring import ClientError, parse, score, series_detail
+from mamlctl.serving.scoring import ClientError, parse, score
 from mamlctl.serving.source import ModelSource
 from mamlctl.serving.state import ServingState, build_state, empty_state
 from mamlctl.settings import Settings
@@ -121,15 +121,18 @@ class StateHolder:
 
 @dataclass(slots=True)
 class _Poller:
-    holder: StateHolder
+    outer: ScoringApp
     interval: float
     enabled: bool
 
     async def run(self) -> None:
-        await asyncio.to_thread(self.holder.reload, force=True)
+        holder = self.outer.holder
+        await asyncio.to_thread(holder.reload, force=True)
+        # ready now; build the FastAPI part (docs, /metrics, /v1/series) off the cold start
+        await asyncio.to_thread(lambda: self.outer.api)
         while self.enabled:
             await asyncio.sleep(self.interval)
-            await asyncio.to_thread(self.holder.reload)
+            await asyncio.to_thread(holder.reload)
 
 
 class ScoringApp:
@@ -141,16 +144,47 @@ class ScoringApp:
         self.holder = StateHolder(source, self.metrics)
         token = settings.api_token.get_secret_value() if settings.api_token else None
         self._token = f"Bearer {token}".encode() if token else None
-        self.api = _build_api(self)
+        self._api: Any = None
+        self._api_lock = threading.Lock()
+        self._poller = _Poller(self, options.reload_interval, options.reload)
+        self._poll_task: asyncio.Task[None] | None = None
         m = self.metrics
         self._latency = m.latency.labels(SCORE_PATH)
         self._ok = m.requests.labels(SCORE_PATH, "200")
 
+    @property
+    def api(self) -> Any:
+        """The inner FastAPI app, built on first use (see :mod:`mamlctl.serving.api`)."""
+        if self._api is None:
+            with self._api_lock:
+                if self._api is None:
+                    from mamlctl.serving.api import build_api
+
+                    self._api = build_api(self)
+        return self._api
+
+    def readiness(self) -> tuple[int, bytes]:
+        """``GET /readyz``: 200 and the state summary once loaded, else 503 and why."""
+        holder = self.holder
+        if not holder.ready:
+            detail = holder.last_error or "models are still loading"
+            return 503, orjson.dumps({"detail": detail})
+        return 200, orjson.dumps({"status": "ready", **holder.state.summary()})
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
         if scope["type"] != "http":
             await self.api(scope, receive, send)
             return
         path = scope["path"]
+        if path in OPEN_PATHS and scope["method"] == "GET":
+            if path == "/healthz":
+                await _send(send, 200, b'{"status":"ok"}')
+            else:
+                await _send(send, *self.readiness())
+            return
         if path == SCORE_PATH and scope["method"] == "POST":
             start = time.perf_counter()
             try:
@@ -169,6 +203,22 @@ class ScoringApp:
             await _send(send, 401, UNAUTHORIZED, _UNAUTH_HEADERS)
             return
         await self.api(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """Start the reload poller at startup; stop it and close the source at shutdown."""
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self._poll_task = asyncio.create_task(self._poller.run(), name="mamlctl-reload")
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._poll_task is not None:
+                    self._poll_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._poll_task
+                self.holder.source.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     def _authorized(self, scope: Scope) -> bool:
         return self._token_ok(scope["headers"])
@@ -278,96 +328,6 @@ async def _send(
     headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def _json(doc: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(doc), status_code=status, media_type="application/json")
-
-
-def _build_api(outer: ScoringApp) -> FastAPI:
-    holder, options = outer.holder, outer.options
-    poller = _Poller(holder, options.reload_interval, options.reload)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(poller.run(), name="mamlctl-reload")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            holder.source.close()
-
-    api = FastAPI(
-        title="mamlctl scoring API",
-        version="1",
-        summary="Forecasts and anomaly scores from per-series adapted MAML models (onnxruntime).",
-        lifespan=lifespan,
-        responses={401: {"model": schemas.ErrorBody, "description": "Missing/wrong token."}},
-    )
-
-    @api.exception_handler(ClientError)
-    async def _client_error(_: Request, err: ClientError) -> Response:
-        return _json({"detail": err.detail}, err.status)
-
-    errors: dict[int | str, dict[str, Any]] = {
-        404: {"model": schemas.ErrorBody, "description": "Unknown series."},
-        413: {"model": schemas.ErrorBody, "description": "Body over the size limit."},
-        422: {"model": schemas.ErrorBody, "description": "Invalid input (field named)."},
-        503: {"model": schemas.ErrorBody, "description": "Models still loading."},
-    }
-
-    @api.post(
-        SCORE_PATH,
-        response_model=schemas.ScoreResult | schemas.BatchResult,
-        responses=errors,
-        summary="Forecast, residual and anomaly score for one item or a batch of items.",
-        description="JSON by default. Large batches may instead be sent as "
-        "`Content-Type: application/octet-stream` in the binary batch format of "
-        "`mamlctl.serving.binary` (float32 windows; same checks, identical numbers).",
-    )
-    async def score_route(
-        request: Request, body: schemas.ScoreItem | schemas.ScoreBatch
-    ) -> Response:
-        del body  # documented shape; validation is the hot path's (identical rules)
-        raw = await request.body()
-        if not holder.ready:
-            raise ClientError(503, ["state"], "models are still loading", "not_ready")
-        items, is_batch = parse(raw, max_batch=options.max_batch)
-        payload, _ = score(holder.state, items, is_batch=is_batch)
-        return Response(payload, media_type="application/json")
-
-    @api.get(
-        "/v1/series/{series_id}",
-        response_model=schemas.SeriesDetail,
-        responses={404: errors[404]},
-        summary="Family, model lineage and threshold of a served series.",
-    )
-    async def series_route(series_id: str) -> Response:
-        return _json(series_detail(holder.state, series_id))
-
-    @api.get("/healthz", response_model=schemas.Health, summary="Liveness (no auth).")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @api.get(
-        "/readyz",
-        response_model=schemas.Ready,
-        responses={503: {"model": schemas.ErrorBody}},
-        summary="Ready once the models are loaded (no auth).",
-    )
-    async def readyz() -> Response:
-        if not holder.ready:
-            detail = holder.last_error or "models are still loading"
-            return _json({"detail": detail}, 503)
-        return _json({"status": "ready", **holder.state.summary()})
-
-    @api.get("/metrics", summary="Prometheus metrics.", response_class=Response)
-    async def metrics() -> Response:
-        return Response(generate_latest(outer.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return api
 
 
 def create_app(

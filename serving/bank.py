@@ -190,27 +190,28 @@ class BankBuilder:
             raise BankUnsupported("bank capacity exceeded")
         row = self.n
         for init in model.graph.initializer:
-            stack = self.stacks.get(init.name)
+            name = init.name
+            raw = _raw_bytes(init)  # one access: each access to a bytes field copies it
+            stack = self.stacks.get(name)
             if stack is not None:
-                self._populate(init.name, row)
-                stack[row] = _fast_array(init)
+                self._populate(name, row)
+                stack[row] = _fast_array(init, raw)
                 continue
-            raw = _raw_bytes(init)
-            first = self.first.get(init.name)
+            first = self.first.get(name)
             if first is None:
-                self.first[init.name] = (raw, np.array(_fast_array(init), copy=True))
+                self.first[name] = (raw, np.array(_fast_array(init, raw), copy=True))
                 continue
             if raw is not None and raw == first[0]:
                 continue
-            value = _fast_array(init)
+            value = _fast_array(init, raw)
             if raw is None and np.array_equal(value, first[1]):
                 continue
             stack, buf = _reserve((self.capacity, *value.shape), value.dtype)
-            self.stacks[init.name] = stack
+            self.stacks[name] = stack
             if buf is not None:
-                self.buffers[init.name] = buf
-            self.populated[init.name] = 0
-            self._populate(init.name, row)
+                self.buffers[name] = buf
+            self.populated[name] = 0
+            self._populate(name, row)
             stack[:row] = first[1]
             stack[row] = value
         self.n += 1
@@ -243,9 +244,11 @@ def _reserve(
 
 
 def _raw_bytes(init: onnx.TensorProto) -> bytes | None:
-    if init.raw_data and not init.HasField("data_location"):
-        return bytes(init.raw_data)
-    return None
+    """The raw little-endian bytes of a float32/int64 initializer stored inline, else None."""
+    if int(init.data_type) not in _RAW_DTYPES or init.HasField("data_location"):
+        return None
+    raw: bytes = init.raw_data
+    return raw or None
 
 
 _RAW_DTYPES: dict[int, np.dtype[Any]] = {
@@ -254,11 +257,14 @@ _RAW_DTYPES: dict[int, np.dtype[Any]] = {
 }
 
 
-def _fast_array(init: onnx.TensorProto) -> npt.NDArray[Any]:
-    """A read-only view of a raw float32/int64 initializer (``numpy_helper`` otherwise)."""
-    dtype = _RAW_DTYPES.get(int(init.data_type))
-    if dtype is not None and init.raw_data and not init.HasField("data_location"):
-        return np.frombuffer(init.raw_data, dtype=dtype).reshape(tuple(init.dims))
+def _fast_array(init: onnx.TensorProto, raw: bytes | None = None) -> npt.NDArray[Any]:
+    """A read-only view of a raw float32/int64 initializer (``numpy_helper`` otherwise);
+    ``raw``: its :func:`_raw_bytes`, when the caller already has them."""
+    if raw is None:
+        raw = _raw_bytes(init)
+    if raw is not None:
+        dtype = _RAW_DTYPES[int(init.data_type)]
+        return np.frombuffer(raw, dtype=dtype).reshape(tuple(init.dims))
     return numpy_helper.to_array(init)
 
 
