@@ -35,6 +35,7 @@ def build_api(outer: ScoringApp) -> FastAPI:
     api = FastAPI(
         title="mamlctl scoring API",
         version="1",
+        redirect_slashes=False,  # '/v1/series/x/' is an unknown path (404), not a 307
         summary="Forecasts and anomaly scores from per-series adapted MAML models (onnxruntime).",
         responses={401: {"model": schemas.ErrorBody, "description": "Missing/wrong token."}},
     )
