@@ -236,6 +236,29 @@ def register(app: typer.Typer) -> None:
             int | None, typer.Option("--limit", help="Only the first N files (quick runs).")
         ] = None,
         seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
+        scoring: Annotated[
+            str,
+            typer.Option(
+                "--scoring",
+                help="likelihood: Numenta's anomaly likelihood, published defaults (untuned); "
+                "rolling: the older scores whose settings were chosen on NAB itself.",
+            ),
+        ] = "likelihood",
+        readapt: Annotated[
+            bool,
+            typer.Option(
+                "--readapt/--no-readapt",
+                help="likelihood scoring: re-adapt every probation-length rows on the latest ones.",
+            ),
+        ] = False,
+        spatial: Annotated[
+            bool,
+            typer.Option(
+                "--spatial/--no-spatial",
+                help="likelihood scoring: NAB Numenta detector's spatial check (value 5% beyond "
+                "the past range scores 1).",
+            ),
+        ] = True,
         no_mlflow: Annotated[
             bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")
         ] = False,
@@ -265,7 +288,14 @@ def register(app: typer.Typer) -> None:
                 raise InputError(f"--limit must be >= 1, got {limit}")
             corpus = corpus[:limit]
         try:
-            cfg = NabDetectorConfig(time_budget_s=time_budget, folds=folds, seed=seed)
+            cfg = NabDetectorConfig(
+                time_budget_s=time_budget,
+                folds=folds,
+                seed=seed,
+                scoring=scoring,
+                readapt=readapt,
+                spatial=spatial,
+            )
         except ValueError as exc:
             raise ConfigError(f"invalid NAB detector option: {exc}".splitlines()[0]) from None
         if len(corpus) < cfg.folds:

@@ -6,20 +6,30 @@ For each corpus file:
    ahead windows, naive skip) only on the files of the OTHER folds (``folds``-fold split of the
    sorted file keys), never on the file it scores;
 2. it is adapted (``inner_steps`` steps, :func:`mamlctl.maml.engine.batch_adapt`) on the
-   probationary first 15% only, normalised by the probation's support statistics;
-3. the model is then fixed, so the one-step forecast of every row ``t >= L`` (from rows
-   ``t - L .. t - 1``, inputs clipped to +-``clip`` normalised units) is one batched forward
-   pass; the residual ``r_t`` is scored with :func:`mamlctl.timeseries.anomaly.anomaly_score`
-   against the scale of the residuals of the ``scale_window`` rows before ``t`` (their standard
-   deviation by default; ``scale="mad"`` uses the robust MAD scale of ``anomaly.robust_scale``,
-   which on NAB's heavy-tailed residuals saturates many scores at exactly 1.0 so NAB's threshold
-   sweep cannot tell them apart): row ``t`` is scored from the past only;
-4. a row keeps its score only when it exceeds every score of the ``suppress`` rows before it
-   (else 0): one detection per event, since NAB charges every extra row above the threshold
-   as a false positive. Still causal.
+   probationary first 15% (``p`` rows), normalised by those rows' statistics, then fixed
+   (``readapt=True`` instead re-adapts it from the initializer on the latest ``p`` rows every
+   ``p`` rows, as the product re-adapts daily; the period was fixed a priori);
+3. default scoring (``scoring="likelihood"``): the residual of row ``t`` in the units of the
+   model's normalisation (the support's standard deviation) becomes a raw score
+   ``anomaly_score(r_t, sigma)`` (the server's score), and Numenta's anomaly likelihood
+   (:mod:`mamlctl.timeseries.anomaly_likelihood`: published parameters, learning and
+   estimation periods as NAB's Numenta detector sets them) turns it into the log-scaled
+   likelihood NAB sweeps; with ``spatial`` a row whose value lies more than 5% of the past
+   range beyond that range scores 1 (:func:`spatial_anomaly`, NAB's Numenta detector's check).
+   Every row is scored from the rows before it and its own value.
 
-Scale window, std-vs-MAD and suppression were chosen by trying a handful of variants on the
-NAB corpus itself (see the evaluation report): a mild form of tuning on the test set.
+What is tuned and what is not. Untuned: network shape, budget and folds (they predate the
+likelihood), the raw-score scale, and every likelihood / spatial parameter (published
+values). Chosen after seeing NAB scores, honestly: the first a priori configuration (re-adapt
+every ``p`` rows, no spatial check) scored 25.3 standard on the whole corpus; then 16 variants
+(re-adapt or not x support-std or held-out-residual-std scale x one- or two-sided likelihood x
+spatial check or not) were compared on the files of ODD rank among the sorted keys only, and
+the best there (adapt once, support std, one-sided, spatial) became the default; the even
+half, never used for the choice, is the honest figure (see the evaluation report).
+The older ``scoring="rolling"`` path (a ``scale_window`` rolling std or MAD of past residuals,
+and ``suppress``: a row keeps its score only above every score of the previous ``suppress``
+rows) had those settings chosen among ~15 variants on the whole NAB corpus: tuned on the test
+set.
 
 Probationary rows score 0 (NAB does not score them).
 """
@@ -43,7 +53,16 @@ if TYPE_CHECKING:
 
 FloatArray = npt.NDArray[np.float64]
 
-__all__ = ["NabDetectorConfig", "fold_of", "maml_detector", "residuals", "scores_for"]
+__all__ = [
+    "NabDetectorConfig",
+    "fold_of",
+    "likelihood_scores",
+    "maml_detector",
+    "online_residuals",
+    "residuals",
+    "scores_for",
+    "spatial_anomaly",
+]
 
 
 class NabDetectorConfig(BaseModel):
@@ -71,6 +90,22 @@ class NabDetectorConfig(BaseModel):
         description="A row keeps its score only if it exceeds every score of the previous "
         "`suppress` rows (0: off); one detection per event, as NAB rewards.",
     )
+    scoring: Literal["likelihood", "rolling"] = Field(
+        default="likelihood",
+        description="likelihood: Numenta's anomaly likelihood, published defaults (untuned); "
+        "rolling: the rolling-scale + suppression scores chosen on the NAB corpus itself.",
+    )
+    readapt: bool = Field(
+        default=False,
+        description="likelihood scoring: re-adapt the initializer every probation-length "
+        "rows on the probation-length rows just before (False: adapt once on the probation; "
+        "chosen on the odd-ranked half of NAB, see the module doc).",
+    )
+    spatial: bool = Field(
+        default=True,
+        description="likelihood scoring: NAB's Numenta detector's spatial check (a value 5% "
+        "of the past range beyond it scores 1); chosen on the odd-ranked half of NAB.",
+    )
     seed: int = 0
 
 
@@ -94,9 +129,24 @@ def _forecaster(cfg: NabDetectorConfig, support: int) -> ForecasterConfig:
     )
 
 
-def residuals(fitted: FitResult, values: FloatArray, probation: int) -> FloatArray:
-    """Raw one-step residuals ``actual - forecast`` (NaN before row ``L``) of a model adapted
-    on ``values[:probation]``."""
+def _segments(n: int, k: int, every: int | None) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the row blocks forecast by one adapted model: the first from row
+    ``k`` (adapted on rows ``0 .. k-1``), then one every ``every`` rows (None: one block)."""
+    step = n - k if every is None else every
+    return [(s, min(s + step, n)) for s in range(k, n, step)]
+
+
+def online_residuals(
+    fitted: FitResult, values: FloatArray, probation: int, *, every: int | None = None
+) -> tuple[FloatArray, FloatArray]:
+    """One-step residuals ``actual - forecast`` (NaN before row ``L``) and the scale of the
+    model that made each forecast (its support's standard deviation).
+
+    Rows from ``k = max(probation, L + 2)`` on are forecast in blocks of ``every`` rows, each
+    by the initializer re-adapted on the ``k`` rows just before its block, normalised by their
+    statistics (``every=None``: one model, adapted on the probation, for the whole file). Rows
+    ``L .. k-1`` are forecast by the first block's model (in-sample; NAB does not score them).
+    """
     import torch
 
     from mamlctl.maml.engine import batch_adapt, batched_forward
@@ -109,8 +159,13 @@ def residuals(fitted: FitResult, values: FloatArray, probation: int) -> FloatArr
     k = max(probation, length + 2)
     if n <= k:
         raise InputError(f"a NAB file of {n} rows is too short for window {length}")
+    if every is not None and every < 1:
+        raise InputError(f"re-adaptation period must be >= 1 row, got {every}")
     cfg = base_cfg.model_copy(update={"support": k})
-    d = stretch_tasks(values[None, :k], None, cfg)
+    blocks = _segments(n, k, every)
+    blocks[0] = (length, blocks[0][1])
+    visible = np.stack([values[max(s, k) - k : max(s, k)] for s, _ in blocks])
+    d = stretch_tasks(visible, None, cfg)
     model = _model(cfg)
     assert isinstance(model, torch.nn.Module)
     phi = batch_adapt(
@@ -122,18 +177,77 @@ def residuals(fitted: FitResult, values: FloatArray, probation: int) -> FloatArr
         inner_lr=cfg.inner_lr,
         loss_fn=loss_of(cfg),
     )
-    loc, scale = float(np.asarray(d["loc"])[0]), float(np.asarray(d["scale"])[0])
-    z = (values - loc) / scale
+    loc, scale = np.asarray(d["loc"]), np.asarray(d["scale"])
     from numpy.lib.stride_tricks import sliding_window_view
 
-    x = sliding_window_view(z[:-1], length)  # row t-1 window -> forecasts row t = i + L
+    raw = sliding_window_view(values[:-1], length)  # window i forecasts row i + L
+    width = max(stop - s for s, stop in blocks)
+    x = np.zeros((len(blocks), width, length))
+    for b, (s, stop) in enumerate(blocks):
+        x[b, : stop - s] = (raw[s - length : stop - length] - loc[b]) / scale[b]
     xin = x if cfg.clip is None else np.clip(x, -cfg.clip, cfg.clip)
     with torch.no_grad():
-        out = batched_forward(model)(phi, torch.from_numpy(xin.astype(np.float32))[None])
-    pred = out[0, :, 0].double().numpy() + x[:, -1]
+        out = batched_forward(model)(phi, torch.from_numpy(xin.astype(np.float32)))
+    pred = out[:, :, 0].double().numpy() + x[:, :, -1]
     r = np.full(n, np.nan)
-    r[length:] = (z[length:] - pred) * scale
-    return r
+    sigma = np.full(n, np.nan)
+    for b, (s, stop) in enumerate(blocks):
+        z = (values[s:stop] - loc[b]) / scale[b]
+        r[s:stop] = (z - pred[b, : stop - s]) * scale[b]
+        sigma[s:stop] = scale[b]
+    return r, sigma
+
+
+def residuals(fitted: FitResult, values: FloatArray, probation: int) -> FloatArray:
+    """Raw one-step residuals (NaN before row ``L``) of one model adapted on
+    ``values[:probation]`` and then fixed."""
+    return online_residuals(fitted, values, probation)[0]
+
+
+def spatial_anomaly(values: FloatArray, tolerance: float = 0.05) -> npt.NDArray[np.bool_]:
+    """NAB's Numenta detector's spatial check: row ``t`` lies more than ``tolerance`` times
+    the range of rows ``0 .. t-1`` beyond that range (published tolerance 0.05)."""
+    v = np.asarray(values, dtype=np.float64)
+    out = np.zeros(v.shape[0], dtype=np.bool_)
+    if v.shape[0] < 2:
+        return out
+    hi = np.maximum.accumulate(v)[:-1]
+    lo = np.minimum.accumulate(v)[:-1]
+    slack = (hi - lo) * tolerance
+    out[1:] = (hi > lo) & ((v[1:] > hi + slack) | (v[1:] < lo - slack))
+    return out
+
+
+def likelihood_scores(
+    r: FloatArray,
+    sigma: FloatArray,
+    probation: int,
+    *,
+    two_sided: bool = False,
+    spatial: npt.NDArray[np.bool_] | None = None,
+) -> FloatArray:
+    """NAB scores of residuals: raw score ``anomaly_score(r, sigma)`` (0 where there is no
+    forecast yet), Numenta's anomaly likelihood with NAB's periods, log-scaled; rows flagged
+    in ``spatial`` score 1 (as NAB's Numenta detector does); probationary rows score 0."""
+    from mamlctl.timeseries.anomaly import anomaly_score
+    from mamlctl.timeseries.anomaly_likelihood import (
+        anomaly_likelihood,
+        log_likelihood,
+        nab_likelihood_periods,
+    )
+
+    raw = np.zeros(r.shape[0])
+    ok = np.isfinite(r) & np.isfinite(sigma) & (sigma > 0)
+    raw[ok] = anomaly_score(r[ok], sigma[ok])
+    learning, estimation = nab_likelihood_periods(probation)
+    lik = anomaly_likelihood(
+        raw, learning_period=learning, estimation_samples=estimation, two_sided=two_sided
+    )
+    out: FloatArray = log_likelihood(lik)
+    if spatial is not None:
+        out[spatial] = 1.0
+    out[:probation] = 0.0
+    return out
 
 
 def scores_for(
@@ -145,7 +259,8 @@ def scores_for(
     scale: Literal["std", "mad"] = "std",
     suppress: int = 0,
 ) -> FloatArray:
-    """Anomaly scores in [0, 1] of one file (0 on probationary rows)."""
+    """The corpus-tuned scores (``scoring="rolling"``): residuals of one fixed model against a
+    rolling scale of past residuals, with suppression; in [0, 1], 0 on probationary rows."""
     import pandas as pd
 
     from mamlctl.timeseries.anomaly import MAD_TO_SIGMA, anomaly_score
@@ -189,6 +304,11 @@ def maml_detector(
         if f not in trained:
             train = [s.values for s in corpus if folds[s.key] != f]
             trained[f] = fit(train, forecaster, method="maml", on_progress=on_progress)
+        if cfg.scoring == "likelihood":
+            every = probation if cfg.readapt else None
+            r, sigma = online_residuals(trained[f], series.values, probation, every=every)
+            spatial = spatial_anomaly(series.values) if cfg.spatial else None
+            return likelihood_scores(r, sigma, probation, spatial=spatial)
         return scores_for(
             trained[f],
             series,
