@@ -43,6 +43,13 @@ def register(app: typer.Typer) -> None:
                 help="Held-out points for residual scale and threshold (default: max(2H, P, 24)).",
             ),
         ] = None,
+        adapt_scope: Annotated[
+            str | None,
+            typer.Option(
+                "--adapt-scope",
+                help="all or head (last layer only, ANIL); default: as the initializer trained.",
+            ),
+        ] = None,
         force: Annotated[
             bool, typer.Option("--force", help="Re-adapt series that are already up to date.")
         ] = False,
@@ -65,7 +72,9 @@ def register(app: typer.Typer) -> None:
         from mamlctl.registry.mlflow_store import open_store
 
         try:
-            config = AdaptConfig(steps=steps, inner_lr=lr, calibration=calibration)
+            config = AdaptConfig(
+                steps=steps, inner_lr=lr, calibration=calibration, adapt_scope=adapt_scope
+            )
         except ValueError as err:
             raise ConfigError(f"invalid adaptation settings: {err}") from None
         request = AdaptRequest(

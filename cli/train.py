@@ -132,6 +132,14 @@ def register(app: typer.Typer) -> None:
                 help="Clip forecasts at 0 (default: when every training series is >= 0).",
             ),
         ] = None,
+        adapt_scope: Annotated[
+            str | None,
+            typer.Option(
+                "--adapt-scope",
+                help="Parameters adapted per series: all (default) or head (the last layer, "
+                "ANIL; lighter to serve).",
+            ),
+        ] = None,
         promote: Annotated[
             bool,
             typer.Option("--promote", help="Make the new version champion (default: challenger)."),
@@ -174,6 +182,7 @@ def register(app: typer.Typer) -> None:
             season_skip=season_skip,
             loss=loss,
             nonnegative=nonnegative,
+            adapt_scope=adapt_scope,
         )
         settings = load_settings()
         with transaction(settings) as session:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +59,7 @@ class AdaptConfig(BaseModel):
     false_alarm_rate: float = Field(default=0.005, gt=0, lt=1)
     min_z: float = Field(default=3.0, ge=0)
     chunk_size: int = Field(default=1024, ge=1)
+    adapt_scope: Literal["all", "head"] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,6 +78,7 @@ class AdaptPlan:
     min_z: float
     chunk_size: int
     nonnegative: bool = False  # raw forecasts clipped at 0 (the exported graph does the same)
+    adapt_scope: str = "all"  # all | head (ANIL: only the last layer moves per series)
 
     @property
     def min_points(self) -> int:
@@ -94,6 +96,7 @@ class AdaptPlan:
             "inner_lr": "meta-sgd" if self.inner_lr is None else self.inner_lr,
             "loss": self.loss,
             "nonnegative": self.nonnegative,
+            "adapt_scope": self.adapt_scope,
             "false_alarm_rate": self.false_alarm_rate,
             "min_z": self.min_z,
         }
@@ -167,6 +170,7 @@ def plan_adaptation(
         inner_lr=lr,
         loss=loss,
         nonnegative=bool(train.get("nonnegative", False)),
+        adapt_scope=config.adapt_scope or str(train.get("adapt_scope", "all")),
         false_alarm_rate=config.false_alarm_rate,
         min_z=config.min_z,
         chunk_size=config.chunk_size,
@@ -215,7 +219,7 @@ def adapt_histories(
     import torch
 
     from mamlctl.maml.engine import batch_adapt, batched_forward, task_losses
-    from mamlctl.maml.models import loss_by_name, split_gaussian
+    from mamlctl.maml.models import adapt_names_for, loss_by_name, split_gaussian
 
     n = len(histories)
     if n == 0:
@@ -242,6 +246,7 @@ def adapt_histories(
         inner_lr=inner_lr,
         loss_fn=loss_fn,
         chunk_size=plan.chunk_size,
+        adapt_names=adapt_names_for(initializer.model_config, plan.adapt_scope),
     )
     forward = batched_forward(model)
     head = initializer.model_config.head
@@ -291,7 +296,12 @@ def adapt_histories(
         residuals, sigma_pred, floor=RESIDUAL_FLOOR_REL * scale, plan=plan
     )
     return Adapted(
-        params={name: p.contiguous().numpy() for name, p in final.items()},
+        # Parameters a head-only job did not adapt are stride-0 views of theta: kept as views
+        # (N times nothing in memory); each series' file still gets the full values.
+        params={
+            name: p.numpy() if p.stride(0) == 0 else p.contiguous().numpy()
+            for name, p in final.items()
+        },
         loc=loc,
         scale=scale,
         residual_scale=residual_scale,

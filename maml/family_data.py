@@ -69,6 +69,9 @@ class FamilyTrainConfig(BaseModel):
     nonnegative: bool | None = Field(
         default=None, description="Clip forecasts at 0 (None: when every training series >= 0)."
     )
+    adapt_scope: Literal["all", "head"] = Field(
+        default="all", description="Parameters adapted per series: all, or the last layer (ANIL)."
+    )
 
 
 def make_config(**values: Any) -> FamilyTrainConfig:
@@ -146,12 +149,24 @@ class ResolvedPlan:
             seed=c.seed,
             log_every=max(1, min(50, (iterations or c.iterations) // 20 or 1)),
             loss=self.loss,
+            adapt_names=self.adapt_names,
         )
+
+    @property
+    def adapt_names(self) -> tuple[str, ...] | None:
+        """The parameters the inner loop adapts (None = all), from ``adapt_scope``."""
+        from mamlctl.maml.models import adapt_names_for
+
+        return adapt_names_for(self.model_config(), self.config.adapt_scope)
 
     def initializer_train_config(self) -> dict[str, Any]:
         """What ``adapt`` needs from training, stored in the initializer's JSON: the meta-training
         config (inner steps, rate, loss) plus the non-negative clip."""
-        return {**self.meta_config().model_dump(mode="json"), "nonnegative": bool(self.nonnegative)}
+        return {
+            **self.meta_config().model_dump(mode="json"),
+            "nonnegative": bool(self.nonnegative),
+            "adapt_scope": self.config.adapt_scope,
+        }
 
     def task_spec(self) -> Any:
         from mamlctl.timeseries.windows import WindowTaskSpec

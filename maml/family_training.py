@@ -94,6 +94,7 @@ def forecast_heldout(
             steps=steps,
             inner_lr=plan.config.inner_lr,
             loss_fn=loss_by_name(plan.loss),
+            adapt_names=plan.adapt_names,
         )
     else:
         phi = expand_params({k: v.detach() for k, v in params.items()}, n)

@@ -257,6 +257,28 @@ class ConvForecaster(nn.Module):
         return _add_season_skip(out, x, self.config)
 
 
+AdaptScope = Literal["all", "head"]
+
+
+def head_names(config: MLPConfig | ConvConfig) -> tuple[str, ...]:
+    """Parameters of the last linear layer(s), the only ones ``adapt_scope="head"`` (ANIL)
+    adapts per series: the MLP's last layer; the conv forecaster's read-out and linear skip."""
+    if isinstance(config, MLPConfig):
+        last = len(config.hidden)
+        return (f"layers.{last}.weight", f"layers.{last}.bias")
+    names: tuple[str, ...] = ("readout.weight", "readout.bias")
+    return (*names, "skip.weight", "skip.bias") if config.skip else names
+
+
+def adapt_names_for(config: MLPConfig | ConvConfig, scope: str) -> tuple[str, ...] | None:
+    """The engine's ``adapt_names`` for an adaptation scope (None = every parameter)."""
+    if scope == "all":
+        return None
+    if scope == "head":
+        return head_names(config)
+    raise ConfigError(f"unknown adapt scope {scope!r}; expected 'all' or 'head'")
+
+
 def build_model(config: MLPConfig | ConvConfig) -> nn.Module:
     """A freshly initialised module for ``config`` (seed torch beforehand for determinism)."""
     if isinstance(config, MLPConfig):

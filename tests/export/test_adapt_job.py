@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnx
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -33,10 +35,18 @@ L, H, K = 24, 6, 60
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
-def _register(settings: Settings, tmp: Path, *, seed: int = 0, promote: bool = True) -> Any:
+def _register(
+    settings: Settings,
+    tmp: Path,
+    *,
+    seed: int = 0,
+    promote: bool = True,
+    season_skip: int = 0,
+    train: dict[str, Any] | None = None,
+) -> Any:
     from mamlctl.registry.mlflow_store import INITIALIZER_ARTIFACT, open_store
 
-    config = MLPConfig(input_size=L, output_size=H, hidden=(16, 16))
+    config = MLPConfig(input_size=L, output_size=H, hidden=(16, 16), season_skip=season_skip)
     torch.manual_seed(seed)
     model = build_model(config)
     folder = save_initializer(
@@ -44,7 +54,7 @@ def _register(settings: Settings, tmp: Path, *, seed: int = 0, promote: bool = T
         model_config=config,
         params=dict(model.state_dict()),
         task_spec={"kind": "window", "window": L, "horizon": H, "support": K - L - H + 1},
-        train_config={"inner_steps": 2, "inner_lr": 0.05},
+        train_config={"inner_steps": 2, "inner_lr": 0.05, **(train or {})},
     )
     store = open_store(settings)
     with store.start_run(family="sines", run_name="test-init") as run:
@@ -120,6 +130,41 @@ def test_adapt_exports_records_and_logs_a_run(registered: Any) -> None:
     assert run.data.metrics["parity_failed"] == 0
     assert run.data.metrics["parity_max_rel_error"] <= 1e-5
     assert run.data.metrics["support_loss_after"] < run.data.metrics["support_loss_before"]
+
+
+@sqlite_only
+def test_recipe_initializer_exports_clipped_head_only_files(
+    registered: Any, tmp_path: Path
+) -> None:
+    """Season skip + MAE + non-negative clip + head-only scope: the job's files clip at 0 in
+    the graph, record the loss, carry theta's body weights, and pass the job's parity check."""
+    from onnx import numpy_helper
+
+    from mamlctl.maml.onnx_parity import ort_session
+
+    settings = registered.settings
+    train = {"loss": "mae", "nonnegative": True, "adapt_scope": "head"}
+    ref = _register(settings, tmp_path, seed=3, season_skip=12, train=train)
+    report = _adapt()
+    assert report["initializer"]["version"] == ref.version and report["adapted"] == 6
+    from mamlctl.registry.mlflow_store import open_store
+
+    run = open_store(settings).client.get_run(report["run_id"])
+    assert run.data.metrics["parity_failed"] == 0 and run.data.metrics["parity_checked"] == 4
+    torch.manual_seed(3)
+    theta = dict(build_model(MLPConfig(input_size=L, output_size=H, hidden=(16, 16))).state_dict())
+    for rec in _assert_consistent(settings).values():
+        blob = open_verified(settings.models_dir, rec.path, sha256=rec.sha256)
+        meta = read_metadata(blob)
+        assert (meta.loss, meta.nonnegative, meta.model_config["season_skip"]) == ("mae", True, 12)
+        proto = onnx.load_from_string(blob)
+        inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+        body = theta["layers.0.bias"].numpy()
+        assert any(a.shape == body.shape and np.array_equal(a, body) for a in inits.values())
+        # windows far below the series' level: the clip holds every forecast at >= 0
+        low = np.full((3, L), meta.loc - 50 * meta.scale, dtype=np.float32)
+        forecast = ort_session(blob).run(None, {"window": low})[0]
+        assert (forecast >= 0).all() and (forecast == 0).any()
 
 
 def test_rerun_is_idempotent_and_force_keeps_history(registered: Any) -> None:

@@ -129,6 +129,45 @@ def test_recipe_initializer_adapts_on_mae_and_clips_calibration_forecasts_at_zer
     np.testing.assert_allclose(result.calibration_mae_adapted[0], mae, rtol=1e-5)
 
 
+def test_head_scope_adapts_the_last_layer_only_and_keeps_the_body_as_views() -> None:
+    """adapt_scope=head (stored with the initializer, or overridden): the head equals a by-hand
+    head-only adaptation, the body is theta bit for bit and is not copied per series."""
+    init = _initializer()
+    stored = Initializer(
+        model_config=init.model_config,
+        params=init.params,
+        task_spec=init.task_spec,
+        train_config={**init.train_config, "adapt_scope": "head"},
+    )
+    plan = _plan(stored)
+    assert plan.adapt_scope == "head" and _plan(init).adapt_scope == "all"
+    assert _plan(init, adapt_scope="head").adapt_scope == "head"
+    histories = _histories(4)
+    result = ad.adapt_histories(stored, histories, plan=plan)
+    head = ("layers.2.weight", "layers.2.bias")
+    task = recent_support(
+        histories[1], WindowTaskSpec(window=L, horizon=H, support=plan.pairs, query=0)
+    )
+    ref = adapt(
+        init.model(),
+        dict(init.params),
+        torch.from_numpy(task.support_x[0]),
+        torch.from_numpy(task.support_y[0]),
+        steps=3,
+        inner_lr=0.05,
+        loss_fn=mse_loss,
+        create_graph=False,
+        adapt_names=head,
+    )
+    for name, value in ref.items():
+        np.testing.assert_allclose(result.params[name][1], value.numpy(), atol=2e-6)
+        if name not in head:
+            np.testing.assert_array_equal(result.params[name][1], init.params[name].numpy())
+            assert result.params[name].strides[0] == 0  # a view of theta, not N copies
+        else:
+            assert not np.array_equal(result.params[name][1], init.params[name].numpy())
+
+
 def test_plan_rejects_a_family_the_initializer_does_not_fit() -> None:
     with pytest.raises(TrainingError, match="retrain"):
         ad.plan_adaptation(

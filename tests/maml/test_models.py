@@ -155,6 +155,24 @@ def test_conv_season_skip_adds_the_base_to_the_plain_output() -> None:
     torch.testing.assert_close(b(x).detach(), expected.detach())
 
 
+def test_head_names_are_the_last_linear_layers() -> None:
+    from mamlctl.maml.models import adapt_names_for, head_names
+
+    mlp = MLPConfig(input_size=4, hidden=(8, 8), output_size=2)
+    assert head_names(mlp) == ("layers.2.weight", "layers.2.bias")
+    assert set(head_names(mlp)) < set(dict(build_model(mlp).named_parameters()))
+    conv = ConvConfig(window=6, horizon=2)
+    assert head_names(conv) == ("readout.weight", "readout.bias", "skip.weight", "skip.bias")
+    assert head_names(ConvConfig(window=6, horizon=2, skip=False)) == (
+        "readout.weight",
+        "readout.bias",
+    )
+    assert adapt_names_for(mlp, "all") is None
+    assert adapt_names_for(mlp, "head") == head_names(mlp)
+    with pytest.raises(ConfigError, match="adapt scope"):
+        adapt_names_for(mlp, "body")
+
+
 def test_mae_loss_matches_torch_and_keeps_leading_axes() -> None:
     pred, target = torch.randn(4, 7, 3), torch.randn(4, 7, 3)
     per_task = mae_loss(pred, target)

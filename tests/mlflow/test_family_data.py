@@ -65,6 +65,10 @@ def test_recipe_defaults_seasonal_skip_mae_and_nonnegative_auto() -> None:
     assert prepare(FAMILY, positive, forced).plan.nonnegative is False
     stored = prepare(FAMILY, positive, plan).plan.initializer_train_config()
     assert (stored["loss"], stored["nonnegative"]) == ("mae", True)
+    assert stored["adapt_scope"] == "all" and stored["adapt_names"] is None
+    head = resolve(FAMILY, make_config(adapt_scope="head"))
+    assert head.meta_config().adapt_names == ("layers.2.weight", "layers.2.bias")
+    assert head.initializer_train_config()["adapt_scope"] == "head"
 
 
 @pytest.mark.parametrize(
