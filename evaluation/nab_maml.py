@@ -77,18 +77,21 @@ class NabDetectorConfig(BaseModel):
     inner_lr: float = Field(default=0.3, gt=0)
     folds: int = Field(default=4, ge=2)
     time_budget_s: float = Field(default=120.0, gt=0, description="Total, split over folds.")
-    scale_window: int = Field(default=2000, ge=10)
+    scale_window: int = Field(
+        default=2000, ge=10, description="rolling scoring only (chosen on NAB itself)."
+    )
     scale: Literal["std", "mad"] = Field(
         default="std",
-        description="Rolling scale of past residuals: std, or the robust MAD (which saturates "
-        "the score at 1.0 on heavy-tailed residuals, so NAB's threshold sweep cannot rank them).",
+        description="rolling scoring only. Rolling scale of past residuals: std, or the "
+        "robust MAD (which saturates the score at 1.0 on heavy-tailed residuals, so NAB's "
+        "threshold sweep cannot rank them).",
     )
     clip: float = Field(default=5.0, gt=0, description="Clip normalised network inputs.")
     suppress: int = Field(
         default=300,
         ge=0,
-        description="A row keeps its score only if it exceeds every score of the previous "
-        "`suppress` rows (0: off); one detection per event, as NAB rewards.",
+        description="rolling scoring only. A row keeps its score only if it exceeds every "
+        "score of the previous `suppress` rows (0: off); one detection per event.",
     )
     scoring: Literal["likelihood", "rolling"] = Field(
         default="likelihood",
