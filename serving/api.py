@@ -96,6 +96,7 @@ def build_api(outer: ScoringApp) -> FastAPI:
 
     @api.get("/metrics", summary="Prometheus metrics.", response_class=Response)
     async def metrics() -> Response:
+        outer.flush_metrics()
         return Response(generate_latest(outer.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return api

@@ -10,7 +10,11 @@ from conftest import Client
 from serving_models import Spec, write_series
 
 from mamlctl.registry.db import open_registry
-from mamlctl.registry.model_queries import record_adapted_model, record_initializer_version
+from mamlctl.registry.model_queries import (
+    current_adapted_models,
+    record_adapted_model,
+    record_initializer_version,
+)
 from mamlctl.serving.app import ServeOptions, create_app
 from mamlctl.serving.source import RegistrySource
 from mamlctl.settings import Settings
@@ -44,6 +48,8 @@ def test_serves_the_registrys_current_models_and_reloads_on_change(seeded_regist
     ids = [f"s{i}" for i in range(6)]
     _record(settings, ids, version=1, seed=1)
     source = RegistrySource(settings)
+    with open_registry(settings) as factory, factory() as sess:  # the registry's own query
+        assert source.current() == current_adapted_models(sess)
     app = create_app(settings, source, options=ServeOptions(reload=False))
     assert app.holder.reload(force=True)
     client = Client(app)
@@ -55,6 +61,8 @@ def test_serves_the_registrys_current_models_and_reloads_on_change(seeded_regist
     assert body["lineage"]["registered_model"] == "maml-sines"
 
     _record(settings, ["s3"], version=2, seed=2)
+    with open_registry(settings) as factory, factory() as sess:
+        assert source.current() == current_adapted_models(sess)
     assert source.fingerprint() != first
     assert app.holder.reload() is True
     after = client.post("/v1/score", json={"series_id": "s3", "window": [5.0] * 24}).json()
