@@ -22,6 +22,7 @@ from conftest import MLP
 from serving_models import write_series
 
 from mamlctl.serving.app import ServeOptions, create_app
+from mamlctl.serving.fastpath import ScoreHttpProtocol
 from mamlctl.serving.runtime import make_session
 from mamlctl.serving.source import StaticSource
 from mamlctl.settings import Settings
@@ -42,8 +43,15 @@ def test_hot_reload_under_concurrent_requests(tmp_path: Path) -> None:
     source = StaticSource(v1, models_dir=settings.models_dir)
     app = create_app(settings, source, options=ServeOptions(reload_interval=0.05))
     port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(  # the HTTP protocol `mamlctl serve` runs (POST /v1/score fast path)
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            http=ScoreHttpProtocol,
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
