@@ -5,7 +5,8 @@ models and never mutated afterwards; hot reload builds a new one and swaps a sin
 so a request that started on the old state finishes on it.
 
 Loading a model file: its path must lie below the models folder and its bytes must hash to the
-sha256 the registry recorded (:func:`mamlctl.registry.model_files.open_verified`), its
+sha256 the registry recorded (:func:`mamlctl.registry.model_files.open_verified`'s rules, applied
+by :class:`~mamlctl.serving.model_reader.VerifiedReader` with the folders resolved once), its
 ``mamlctl.series_id`` metadata must name the series of the row and its input must be the
 contract's ``window [batch, L]``. Files that fail are not served (their series answer 404 with
 the reason) and are listed in :attr:`ServingState.failures`.
@@ -38,6 +39,7 @@ from mamlctl.serving.bank import (
     structure_key,
     template_of,
 )
+from mamlctl.serving.model_reader import VerifiedReader
 from mamlctl.serving.runtime import BankRuntime, Runtime, SessionsRuntime, make_session
 
 log = logging.getLogger("mamlctl.serving")
@@ -131,16 +133,17 @@ def _window_of(model: onnx.ModelProto) -> int:
     return int(dims[1].dim_value)
 
 
-def _read_verified(models_dir: Path, record: AdaptedModelRecord) -> bytes | MamlctlError:
+def _read_verified(reader: VerifiedReader, record: AdaptedModelRecord) -> bytes | MamlctlError:
     try:
-        data: bytes = open_verified(models_dir, record.path, sha256=record.sha256)
+        return reader.read(record.path, record.sha256)
     except MamlctlError as err:
         return err
-    return data
 
 
-def _read_chunk(models_dir: Path, records: list[AdaptedModelRecord]) -> list[bytes | MamlctlError]:
-    return [_read_verified(models_dir, record) for record in records]
+def _read_chunk(
+    reader: VerifiedReader, records: list[AdaptedModelRecord]
+) -> list[bytes | MamlctlError]:
+    return [_read_verified(reader, record) for record in records]
 
 
 def _prefetch(
@@ -150,19 +153,20 @@ def _prefetch(
     most ``ahead`` chunks ahead (reading and hashing release the GIL; chunks keep the thread
     hand-offs rare, the bound keeps memory flat)."""
     chunks = [records[i : i + chunk] for i in range(0, len(records), chunk)]
+    reader = VerifiedReader(models_dir)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="mamlctl-load") as pool:
         pending: deque[tuple[list[AdaptedModelRecord], Future[list[bytes | MamlctlError]]]]
         pending = deque()
         feed = iter(chunks)
         for part in feed:
-            pending.append((part, pool.submit(_read_chunk, models_dir, part)))
+            pending.append((part, pool.submit(_read_chunk, reader, part)))
             if len(pending) >= ahead:
                 break
         while pending:
             part, future = pending.popleft()
             nxt = next(feed, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(_read_chunk, models_dir, nxt)))
+                pending.append((nxt, pool.submit(_read_chunk, reader, nxt)))
             yield from zip(part, future.result(), strict=True)
 
 
