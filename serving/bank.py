@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import mmap
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,36 +186,64 @@ class BankBuilder:
 
     def add(self, model: onnx.ModelProto) -> int:
         """Append ``model``'s initializers as the next row; returns the row index."""
-        if self.n >= self.capacity:
-            raise BankUnsupported("bank capacity exceeded")
-        row = self.n
+        row = self._next_row()
         for init in model.graph.initializer:
-            name = init.name
             raw = _raw_bytes(init)  # one access: each access to a bytes field copies it
-            stack = self.stacks.get(name)
-            if stack is not None:
-                self._populate(name, row)
-                stack[row] = _fast_array(init, raw)
-                continue
-            first = self.first.get(name)
-            if first is None:
-                self.first[name] = (raw, np.array(_fast_array(init, raw), copy=True))
-                continue
-            if raw is not None and raw == first[0]:
-                continue
-            value = _fast_array(init, raw)
-            if raw is None and np.array_equal(value, first[1]):
-                continue
-            stack, buf = _reserve((self.capacity, *value.shape), value.dtype)
-            self.stacks[name] = stack
-            if buf is not None:
-                self.buffers[name] = buf
-            self.populated[name] = 0
-            self._populate(name, row)
-            stack[:row] = first[1]
-            stack[row] = value
+            self._put(row, init.name, raw, lambda init=init, raw=raw: _fast_array(init, raw))
         self.n += 1
         return row
+
+    def add_raw(
+        self, data: bytes, raws: Iterable[tuple[str, int, int, Any, tuple[int, ...]]]
+    ) -> int:
+        """Append a file's numbers read straight from its bytes: ``raws`` gives each
+        initializer's ``(name, start, stop, dtype, shape)`` in ``data`` (see
+        :mod:`mamlctl.serving.layout`); returns the row index."""
+        row = self._next_row()
+        for name, start, stop, dtype, shape in raws:
+
+            def value(
+                start: int = start, stop: int = stop, dtype: Any = dtype, shape: Any = shape
+            ) -> Any:
+                count = (stop - start) // dtype.itemsize
+                return np.frombuffer(data, dtype, count, start).reshape(shape)
+
+            self._put(row, name, data[start:stop], value)
+        self.n += 1
+        return row
+
+    def _next_row(self) -> int:
+        if self.n >= self.capacity:
+            raise BankUnsupported("bank capacity exceeded")
+        return self.n
+
+    def _put(self, row: int, name: str, raw: bytes | None, value: Any) -> None:
+        """Row ``row`` of number ``name``: its raw bytes (None when not raw) and a callable
+        giving its array (called only when needed)."""
+        stack = self.stacks.get(name)
+        if stack is not None:
+            self._populate(name, row)
+            stack[row] = value()
+            return
+        first = self.first.get(name)
+        if first is None:
+            self.first[name] = (raw, np.array(value(), copy=True))
+            return
+        if raw is not None and raw == first[0]:
+            return
+        arr = value()
+        if raw is None and np.array_equal(arr, first[1]):
+            return
+        if arr.shape != first[1].shape or arr.dtype != first[1].dtype:
+            raise BankUnsupported(f"number {name!r} changes shape or type between files")
+        stack, buf = _reserve((self.capacity, *arr.shape), arr.dtype)
+        self.stacks[name] = stack
+        if buf is not None:
+            self.buffers[name] = buf
+        self.populated[name] = 0
+        self._populate(name, row)
+        stack[:row] = first[1]
+        stack[row] = arr
 
     def build(self) -> BankGraph:
         """The bank graph of the rows added so far (see :func:`build_bank`)."""

@@ -39,6 +39,7 @@ from mamlctl.serving.bank import (
     structure_key,
     template_of,
 )
+from mamlctl.serving.layout import Layout, layout_of, tail_metadata
 from mamlctl.serving.model_reader import VerifiedReader
 from mamlctl.serving.runtime import BankRuntime, Runtime, SessionsRuntime, make_session
 
@@ -176,24 +177,48 @@ def _load_one(record: AdaptedModelRecord, data: bytes) -> tuple[_Loaded, onnx.Mo
     except Exception:  # protobuf raises DecodeError, onnx may raise others
         raise MamlctlError(f"model file {record.path!r} is not an ONNX model") from None
     meta = {p.key: p.value for p in model.metadata_props}
+    item = _loaded(record, meta, _window_of(model))
+    normalise_constants(model)
+    return item, model
+
+
+def _loaded(record: AdaptedModelRecord, meta: dict[str, str], window: int) -> _Loaded:
+    """The file's claims checked against the registry row: its series and window length."""
     named = meta.get(f"{META_PREFIX}series_id")
     if named != record.series_id:
         raise MamlctlError(
             f"model file {record.path!r} belongs to series {named!r}, not {record.series_id!r}"
         )
-    window = _window_of(model)
     if window != record.window:
         raise MamlctlError(
             f"model file {record.path!r} takes {window} points, the registry says {record.window}"
         )
-    normalise_constants(model)
-    return _Loaded(record=record, meta=meta, window=window), model
+    return _Loaded(record=record, meta=meta, window=window)
 
 
 def _exact(data: bytes) -> bytes:
     """A copy of exactly ``len(data)`` bytes: orjson's output keeps its growth buffer (2-4 KiB
     for a 300-byte document), 80 MB over 10k series."""
     return bytes(memoryview(data))
+
+
+_MAX_LAYOUTS = 8
+
+
+def _by_layout(
+    layouts: list[Layout], record: AdaptedModelRecord, data: bytes
+) -> tuple[_Loaded, Layout] | None:
+    """The file read through a known byte layout (same checks as :func:`_load_one`), or None
+    when no layout fits and the file needs the full parse."""
+    for layout in layouts:
+        if not layout.match(data):
+            continue
+        (key, window) = layout.info
+        meta = tail_metadata(data, layout)
+        if meta is None or meta.get(f"{META_PREFIX}template_id") != key[0]:
+            return None
+        return _loaded(record, meta, window), layout
+    return None
 
 
 def _group_key(model: onnx.ModelProto, template_id: str | None) -> Any:
@@ -261,19 +286,32 @@ def build_state(
     builders: dict[Any, BankBuilder] = {}
     groups: dict[Any, list[_Loaded]] = {}
     failures: dict[str, str] = {}
+    layouts: list[Layout] = []  # byte layouts of the structures met (see serving.layout)
     for record, data in _prefetch(models_dir, records):
         try:
             if isinstance(data, MamlctlError):
                 raise data
+            hit = _by_layout(layouts, record, data)
+            if hit is not None:  # the common case: only the metadata tail is parsed
+                item, layout = hit
+                key = layout.info[0]
+                builders[key].add_raw(data, layout.raws)
+                groups[key].append(item)
+                continue
             item, model = _load_one(record, data)
         except MamlctlError as err:
             failures[record.series_id] = str(err)
             log.error("not serving series %s: %s", record.series_id, err)
             continue
-        key = _group_key(model, item.meta.get(f"{META_PREFIX}template_id"))
+        template_id = item.meta.get(f"{META_PREFIX}template_id")
+        key = _group_key(model, template_id)
         builder = builders.get(key)
         if builder is None:
             builder = builders[key] = BankBuilder(template_of(model), capacity=len(records))
+            if template_id and len(layouts) < _MAX_LAYOUTS:
+                layout = layout_of(data, model, (key, item.window))
+                if layout is not None:
+                    layouts.append(layout)
         builder.add(model)  # row index == position in groups[key]
         groups.setdefault(key, []).append(item)
         del model
