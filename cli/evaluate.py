@@ -64,6 +64,14 @@ def register(app: typer.Typer) -> None:
                 help="Seconds of training per network (MAML; the pretrained baseline gets half).",
             ),
         ] = 180.0,
+        iterations: Annotated[
+            int | None,
+            typer.Option(
+                "--iterations",
+                help="Max meta-iterations per network (the time budget still caps it): a run "
+                "that reaches it is reproducible whatever the load. Default: the track's.",
+            ),
+        ] = None,
         no_stats: Annotated[
             bool, typer.Option("--no-stats", help="Skip statsforecast AutoETS and AutoTheta.")
         ] = False,
@@ -103,6 +111,8 @@ def register(app: typer.Typer) -> None:
 
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         torch.set_num_threads(1)
+        if iterations is not None and iterations < 1:
+            raise InputError(f"--iterations must be >= 1, got {iterations}")
         began = time.perf_counter()
         dataset = load_subset(data, subset)
         if limit is not None:
@@ -113,6 +123,8 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--folds must be >= 1, got {folds}")
         cfg = config_for(dataset.subset.name, history=history, time_budget_s=time_budget)
         cfg = cfg.model_copy(update={"seed": seed})
+        if iterations is not None:
+            cfg = cfg.model_copy(update={"max_iterations": iterations})
         k = folds if history is not None else 1
         corpus = dataset.histories if history is not None else None
         fits: list[FitResult] = []
@@ -166,6 +178,7 @@ def register(app: typer.Typer) -> None:
                 "iterations": f.iterations,
                 "seconds": round(f.elapsed_s, 1),
                 "series": f.n_series,
+                "capped_by_time": f.iterations < f.config.max_iterations,
             }
             for f in fits
         ]
@@ -194,6 +207,8 @@ def register(app: typer.Typer) -> None:
                 for m in ("smape", "mase", "owa")
             }
             metrics["wall_s"] = wall
+            for i, t in enumerate(training):
+                metrics[f"{t['method']}.iterations.{i}"] = float(t["iterations"])
             summary["mlflow_run_id"] = _log_run(
                 f"evaluate-m4-{run.subset}",
                 {"subset": run.subset, "history": run.history, "folds": k, **summary["config"]},
@@ -205,6 +220,9 @@ def register(app: typer.Typer) -> None:
             emit_json(summary)
             return
         track = "full history" if history is None else f"last {history} points"
+        for t in training:
+            cap = " (stopped by the time budget)" if t["capped_by_time"] else ""
+            typer.echo(f"{t['method']}: {t['iterations']} iterations in {t['seconds']} s{cap}")
         print_table(
             f"M4 {run.subset}, {run.n_series} series, {track} ({wall:.0f} s)",
             ["method", "sMAPE", "MASE", "OWA", "wall s"],

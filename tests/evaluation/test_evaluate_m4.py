@@ -22,6 +22,7 @@ from mamlctl.evaluation.m4_maml import (
     config_for,
     fit,
     forecast,
+    from_model_space,
     m4_method,
     make_config,
     masked_mse,
@@ -58,16 +59,41 @@ def test_masked_mse_by_hand() -> None:
     assert masked_mse(pred, target).tolist() == pytest.approx([2.0])
 
 
+def test_log_transform_tasks_by_hand() -> None:
+    """transform=log: positive rows are modelled as normalised logs; a row with a point <= 0
+    stays linear; from_model_space inverts both exactly."""
+    cfg = make_config(window=3, horizon=2, support=5, season=1, transform="log")
+    visible = np.array([[1.0, 2.0, 4.0, 8.0, 16.0], [3.0, -1.0, 2.0, 5.0, 4.0]])
+    future = np.array([[32.0, 64.0], [6.0, 7.0]])
+    d = stretch_tasks(visible, future, cfg)
+    assert d["logged"].tolist() == [True, False]
+    logs = np.log(2.0) * np.arange(7)  # log of 1, 2, ..., 64
+    loc, scale = logs[:5].mean(), logs[:5].std()
+    assert d["loc"][0] == pytest.approx(loc) and d["scale"][0] == pytest.approx(scale)
+    z = (logs - loc) / scale
+    np.testing.assert_allclose(d["query_x"][0, 0], z[2:5], rtol=1e-6)
+    np.testing.assert_allclose(d["query_y"][0, 0], [z[5] - z[4], z[6] - z[4], 1, 1], atol=1e-6)
+    assert d["loc"][1] == pytest.approx(visible[1].mean())  # linear row unchanged
+    zf = np.stack([z[5:7], (future[1] - d["loc"][1]) / d["scale"][1]])
+    np.testing.assert_allclose(from_model_space(zf, d), future, rtol=1e-9)
+
+
 @settings(max_examples=20, deadline=None)
 @given(
     period=st.sampled_from([1, 3, 4]),
     level=st.floats(1.0, 1e4),
     seed=st.integers(0, 1000),
+    transform=st.sampled_from(["none", "log"]),
 )
-def test_zero_network_forecasts_seasonal_naive(period: int, level: float, seed: int) -> None:
-    """With a zero read-out the forecast is exactly the seasonal-naive skip, in raw units."""
+def test_zero_network_forecasts_seasonal_naive(
+    period: int, level: float, seed: int, transform: str
+) -> None:
+    """With a zero read-out the forecast is exactly the seasonal-naive skip, in raw units (the
+    skip in log space is the same seasonal naive once exponentiated)."""
     rng = np.random.default_rng(seed)
-    cfg = make_config(window=8, horizon=5, support=14, season=period, hidden=(4,))
+    cfg = make_config(
+        window=8, horizon=5, support=14, season=period, hidden=(4,), transform=transform
+    )
     histories = [level + rng.normal(0, level / 10, n) for n in (20, 30, 14)]
     params = {
         "layers.0.weight": torch.randn(4, 8),
@@ -93,6 +119,8 @@ def test_config_for_few_shot_and_bad_values() -> None:
     assert (full.window, full.horizon, full.support, full.season) == (96, 48, 167, 24)
     few = config_for("hourly", history=48, time_budget_s=1)
     assert (few.window, few.support, few.pairs) == (24, 48, 24)
+    assert (few.transform, few.ensemble, few.adapt_steps) == ("log", 3, 3)
+    assert full.transform == "none" and full.ensemble == 1
     weekly = config_for("weekly", history=104, time_budget_s=1)
     assert (weekly.window, weekly.horizon, weekly.support) == (52, 13, 104)
     with pytest.raises(ConfigError):
@@ -123,6 +151,31 @@ def test_cross_fitting_trains_on_other_folds_only() -> None:
     assert fc.shape == (6, 48) and np.all(np.isfinite(fc))
     assert [f.n_series for f in fits] == [4, 4, 4]  # each fold trains on the other 4 series
     assert all(f.iterations == 3 for f in fits)
+
+
+def test_iterations_cap_makes_training_reproducible() -> None:
+    """max_iterations (the CLI's --iterations) stops training at exactly N whatever the time
+    budget, so two runs give identical networks."""
+    cfg = make_config(window=24, horizon=48, support=48, season=24, hidden=(8,), max_iterations=7)
+    series = _hourly_like(4, 150, 3)
+    a = fit(series, cfg, method="maml", time_budget_s=600)
+    b = fit(series, cfg, method="maml", time_budget_s=600)
+    assert a.iterations == b.iterations == 7
+    for k, v in a.params.items():
+        assert torch.equal(v, b.params[k])
+
+
+def test_ensemble_is_the_mean_of_its_members() -> None:
+    cfg = make_config(
+        window=24, horizon=48, support=48, season=24, hidden=(8,), max_iterations=4, ensemble=2
+    )
+    series = _hourly_like(4, 150, 4)
+    shown = [s[-48:] for s in series]
+    fits: list[FitResult] = []
+    fc = m4_method(cfg, method="maml", corpus=series, fits=fits)(shown, 48)
+    assert [f.config.seed for f in fits] == [0, 1000]
+    members = [forecast(f, shown) for f in fits]
+    np.testing.assert_allclose(fc, (members[0] + members[1]) / 2, rtol=1e-12)
 
 
 def test_fit_improves_on_its_start() -> None:
@@ -168,9 +221,12 @@ def test_cli_evaluate_m4_scores_match_harness(tmp_path: Path, history: int | Non
     data = _hourly_subset(tmp_path / "m4")
     out = tmp_path / "out"
     args = ["evaluate", "m4", "--subset", "hourly", "--data", str(data), "--out", str(out)]
-    args += ["--time-budget", "2", "--no-stats", "--json"]
-    if history is not None:
-        args += ["--history", str(history), "--folds", "2"]
+    args += ["--no-stats", "--json"]
+    if history is None:
+        args += ["--time-budget", "2"]
+    else:  # a generous budget: --iterations stops every network first
+        args += ["--history", str(history), "--folds", "2", "--iterations", "3"]
+        args += ["--time-budget", "600"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -198,7 +254,11 @@ def test_cli_evaluate_m4_scores_match_harness(tmp_path: Path, history: int | Non
     assert len(list((out / "plots").glob("*.png"))) == 4
     assert (out / "results.md").read_text().count("| mamlctl |") == 1
     if history is not None:
-        assert [t["series"] for t in summary["training"]] == [3, 3, 3, 3]
+        # 2 folds x 3 ensemble members (the Hourly few-shot default) x 2 methods
+        assert [t["series"] for t in summary["training"]] == [3] * 12
+        assert all(t["iterations"] == 3 for t in summary["training"])
+        assert not any(t["capped_by_time"] for t in summary["training"])
+        assert summary["config"]["transform"] == "log" and summary["config"]["ensemble"] == 3
 
 
 def test_cli_evaluate_m4_bad_subset_is_one_line(tmp_path: Path) -> None:
@@ -209,3 +269,10 @@ def test_cli_evaluate_m4_bad_subset_is_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.output.strip().startswith("error:")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_evaluate_m4_bad_iterations_is_one_line(tmp_path: Path) -> None:
+    args = ["evaluate", "m4", "--subset", "hourly", "--data", str(tmp_path)]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path), "--iterations", "0"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: --iterations must be >= 1, got 0"
