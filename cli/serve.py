@@ -67,6 +67,12 @@ def register(app: typer.Typer) -> None:
             )
         import uvicorn
 
+        try:  # the fast path subclasses uvicorn internals; plain httptools if they moved
+            from mamlctl.serving.fastpath import ScoreHttpProtocol  # noqa: F401
+
+            http = "mamlctl.serving.fastpath:ScoreHttpProtocol"
+        except (ImportError, AttributeError):
+            http = "httptools"
         os.environ["MAMLCTL_SERVE_RELOAD_INTERVAL"] = str(interval)
         uvicorn.run(
             "mamlctl.serving.app:app_from_env",
@@ -75,7 +81,7 @@ def register(app: typer.Typer) -> None:
             port=port,
             workers=workers,
             loop="uvloop",
-            http="mamlctl.serving.fastpath:ScoreHttpProtocol",
+            http=http,
             log_level=log_level,
             access_log=False,
             server_header=False,
