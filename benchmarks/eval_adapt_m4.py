@@ -31,6 +31,7 @@ def main() -> None:
     from mamlctl.evaluation.m4 import load_subset
     from mamlctl.maml.initializer import load_initializer
     from mamlctl.maml.models import point_forecast
+    from mamlctl.maml.onnx_contract import apply_floor
     from mamlctl.maml.onnx_parity import ort_session
     from mamlctl.registry import queries as q
     from mamlctl.registry.db import open_registry
@@ -70,8 +71,14 @@ def main() -> None:
         with torch.no_grad():
             pred = point_forecast(model(z), head)[0].double().numpy()
         initial[j] = pred * scale + loc
-    if init.train_config.get("nonnegative"):  # the files clip at 0; score the initializer alike
-        initial = np.maximum(initial, 0.0)
+    # The files bound their forecasts below (the initializer's rule); score the initializer alike.
+    window_min = np.array([np.min(h[-r.window :]) for r, h in zip(records, histories, strict=True)])
+    initial = apply_floor(
+        initial,
+        window_min,
+        nonnegative=bool(init.train_config.get("nonnegative")),
+        floor_fraction=float(init.train_config.get("floor_fraction", 0.0)),
+    )
     naive = seasonal_naive(histories, actual.shape[1], m=24)
 
     def scores(f: np.ndarray, steps: int) -> dict[str, float]:

@@ -17,8 +17,9 @@ tail are out-of-sample for a model adapted the same way, so they calibrate the e
 
 * ``residual_scale`` = :func:`mamlctl.timeseries.anomaly.robust_scale` of the raw residuals
   (floored at 1e-3 of the series' scale);
-* forecasts are clipped at 0 in raw units when the initializer says ``nonnegative`` (the
-  exported graph clips the same way), so the residuals are those the server will see;
+* forecasts are bounded below in raw units when the initializer says ``nonnegative`` (by
+  ``floor_fraction`` times the window minimum, 0 for older initializers; the exported graph
+  bounds them the same way), so the residuals are those the server will see;
 * ``threshold``: for a ``mean`` head :func:`mamlctl.timeseries.anomaly.calibrate` on the raw
   residuals (its scale is ``residual_scale``); for a ``gaussian`` head the same rule applied to
   the scores the server will compute, ``anomaly_score(r, sigma_predicted)``.
@@ -36,6 +37,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from mamlctl.errors import InputError, TrainingError
+from mamlctl.maml.onnx_contract import apply_floor
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -77,7 +79,8 @@ class AdaptPlan:
     false_alarm_rate: float
     min_z: float
     chunk_size: int
-    nonnegative: bool = False  # raw forecasts clipped at 0 (the exported graph does the same)
+    nonnegative: bool = False  # raw forecasts bounded below (the exported graph does the same)
+    floor_fraction: float = 0.0  # the bound: relu(fraction * window minimum); 0 = clip at 0
     adapt_scope: str = "all"  # all | head (ANIL: only the last layer moves per series)
 
     @property
@@ -96,6 +99,7 @@ class AdaptPlan:
             "inner_lr": "meta-sgd" if self.inner_lr is None else self.inner_lr,
             "loss": self.loss,
             "nonnegative": self.nonnegative,
+            "floor_fraction": self.floor_fraction,
             "adapt_scope": self.adapt_scope,
             "false_alarm_rate": self.false_alarm_rate,
             "min_z": self.min_z,
@@ -170,6 +174,8 @@ def plan_adaptation(
         inner_lr=lr,
         loss=loss,
         nonnegative=bool(train.get("nonnegative", False)),
+        # Initializers written before the bound was recorded clip at 0.
+        floor_fraction=float(train.get("floor_fraction", 0.0)),
         adapt_scope=config.adapt_scope or str(train.get("adapt_scope", "all")),
         false_alarm_rate=config.false_alarm_rate,
         min_z=config.min_z,
@@ -273,6 +279,7 @@ def adapt_histories(
         # normalised with the twin's support statistics: window j predicts tails[:, k + j].
         from numpy.lib.stride_tricks import sliding_window_view
 
+        raw_windows = sliding_window_view(tails[:, k - L : k + c - 1], L, axis=1)  # [N, C, L]
         z_tail = (tails[:, k - L : k + c - 1] - cal_loc[:, None]) / cal_scale[:, None]
         zx = torch.from_numpy(
             np.ascontiguousarray(sliding_window_view(z_tail, L, axis=1), dtype=np.float32)
@@ -281,8 +288,14 @@ def adapt_histories(
         actual = tails[:, k:]  # [N, C]
         forecast = point(out) * cal_scale[:, None] + cal_loc[:, None]
         forecast0 = point(forward(theta_n, zx)) * cal_scale[:, None] + cal_loc[:, None]
-        if plan.nonnegative:  # as the exported graph: clip the raw forecast at 0
-            forecast, forecast0 = np.maximum(forecast, 0.0), np.maximum(forecast0, 0.0)
+        if plan.nonnegative:  # as the exported graph: bound the raw one-step forecasts
+            window_min = raw_windows.min(axis=-1)  # [N, C]
+            forecast, forecast0 = (
+                apply_floor(
+                    f[..., None], window_min, nonnegative=True, floor_fraction=plan.floor_fraction
+                )[..., 0]
+                for f in (forecast, forecast0)
+            )
         residuals = actual - forecast
         if head == "gaussian":
             from mamlctl.maml.models import LOGVAR_MAX, LOGVAR_MIN

@@ -13,8 +13,9 @@ One self-contained ONNX file per series, usable without mamlctl:
     ``gaussian`` head ``exp(0.5 * clamp(logvar, -10, 10)) * scale``; for a ``mean`` head the
     series' ``residual_scale`` broadcast.
 * **normalisation inside the graph**: ``z = (window - loc) / scale``;
-  ``forecast = core(z)[:, :H] * scale + loc``, then ``max(forecast, 0)`` (a Relu node) for a
-  non-negative family. ``loc`` and ``scale`` are the series' support
+  ``forecast = core(z)[:, :H] * scale + loc``, then for a non-negative family
+  ``max(forecast, relu(floor_fraction * min(window)))`` (a single Relu node when the fraction
+  is 0, see :mod:`mamlctl.maml.onnx_contract`). ``loc`` and ``scale`` are the series' support
   statistics (:func:`mamlctl.timeseries.scaling.support_stats` over the K points it was adapted
   on), stored as float32 initializers ``loc`` and ``scale`` of shape ``[1]``; a mean head also
   has a ``residual_scale`` ``[1]`` initializer.
@@ -35,7 +36,9 @@ One self-contained ONNX file per series, usable without mamlctl:
   ``horizon``               H, output length
   ``head``                  ``mean`` or ``gaussian``
   ``loss``                  ``mse``, ``mae`` or ``gaussian_nll`` (adaptation's loss)
-  ``nonnegative``           ``"1"`` when ``forecast`` is clipped at 0 in raw units, else ``"0"``
+  ``nonnegative``           ``"1"`` when ``forecast`` is bounded below in raw units, else ``"0"``
+  ``floor_fraction``        the bound is ``relu(floor_fraction * min(window))``; ``0`` (and
+                            files without the key) clip at 0
   ``config_hash``           sha256 of the canonical JSON of ``model_config``
   ``model_config``          the model config JSON (``maml.models.config_to_dict``)
   ``loc``, ``scale``        normalisation constants (also in the graph)
@@ -67,7 +70,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mamlctl.errors import InputError
-from mamlctl.maml.onnx_template import OPSET, canonical_json, config_hash
+from mamlctl.maml.onnx_contract import OPSET, canonical_json, config_hash
 
 if TYPE_CHECKING:
     from mamlctl.domain import InitializerRef
@@ -104,6 +107,7 @@ class ModelMetadata:
     template_id: str
     series_initializers: tuple[str, ...]
     nonnegative: bool = False
+    floor_fraction: float = 0.0
 
 
 def build_metadata(
@@ -136,6 +140,7 @@ def build_metadata(
         PREFIX + "head": template.head,
         PREFIX + "loss": loss or _LOSS[template.head],
         PREFIX + "nonnegative": "1" if template.nonnegative else "0",
+        PREFIX + "floor_fraction": repr(float(template.floor_fraction)),
         PREFIX + "config_hash": template.config_hash,
         PREFIX + "model_config": canonical_json(template.model_config),
         PREFIX + "loc": repr(float(loc)),
@@ -179,6 +184,7 @@ def parse_metadata(props: Mapping[str, str]) -> ModelMetadata:
             template_id=get("template_id"),
             series_initializers=tuple(json.loads(get("series_initializers"))),
             nonnegative=props.get(PREFIX + "nonnegative", "0") == "1",
+            floor_fraction=float(props.get(PREFIX + "floor_fraction", "0.0")),
         )
     except KeyError as err:
         raise InputError(f"model file lacks metadata key {err.args[0]!r}") from None
@@ -311,27 +317,38 @@ def export_to_files(
 
 
 class TemplateCache:
-    """Templates by (config hash, opset, non-negative clip): one ``torch.onnx.export`` each."""
+    """Templates by (config hash, opset, lower bound): one ``torch.onnx.export`` each."""
 
     def __init__(self) -> None:
-        self._templates: dict[tuple[str, int], OnnxTemplate] = {}
+        self._templates: dict[tuple[str, int, bool, float], OnnxTemplate] = {}
 
     def get(
-        self, config: Any, *, opset: int | None = None, nonnegative: bool = False
+        self,
+        config: Any,
+        *,
+        opset: int | None = None,
+        nonnegative: bool = False,
+        floor_fraction: float = 0.0,
     ) -> OnnxTemplate:
         """The template of a ``maml.models`` config (``MLPConfig`` / ``ConvConfig``)."""
         from mamlctl.maml.models import config_to_dict
 
-        key = (config_hash(config_to_dict(config)), opset or OPSET, nonnegative)
+        fraction = float(floor_fraction) if nonnegative else 0.0
+        key = (config_hash(config_to_dict(config)), opset or OPSET, nonnegative, fraction)
         if key not in self._templates:
             self._templates[key] = template_for_config(
-                config, opset=key[1], nonnegative=nonnegative
+                config, opset=key[1], nonnegative=nonnegative, floor_fraction=fraction
             )
         return self._templates[key]
 
 
 def template_for_config(
-    config: Any, *, opset: int | None = None, seed: int = 0, nonnegative: bool = False
+    config: Any,
+    *,
+    opset: int | None = None,
+    seed: int = 0,
+    nonnegative: bool = False,
+    floor_fraction: float = 0.0,
 ) -> OnnxTemplate:
     """Build the template of a ``maml.models`` config (exports once; ~1 s)."""
     import torch
@@ -351,6 +368,7 @@ def template_for_config(
         opset=opset or OPSET,
         seed=seed,
         nonnegative=nonnegative,
+        floor_fraction=floor_fraction,
     )
 
 

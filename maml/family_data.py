@@ -7,8 +7,12 @@ held-out series' history, forecast its last H points).
 The default recipe (the one :mod:`mamlctl.evaluation.m4_maml` showed beats seasonal naive on M4
 Hourly and Weekly): the network predicts the residual to the seasonal-naive forecast of its own
 window (``season_skip`` = the period when it fits the window, else 1 = naive), it is trained
-and adapted on MAE, and its raw-unit forecasts are clipped at 0 when every training series is
-non-negative (``nonnegative``, resolved by :func:`prepare`).
+and adapted on MAE, and its raw-unit forecasts are bounded below when every training series is
+non-negative (``nonnegative``, resolved by :func:`prepare`): by ``floor_fraction`` times the
+minimum of the forecast's input window (:func:`mamlctl.maml.onnx_contract.apply_floor`). Unless
+set, the fraction is chosen by ``train`` among :data:`FLOOR_CANDIDATES` on the held-out series
+(lowest MASE, then sMAPE, then the larger fraction); 0 is the clip at 0 of older initializers,
+which zeroed the forecasts of low-count series.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ F32 = npt.NDArray[np.float32]
 
 #: A family needs this many usable series: at least one held out, the rest to train on.
 MIN_SERIES = 4
+#: Fractions of the window minimum ``train`` chooses the non-negative lower bound from.
+FLOOR_CANDIDATES = (0.0, 0.5, 0.9, 1.0)
+#: The fraction validation uses before the choice (periodic validation during training).
+DEFAULT_FLOOR = 1.0
 
 
 class FamilyTrainConfig(BaseModel):
@@ -67,7 +75,14 @@ class FamilyTrainConfig(BaseModel):
         default="mae", description="Loss of the mean head (a gaussian head uses its NLL)."
     )
     nonnegative: bool | None = Field(
-        default=None, description="Clip forecasts at 0 (None: when every training series >= 0)."
+        default=None,
+        description="Bound forecasts below (None: when every training series >= 0).",
+    )
+    floor_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Lower bound: this fraction of the window minimum (0: at 0; None: chosen).",
     )
     adapt_scope: Literal["all", "head"] = Field(
         default="all", description="Parameters adapted per series: all, or the last layer (ANIL)."
@@ -99,6 +114,7 @@ class ResolvedPlan:
     season: int  # m for seasonal naive / MASE (1 without a cycle)
     season_skip: int  # m of the model's seasonal-naive skip (0 = off)
     nonnegative: bool | None = None  # resolved from the training series by prepare()
+    floor_fraction: float | None = None  # None: chosen on the held-out series by train
 
     @property
     def loss(self) -> str:
@@ -159,12 +175,21 @@ class ResolvedPlan:
 
         return adapt_names_for(self.model_config(), self.config.adapt_scope)
 
+    @property
+    def bound_fraction(self) -> float:
+        """The lower bound's fraction of the window minimum (0 when not non-negative;
+        :data:`DEFAULT_FLOOR` until ``train`` has chosen it)."""
+        if not self.nonnegative:
+            return 0.0
+        return DEFAULT_FLOOR if self.floor_fraction is None else float(self.floor_fraction)
+
     def initializer_train_config(self) -> dict[str, Any]:
         """What ``adapt`` needs from training, stored in the initializer's JSON: the meta-training
         config (inner steps, rate, loss) plus the non-negative clip."""
         return {
             **self.meta_config().model_dump(mode="json"),
             "nonnegative": bool(self.nonnegative),
+            "floor_fraction": self.bound_fraction,
             "adapt_scope": self.config.adapt_scope,
         }
 
@@ -234,6 +259,7 @@ def resolve(family: Family, config: FamilyTrainConfig) -> ResolvedPlan:
         season=period or 1,
         season_skip=season_skip,
         nonnegative=config.nonnegative,
+        floor_fraction=config.floor_fraction,
     )
 
 

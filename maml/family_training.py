@@ -29,6 +29,7 @@ import numpy as np
 
 from mamlctl.domain import CHAMPION, Family, InitializerRef, Series
 from mamlctl.maml.family_data import (
+    FLOOR_CANDIDATES,
     FamilyData,
     FamilyTrainConfig,
     ResolvedPlan,
@@ -36,6 +37,7 @@ from mamlctl.maml.family_data import (
     prepare,
     resolve,
 )
+from mamlctl.maml.onnx_contract import apply_floor
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -71,10 +73,16 @@ class FamilyTrainingResult:
 
 
 def forecast_heldout(
-    plan: ResolvedPlan, params: Mapping[str, Tensor], val: ValidationSet, *, steps: int
+    plan: ResolvedPlan,
+    params: Mapping[str, Tensor],
+    val: ValidationSet,
+    *,
+    steps: int,
+    bounded: bool = True,
 ) -> np.ndarray:
     """Adapt ``params`` on every held-out support set (``steps`` inner steps, the plan's loss) and
-    forecast H in raw units (clipped at 0 for a non-negative family, as the exported files are)."""
+    forecast H in raw units (bounded below for a non-negative family, as the exported files are,
+    unless not ``bounded``)."""
     import torch
 
     from mamlctl.maml.engine import batch_adapt, batched_forward, expand_params
@@ -102,7 +110,37 @@ def forecast_heldout(
         out = batched_forward(model)(phi, qx)  # [N, 1, out]
         mean = point_forecast(out, model_config.head)[:, 0, :].double().numpy()
     raw = np.asarray(mean * val.scale[:, None] + val.loc[:, None], dtype=np.float64)
-    return np.maximum(raw, 0.0) if plan.nonnegative else raw
+    if not bounded:
+        return raw
+    return apply_floor(
+        raw,
+        _window_min(plan, val),
+        nonnegative=bool(plan.nonnegative),
+        floor_fraction=plan.bound_fraction,
+    )
+
+
+def _window_min(plan: ResolvedPlan, val: ValidationSet) -> np.ndarray:
+    return np.array([np.min(h[-plan.window :]) for h in val.histories], dtype=np.float64)
+
+
+def choose_floor(
+    plan: ResolvedPlan, val: ValidationSet, raw: np.ndarray
+) -> tuple[float, dict[str, float]]:
+    """The lower bound's fraction of a non-negative family: among ``FLOOR_CANDIDATES``, the one
+    whose bounded held-out forecasts (``raw``: unbounded, ``[N, H]``) score the lowest MASE, then
+    sMAPE, then the larger fraction. Returns it with each candidate's ``val_floor_*`` metrics."""
+    if not plan.nonnegative:
+        return 0.0, {}
+    window_min = _window_min(plan, val)
+    ranked: list[tuple[float, float, float]] = []
+    metrics: dict[str, float] = {}
+    for fraction in FLOOR_CANDIDATES:
+        bounded = apply_floor(raw, window_min, nonnegative=True, floor_fraction=fraction)
+        s = score(plan, val, bounded)
+        metrics.update(_prefixed(f"val_floor_{fraction:g}_", s))
+        ranked.append((s["mase"], s["smape"], -fraction))
+    return -min(ranked)[2], metrics
 
 
 def seasonal_naive_heldout(plan: ResolvedPlan, val: ValidationSet) -> np.ndarray:
@@ -183,6 +221,12 @@ def train_family(
         emit(done, val_metrics)
     assert params is not None
     elapsed = time.perf_counter() - began
+    floor_metrics: dict[str, float] = {}
+    if plan.floor_fraction is None:  # choose the non-negative lower bound on the held-out set
+        raw = forecast_heldout(plan, params, val, steps=cfg.inner_steps, bounded=False)
+        chosen, floor_metrics = choose_floor(plan, val, raw)
+        plan = replace(plan, floor_fraction=chosen)
+        data = replace(data, plan=plan)
 
     pretrained: dict[str, Tensor] | None = None
     if cfg.pretrained_baseline:
@@ -220,6 +264,8 @@ def train_family(
     }
     if forecasts.pretrained is not None:
         final.update(_prefixed("val_pretrained_", score(plan, val, forecasts.pretrained)))
+    final.update(floor_metrics)
+    final["floor_fraction"] = plan.bound_fraction
     final["train_seconds"] = elapsed
     final["iterations"] = float(done)
     emit(done, final)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import onnxruntime as ort
     from torch import nn
 
-    from mamlctl.maml.onnx_template import Head
+    from mamlctl.maml.onnx_contract import Head
 
 F32 = npt.NDArray[np.float32]
 #: ``window [n, L] float32 -> (forecast [n, H], sigma [n, H])`` in raw units.
@@ -77,16 +77,23 @@ def torch_reference(
     horizon: int,
     head: Head,
     nonnegative: bool = False,
+    floor_fraction: float = 0.0,
 ) -> Reference:
     """The torch twin of a rendered file: ``core`` with ``params`` inside the contract wrapper."""
     import torch
 
-    from mamlctl.maml.onnx_template import contract_module
+    from mamlctl.maml.onnx_contract import contract_module
 
     module = copy.deepcopy(core).float().eval()
     state = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in params.items()}
     module.load_state_dict(state, strict=True)
-    wrapper = contract_module(module, horizon=horizon, head=head, nonnegative=nonnegative).eval()
+    wrapper = contract_module(
+        module,
+        horizon=horizon,
+        head=head,
+        nonnegative=nonnegative,
+        floor_fraction=floor_fraction,
+    ).eval()
     with torch.no_grad():
         wrapper.loc.fill_(loc)
         wrapper.scale.fill_(scale)

@@ -22,52 +22,65 @@ How the weights are found and patched, robustly:
 4. The template verifies itself when built: a second random parameter set is rendered and run
    in onnxruntime against the torch module (the same check as :func:`check_parity`), so a
    mapping that missed a weight fails at build time, never silently per series.
+
+The contract module and its constants live in :mod:`mamlctl.maml.onnx_contract`, the graph
+surgery of steps 1-2 in :mod:`mamlctl.maml.onnx_binding`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
-import io
-import json
-import logging
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from mamlctl.errors import ConfigError, InputError
+from mamlctl.maml.onnx_binding import (
+    NotUnique,
+    bind,
+    locate,
+    normalise_raw,
+    quiet_export,
+    randomise,
+    strip,
+)
+from mamlctl.maml.onnx_binding import quiet_export as _quiet_export  # benchmarks import it here
+from mamlctl.maml.onnx_contract import (  # re-exported: the names callers import from here
+    INPUT_NAME,
+    LOC,
+    OPSET,
+    OUTPUT_NAMES,
+    RESIDUAL_SCALE,
+    SCALE,
+    Head,
+    canonical_json,
+    config_hash,
+    contract_module,
+)
 
 if TYPE_CHECKING:
-    import onnx
-    from torch import Tensor, nn
+    from torch import nn
 
-Head = Literal["mean", "gaussian"]
-
-#: ONNX opset of exported graphs (the contract says >= 17).
-OPSET = 18
-#: Names of the graph's input and outputs (the server depends on them).
-INPUT_NAME = "window"
-OUTPUT_NAMES = ("forecast", "sigma")
-#: Names of the per-series normalisation initializers inside the graph.
-LOC, SCALE, RESIDUAL_SCALE = "loc", "scale", "residual_scale"
-#: Clamp of the gaussian head's log-variance, as in training (``maml.models.LOGVAR_*``).
-_LOGVAR_RANGE = (-10.0, 10.0)
-_QUIET_LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")
-
-
-def canonical_json(obj: Any) -> str:
-    """Canonical JSON (sorted keys, no spaces): the form hashed into ``config_hash``."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def config_hash(model_config: Mapping[str, Any]) -> str:
-    """sha256 hex of the canonical JSON of a model config dict."""
-    return hashlib.sha256(canonical_json(dict(model_config)).encode()).hexdigest()
+__all__ = [
+    "INPUT_NAME",
+    "LOC",
+    "OPSET",
+    "OUTPUT_NAMES",
+    "RESIDUAL_SCALE",
+    "SCALE",
+    "Binding",
+    "Head",
+    "OnnxTemplate",
+    "_quiet_export",
+    "build_template",
+    "canonical_json",
+    "config_hash",
+    "contract_module",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +110,7 @@ class OnnxTemplate:
     nonnegative: bool
     bindings: tuple[Binding, ...]
     param_shapes: dict[str, tuple[int, ...]]
+    floor_fraction: float = 0.0  # lower bound relu(fraction * min(window)) when nonnegative
 
     @property
     def series_initializers(self) -> tuple[str, ...]:
@@ -148,154 +162,6 @@ def _metadata_bytes(metadata: Mapping[str, str]) -> bytes:
     return bytes(holder.SerializeToString())
 
 
-class _Contract:
-    """Factory of the torch wrapper implementing the graph contract around a core module."""
-
-    @staticmethod
-    def build(core: nn.Module, *, horizon: int, head: Head, nonnegative: bool) -> nn.Module:
-        import torch
-        from torch import nn
-
-        class ContractModule(nn.Module):
-            loc: Tensor
-            scale: Tensor
-            residual_scale: Tensor
-            core: nn.Module
-
-            def __init__(self) -> None:
-                super().__init__()
-                self.core = core
-                self.register_buffer(LOC, torch.zeros(1))
-                self.register_buffer(SCALE, torch.ones(1))
-                self.register_buffer(RESIDUAL_SCALE, torch.ones(1))
-
-            def forward(self, window: Tensor) -> tuple[Tensor, Tensor]:
-                z = (window - self.loc) / self.scale
-                out = self.core(z)
-                mean = out[:, :horizon]
-                forecast = mean * self.scale + self.loc
-                if nonnegative:  # clip in raw units (one Relu node)
-                    forecast = torch.relu(forecast)
-                if head == "gaussian":
-                    logvar = out[:, horizon:].clamp(*_LOGVAR_RANGE)
-                    sigma = torch.exp(0.5 * logvar) * self.scale
-                else:
-                    sigma = self.residual_scale.expand_as(forecast)
-                return forecast, sigma
-
-        return ContractModule()
-
-
-def contract_module(
-    core: nn.Module, *, horizon: int, head: Head, nonnegative: bool = False
-) -> nn.Module:
-    """The torch twin of an exported file: raw window -> (forecast, sigma) in raw units;
-    ``nonnegative`` clips the raw forecast at 0 (sigma is unchanged).
-
-    Set its ``loc``/``scale``/``residual_scale`` buffers (shape ``[1]``) per series.
-    """
-    return _Contract.build(core, horizon=horizon, head=head, nonnegative=nonnegative)
-
-
-@contextlib.contextmanager
-def _quiet_export() -> Iterator[None]:
-    """Silence the exporter's progress prints, logs and deprecation warnings (warnings are errors
-    in our tests, and the exporter's internals emit some we cannot fix)."""
-    saved = [(name, logging.getLogger(name).level) for name in _QUIET_LOGGERS]
-    for name, _ in saved:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for name, level in saved:
-            logging.getLogger(name).setLevel(level)
-
-
-def _randomise(module: nn.Module, rng: np.random.Generator) -> None:
-    import torch
-
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.from_numpy(rng.uniform(-1.0, 1.0, size=tuple(p.shape)).astype("f4")))
-
-
-def _strip(model: onnx.ModelProto) -> None:
-    """Remove what the exporter adds for debugging: stack traces (local paths), value_info,
-    doc strings, model-level metadata. The graph itself is untouched."""
-    model.doc_string = ""
-    del model.metadata_props[:]
-    model.graph.doc_string = ""
-    del model.graph.value_info[:]
-    for node in model.graph.node:
-        node.doc_string = ""
-        del node.metadata_props[:]
-
-
-def _bind(
-    model: onnx.ModelProto, values: Mapping[str, npt.NDArray[np.float32]], prefix: str
-) -> list[tuple[str, str, bool]]:
-    """Match initializers to source values (name+value first, then value, then transpose)."""
-    from onnx import TensorProto, numpy_helper
-
-    inits = {i.name: i for i in model.graph.initializer if i.data_type == TensorProto.FLOAT}
-    arrays = {name: numpy_helper.to_array(init) for name, init in inits.items()}
-    bound: list[tuple[str, str, bool]] = []
-    used: set[str] = set()
-    for param, value in values.items():
-        hits: list[tuple[str, bool]] = []
-        for name, arr in arrays.items():
-            if name in used:
-                continue
-            if arr.shape == value.shape and np.array_equal(arr, value):
-                hits.append((name, False))
-            elif value.ndim == 2 and arr.shape == value.T.shape and np.array_equal(arr, value.T):
-                hits.append((name, True))
-        named = [h for h in hits if h[0] in (prefix + param, param)]
-        chosen = named or hits
-        if not chosen:
-            raise ConfigError(
-                f"cannot export this model config as a template: parameter {param!r} has no "
-                "initializer of its own in the ONNX graph (folded into a constant?)"
-            )
-        for name, transposed in chosen:
-            used.add(name)
-            bound.append((name, param, transposed))
-    return bound
-
-
-def _normalise_raw(model: onnx.ModelProto, names: set[str]) -> None:
-    """Store the bound initializers as little-endian ``raw_data`` (the exporter may use
-    ``float_data``); patching works on raw bytes."""
-    from onnx import numpy_helper
-
-    for i, init in enumerate(model.graph.initializer):
-        if init.name in names and not init.raw_data:
-            arr = numpy_helper.to_array(init).astype("<f4")
-            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(arr, init.name))
-
-
-def _locate(serialized: bytes, model: onnx.ModelProto, names: set[str]) -> dict[str, int]:
-    offsets: dict[str, int] = {}
-    for init in model.graph.initializer:
-        if init.name not in names:
-            continue
-        raw = init.raw_data
-        first = serialized.find(raw)
-        if first < 0 or serialized.find(raw, first + 1) >= 0:
-            raise _NotUnique(init.name)
-        offsets[init.name] = first
-    return offsets
-
-
-class _NotUnique(Exception):
-    pass
-
-
 def build_template(
     core: nn.Module,
     *,
@@ -307,6 +173,7 @@ def build_template(
     seed: int = 0,
     verify: bool = True,
     nonnegative: bool = False,
+    floor_fraction: float = 0.0,
 ) -> OnnxTemplate:
     """Export the contract graph around ``core`` once; see the module docstring.
 
@@ -334,8 +201,9 @@ def build_template(
                 seed=seed + 7919 * attempt,
                 verify=verify,
                 nonnegative=nonnegative,
+                floor_fraction=floor_fraction,
             )
-        except _NotUnique as err:  # a 4-byte sentinel collided with other bytes: reseed
+        except NotUnique as err:  # a 4-byte sentinel collided with other bytes: reseed
             last_err = err
     raise ConfigError(f"could not place unique sentinels in the template ({last_err})")
 
@@ -351,6 +219,7 @@ def _build_once(
     seed: int,
     verify: bool,
     nonnegative: bool,
+    floor_fraction: float,
 ) -> OnnxTemplate:
     import torch
 
@@ -358,9 +227,13 @@ def _build_once(
     sentinel_core = copy.deepcopy(core).float().eval()
     for p in sentinel_core.parameters():
         p.requires_grad_(False)
-    _randomise(sentinel_core, rng)
+    randomise(sentinel_core, rng)
     wrapper = contract_module(
-        sentinel_core, horizon=horizon, head=head, nonnegative=nonnegative
+        sentinel_core,
+        horizon=horizon,
+        head=head,
+        nonnegative=nonnegative,
+        floor_fraction=floor_fraction,
     ).eval()
     scalars = {name: float(rng.uniform(0.5, 2.0)) for name in (LOC, SCALE, RESIDUAL_SCALE)}
     with torch.no_grad():
@@ -369,7 +242,7 @@ def _build_once(
 
     example = torch.zeros(2, window)
     try:
-        with _quiet_export():
+        with quiet_export():
             program = torch.onnx.export(
                 wrapper,
                 (example,),
@@ -387,23 +260,23 @@ def _build_once(
     if program is None:  # pragma: no cover - dynamo export always returns a program
         raise ConfigError("torch.onnx.export returned no program")
     model = program.model_proto
-    _strip(model)
+    strip(model)
 
     values: dict[str, npt.NDArray[np.float32]] = {
         name: p.detach().numpy().copy() for name, p in sentinel_core.named_parameters()
     }
-    bound = _bind(model, values, prefix="core.")
+    bound = bind(model, values, prefix="core.")
     scalar_values = {n: np.asarray([v], dtype=np.float32) for n, v in scalars.items()}
     present = {i.name for i in model.graph.initializer}
     # residual_scale is absent from a gaussian graph (sigma comes from the head there).
-    scalar_bound = _bind(model, {n: v for n, v in scalar_values.items() if n in present}, "")
+    scalar_bound = bind(model, {n: v for n, v in scalar_values.items() if n in present}, "")
     names = {name for name, _, _ in bound + scalar_bound}
     for required in (LOC, SCALE):
         if required not in names:
             raise ConfigError(f"exported graph lost the {required!r} initializer")
-    _normalise_raw(model, names)
+    normalise_raw(model, names)
     serialized = model.SerializeToString()
-    offsets = _locate(serialized, model, names)
+    offsets = locate(serialized, model, names)
 
     shapes = {name: tuple(int(d) for d in v.shape) for name, v in values.items()}
     shapes.update({n: (1,) for n in scalars})
@@ -424,7 +297,7 @@ def _build_once(
         )
     )
     missing = set(values) - {b.param for b in bindings}
-    if missing:  # pragma: no cover - _bind raises first
+    if missing:  # pragma: no cover - bind raises first
         raise ConfigError(f"parameters without initializer: {sorted(missing)}")
 
     # Structural identity: the template with every per-series byte range zeroed.
@@ -441,6 +314,7 @@ def _build_once(
         opset=opset,
         template_bytes=serialized,
         nonnegative=nonnegative,
+        floor_fraction=floor_fraction,
         bindings=bindings,
         param_shapes={n: s for n, s in shapes.items() if n not in scalars},
     )
@@ -472,6 +346,7 @@ def _self_check(template: OnnxTemplate, *, core: nn.Module, rng: np.random.Gener
         horizon=template.horizon,
         head=template.head,
         nonnegative=template.nonnegative,
+        floor_fraction=template.floor_fraction,
     )
     stats = check_parity(
         blob, reference, loc=loc, scale=scale, window=template.window, n=64, tolerance=1e-4

@@ -127,7 +127,7 @@ def test_train_end_to_end(backend: str, seeded_registry: Any, tmp_path: Path) ->
     assert loaded.task_spec == {"kind": "window", **data.plan.task_spec().to_dict()}
     for name, tensor in result.params.items():
         assert np.array_equal(loaded.params[name].numpy(), tensor.numpy())
-    again = forecast_heldout(data.plan, loaded.params, data.validation, steps=2)
+    again = forecast_heldout(result.data.plan, loaded.params, data.validation, steps=2)
     np.testing.assert_array_equal(again, result.forecasts.adapted)
 
     onnx_dir = Path(store.client.download_artifacts(outcome.run_id, "onnx", str(tmp_path)))
