@@ -1,7 +1,9 @@
 """The daily adaptation job: champion initializer -> adapted, exported, recorded per-series models.
 
 Edges only (MLflow store, registry database, model files); the numerical work is
-:func:`mamlctl.maml.adaptation.adapt_histories` and :mod:`mamlctl.maml.export`.
+:func:`mamlctl.maml.adaptation.adapt_histories` and :mod:`mamlctl.maml.export`. This module
+selects the series and runs the job inside its MLflow run; the per-chunk work (steps 1-3
+below, and the parity sample) is :class:`mamlctl.registry.adaptation_chunks.ChunkedJob`.
 
 Consistency, in this order for every chunk of series:
 
@@ -27,14 +29,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from mamlctl.domain import CHAMPION, AdaptedModelRecord, InitializerRef
-from mamlctl.errors import InputError, TrainingError
+from mamlctl.errors import InputError
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session, sessionmaker
-
     from mamlctl.maml.adaptation import AdaptConfig
     from mamlctl.registry.mlflow_store import MlflowStore
     from mamlctl.settings import Settings
@@ -139,6 +137,7 @@ def run_adaptation(
     from mamlctl.maml.adaptation import adapt_histories, plan_adaptation
     from mamlctl.maml.initializer import load_initializer
     from mamlctl.registry import queries as q
+    from mamlctl.registry.adaptation_chunks import ChunkedJob
     from mamlctl.registry.db import open_registry
     from mamlctl.registry.model_files import remove_temporaries
 
@@ -204,7 +203,7 @@ def run_adaptation(
             if request.log_to_mlflow
             else None
         )
-        job = _Job(
+        job = ChunkedJob(
             settings=settings,
             factory=factory,
             request=request,
@@ -256,181 +255,3 @@ def run_adaptation(
         parity=job.parity,
         run_id=job.run_id,
     )
-
-
-class _Job:
-    """State of one job across chunks (kept out of ``run_adaptation`` for readability)."""
-
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        factory: sessionmaker[Session],
-        request: AdaptRequest,
-        initializer: Any,
-        ref: InitializerRef,
-        plan: Any,
-        job_hash: str,
-        now: datetime,
-        run_id: str | None,
-    ) -> None:
-        self.settings = settings
-        self.factory = factory
-        self.request = request
-        self.initializer = initializer
-        self.ref = ref
-        self.plan = plan
-        self.job_hash = job_hash
-        self.now = now
-        self.run_id = run_id
-        self.too_short: list[str] = []
-        self.parity: list[dict[str, Any]] = []
-        self._sums: dict[str, float] = {}
-        self._n = 0
-
-    def metrics(self) -> dict[str, float]:
-        from mamlctl.maml.onnx_parity import ParityStats, summarise
-
-        out = {k: v / self._n for k, v in self._sums.items()} if self._n else {}
-        stats = [
-            ParityStats(**{k: v for k, v in p.items() if k != "series_id"}) for p in self.parity
-        ]
-        out.update(summarise(stats))
-        return out
-
-    def run(
-        self,
-        selected: list[str],
-        current: dict[str, AdaptedModelRecord],
-        adapt_fn: Callable[..., Any],
-        progress: Progress | None,
-    ) -> dict[str, int]:
-        from mamlctl.maml.export import SeriesBatch, TemplateCache, export_to_files
-        from mamlctl.registry import queries as q
-        from mamlctl.registry.bulk_models import NewModel, record_models_bulk
-
-        templates = TemplateCache()  # exported on first use: a job with nothing to do skips it
-        need = self.plan.min_points
-        adapted = up_to_date = 0
-        total = len(selected)
-        step = max(1, self.request.chunk_series)
-        parity_every = max(1, total // max(1, self.request.parity_sample)) if total else 1
-        for start in range(0, total, step):
-            ids = selected[start : start + step]
-            histories: list[np.ndarray] = []
-            ends: list[int] = []
-            todo: list[str] = []
-            with self.factory() as session:
-                for sid in ids:
-                    values, positions = q.last_points(session, sid, need)
-                    if values.shape[0] < need:
-                        self.too_short.append(sid)
-                        continue
-                    end = int(positions[-1])
-                    rec = current.get(sid)
-                    if (
-                        not self.request.force
-                        and rec is not None
-                        and rec.support_end == end
-                        and rec.metadata.get(META_ADAPT_HASH) == self.job_hash
-                    ):
-                        up_to_date += 1
-                        continue
-                    histories.append(values)
-                    ends.append(end)
-                    todo.append(sid)
-            if todo:
-                template = templates.get(
-                    self.initializer.model_config, nonnegative=self.plan.nonnegative
-                )
-                result = adapt_fn(self.initializer, histories, plan=self.plan)
-                batch = SeriesBatch(
-                    series_ids=tuple(todo),
-                    params=result.params,
-                    loc=result.loc,
-                    scale=result.scale,
-                    residual_scale=result.residual_scale,
-                    threshold=result.threshold,
-                )
-                stored = export_to_files(
-                    template,
-                    batch,
-                    models_dir=self.settings.models_dir,
-                    initializer=self.ref,
-                    support=self.plan.support,
-                    adapted_at=self.now,
-                    workers=self.request.workers,
-                    loss=self.plan.loss,
-                )
-                self._check_parity(template, batch, stored, start, parity_every)
-                self._accumulate(result)
-                entries = [
-                    NewModel(
-                        series_id=sid,
-                        path=file.relpath,
-                        sha256=file.sha256,
-                        residual_scale=float(result.residual_scale[i]),
-                        threshold=float(result.threshold[i]),
-                        support_end=ends[i],
-                        metadata={
-                            META_ADAPT_HASH: self.job_hash,
-                            META_JOB_RUN: self.run_id or "",
-                            "loc": repr(float(result.loc[i])),
-                            "scale": repr(float(result.scale[i])),
-                        },
-                    )
-                    for i, (sid, file) in enumerate(zip(todo, stored, strict=True))
-                ]
-                with self.factory.begin() as session:
-                    record_models_bulk(
-                        session,
-                        registered_model=self.ref.registered_model,
-                        initializer_version=self.ref.version,
-                        support=self.plan.support,
-                        window=self.plan.window,
-                        horizon=self.plan.horizon,
-                        adapted_at=self.now,
-                        entries=entries,
-                    )
-                adapted += len(todo)
-            if progress is not None:
-                progress(min(start + step, total), total)
-        return {"adapted": adapted, "up_to_date": up_to_date}
-
-    def _accumulate(self, result: Any) -> None:
-        from mamlctl.maml.adaptation import summarise
-
-        n = len(result)
-        for k, v in summarise(result).items():
-            self._sums[k] = self._sums.get(k, 0.0) + v * n
-        self._n += n
-
-    def _check_parity(self, template: Any, batch: Any, stored: Any, start: int, every: int) -> None:
-        from mamlctl.maml.onnx_parity import check_parity, torch_reference
-        from mamlctl.registry.model_files import open_verified
-
-        for i in range(len(batch)):
-            if (start + i) % every or len(self.parity) >= self.request.parity_sample:
-                continue
-            blob = open_verified(
-                self.settings.models_dir, stored[i].relpath, sha256=stored[i].sha256
-            )
-            loc, scale = float(batch.loc[i]), float(batch.scale[i])
-            reference = torch_reference(
-                self.initializer.model(),
-                batch.params_of(i),
-                loc=loc,
-                scale=scale,
-                residual_scale=float(batch.residual_scale[i]),
-                horizon=template.horizon,
-                head=template.head,
-                nonnegative=template.nonnegative,
-            )
-            stats = check_parity(blob, reference, loc=loc, scale=scale, window=template.window)
-            if stats.max_rel_error > max(stats.tolerance, 2 * stats.resolution):
-                raise TrainingError(
-                    f"exported model of {batch.series_ids[i]} differs from torch by "
-                    f"{stats.max_rel_error:.3g} of its scale (limit {stats.tolerance}); "
-                    "nothing recorded for this chunk"
-                )
-            self.parity.append({"series_id": batch.series_ids[i], **stats.as_dict()})
