@@ -78,6 +78,8 @@ def test_recipe_initializer_adapts_on_mae_and_clips_calibration_forecasts_at_zer
     plan = _plan(init)
     assert (plan.loss, plan.nonnegative) == ("mae", True)
     assert plan.as_dict()["nonnegative"] is True
+    # written before the window-minimum bound was recorded: the clip at 0 it was trained with
+    assert (plan.floor_fraction, plan.as_dict()["floor_fraction"]) == (0.0, 0.0)
     old = _plan(_initializer())  # written before the recipe: MSE, no clip
     assert (old.loss, old.nonnegative) == ("mse", False)
 
@@ -127,6 +129,26 @@ def test_recipe_initializer_adapts_on_mae_and_clips_calibration_forecasts_at_zer
     assert (raw * scale + loc < 0).any()  # the clip acts on this series
     mae = np.abs(tail[k:] - forecast).mean()
     np.testing.assert_allclose(result.calibration_mae_adapted[0], mae, rtol=1e-5)
+
+    # an initializer recording floor_fraction: calibration forecasts are bounded by that
+    # fraction of each one-step window's minimum (same twin, same windows, shifted series)
+    shifted = init.train_config | {"floor_fraction": 1.0}
+    floored = Initializer(
+        model_config=config, params=init.params, task_spec=init.task_spec, train_config=shifted
+    )
+    fplan = _plan(floored)
+    assert (fplan.floor_fraction, fplan.as_dict()["floor_fraction"]) == (1.0, 1.0)
+    lift = 5.0  # every value >= 5: the clip at 0 would never act, the window minimum does
+    res = ad.adapt_histories(floored, [histories[0] + lift], plan=fplan)
+    up = windows + lift
+    zf = torch.from_numpy(((up - (loc + lift)) / scale).astype(np.float32))
+    with torch.no_grad():
+        rawf = torch.func.functional_call(init.model(), twin, (zf,))[:, 0].double().numpy()
+    unbounded = rawf * scale + loc + lift
+    bound = np.maximum(up.min(axis=1), 0.0)
+    assert (unbounded < bound).any() and (unbounded > bound).any()
+    mae = np.abs(tail[k:] + lift - np.maximum(unbounded, bound)).mean()
+    np.testing.assert_allclose(res.calibration_mae_adapted[0], mae, rtol=1e-5)
 
 
 def test_head_scope_adapts_the_last_layer_only_and_keeps_the_body_as_views() -> None:
