@@ -78,8 +78,16 @@ def main() -> None:
         return float(per.mean()), float(mase(corpus, target, fc, m=m).mean()), per
 
     s_sn, m_sn, per_sn = score(snaive)
-    print(json.dumps({"cfg": updates, "iterations": iters, "seeds": args.seeds,
-                      "train_s": round(time.perf_counter() - began, 1)}))
+    print(
+        json.dumps(
+            {
+                "cfg": updates,
+                "iterations": iters,
+                "seeds": args.seeds,
+                "train_s": round(time.perf_counter() - began, 1),
+            }
+        )
+    )
     print(f"seasonal_naive sMAPE {s_sn:.3f} MASE {m_sn:.3f}")
     for s in steps:
         for agg in ("mean", "median"):
@@ -90,11 +98,12 @@ def main() -> None:
                 fc = w * ens + (1 - w) * snaive
                 sm, ma, per = score(fc)
                 wins = int(np.sum(per < per_sn))
-                print(f"steps {s} {agg} w={w:.2f}: sMAPE {sm:.3f} MASE {ma:.3f} "
-                      f"(series better than snaive on sMAPE: {wins}/{n})")
+                print(
+                    f"steps {s} {agg} w={w:.2f}: sMAPE {sm:.3f} MASE {ma:.3f} "
+                    f"(series better than snaive on sMAPE: {wins}/{n})"
+                )
     if args.save:
-        np.savez(args.save, target=target, snaive=snaive,
-                 **{f"steps{s}": fcs[s] for s in steps})
+        np.savez(args.save, target=target, snaive=snaive, **{f"steps{s}": fcs[s] for s in steps})
 
 
 if __name__ == "__main__":
