@@ -220,17 +220,28 @@ def cached_home(
 
 
 def _wait_http(url: str, *, timeout: float, proc: subprocess.Popen[Any]) -> float:
-    import httpx
+    """Seconds until ``url`` answers 200, polled every 10 ms.
 
+    Polled with ``http.client`` (~0.06 ms of CPU a try): ``httpx.get`` builds a client and an
+    SSL context per call (~30 ms of CPU), which on this 2-core machine took most of a core away
+    from the server whose start is being timed."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
     start = time.perf_counter()
     while time.perf_counter() - start < timeout:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=1)
         try:
-            if httpx.get(url, timeout=1).status_code == 200:
+            conn.request("GET", parts.path or "/")
+            if conn.getresponse().status == 200:
                 return time.perf_counter() - start
-        except httpx.TransportError:
+        except (OSError, http.client.HTTPException):
             pass
+        finally:
+            conn.close()
         time.sleep(0.01)
     raise RuntimeError(f"{url} not ready after {timeout} s")
 
@@ -423,6 +434,12 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3, help="Interleaved repeats per run.")
     parser.add_argument(
+        "--only",
+        choices=("cold",),
+        default=None,
+        help="Run one part only: 'cold' = the many-series cold start and RSS (no wrk, no mlflow).",
+    )
+    parser.add_argument(
         "--homes",
         type=Path,
         default=None,
@@ -430,7 +447,7 @@ def main() -> None:
         "10k home takes minutes); default: a temporary folder removed at the end.",
     )
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
+    if args.only is None and shutil.which("wrk") is None:
         sys.exit("wrk is required (apt-get install wrk)")
     work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     homes = args.homes or work
@@ -443,151 +460,162 @@ def main() -> None:
     }
     try:
         values = load_m4_hourly()
-        log(f"building the M4 Hourly home ({len(values)} series)")
-        t = time.perf_counter()
         scope = args.adapt_scope
-        home = homes / ("m4" if scope == "all" else f"m4-{scope}")
-        ids, windows = cached_home(home, values, copies=1, seed=0, scope=scope)
-        result["setup_s"] = round(time.perf_counter() - t, 2)
-        rng = np.random.default_rng(1)
-        single = write_bodies(
-            work / "single.txt",
-            [{"series_id": sid, "window": windows[sid]} for sid in ids],
-        )
-        batch = write_bodies(
-            work / "batch.txt",
-            [
-                {"items": [{"series_id": s, "window": windows[s]} for s in rng.choice(ids, 256)]}
-                for _ in range(16)
-            ],
-        )
-        from mamlctl.serving.binary import encode_request
+        if args.only != "cold":
+            log(f"building the M4 Hourly home ({len(values)} series)")
+            t = time.perf_counter()
+            home = homes / ("m4" if scope == "all" else f"m4-{scope}")
+            ids, windows = cached_home(home, values, copies=1, seed=0, scope=scope)
+            result["setup_s"] = round(time.perf_counter() - t, 2)
+            rng = np.random.default_rng(1)
+            single = write_bodies(
+                work / "single.txt",
+                [{"series_id": sid, "window": windows[sid]} for sid in ids],
+            )
+            batch = write_bodies(
+                work / "batch.txt",
+                [
+                    {
+                        "items": [
+                            {"series_id": s, "window": windows[s]} for s in rng.choice(ids, 256)
+                        ]
+                    }
+                    for _ in range(16)
+                ],
+            )
+            from mamlctl.serving.binary import encode_request
 
-        batch_bin = work / "batch_bin.txt"  # hex lines; the Lua script decodes them
-        batch_bin.write_text(
-            "\n".join(
-                encode_request(
-                    [it["series_id"] for it in doc["items"]],
-                    [it["window"] for it in doc["items"]],
-                ).hex()
-                for doc in map(json.loads, batch.read_text().splitlines())
+            batch_bin = work / "batch_bin.txt"  # hex lines; the Lua script decodes them
+            batch_bin.write_text(
+                "\n".join(
+                    encode_request(
+                        [it["series_id"] for it in doc["items"]],
+                        [it["window"] for it in doc["items"]],
+                    ).hex()
+                    for doc in map(json.loads, batch.read_text().splitlines())
+                )
+                + "\n"
             )
-            + "\n"
-        )
-        port = _free_port()
-        proc, cold = start_mamlctl(home, port)
-        url = f"http://127.0.0.1:{port}/v1/score"
-        ours: dict[str, Any] = {
-            "cold_start_s": round(cold, 3),
-            "cold_start_cpu_s": round(cpu_seconds(proc.pid), 3),
-        }
-        ours["ready"] = json.loads(
-            subprocess.run(
-                ["curl", "-s", f"http://127.0.0.1:{port}/readyz"], capture_output=True, text=True
-            ).stdout
-        )
-        theirs: dict[str, Any] = {}
-        targets: dict[str, tuple[str, Path, int]] = {"mamlctl": (url, single, proc.pid)}
-        mproc = None
-        if not args.skip_mlflow:
-            from mamlctl.settings import Settings
+            port = _free_port()
+            proc, cold = start_mamlctl(home, port)
+            url = f"http://127.0.0.1:{port}/v1/score"
+            ours: dict[str, Any] = {
+                "cold_start_s": round(cold, 3),
+                "cold_start_cpu_s": round(cpu_seconds(proc.pid), 3),
+            }
+            ours["ready"] = json.loads(
+                subprocess.run(
+                    ["curl", "-s", f"http://127.0.0.1:{port}/readyz"],
+                    capture_output=True,
+                    text=True,
+                ).stdout
+            )
+            theirs: dict[str, Any] = {}
+            targets: dict[str, tuple[str, Path, int]] = {"mamlctl": (url, single, proc.pid)}
+            mproc = None
+            if not args.skip_mlflow:
+                from mamlctl.settings import Settings
 
-            one = next(Settings(home=home).models_dir.rglob("*.onnx")).read_bytes()
-            mbodies = write_bodies(  # mlflow serves one model: same-shaped real windows
-                work / "mlflow.txt",
-                [{"inputs": {"window": [windows[sid]]}} for sid in ids[:50]],
-            )
-            store = work / "mlflow"
-            store.mkdir()
-            log("starting mlflow models serve")
-            mport = _free_port()
-            mproc, mcold = start_mlflow(one, store, mport)
-            theirs["cold_start_s"] = round(mcold, 3)
-            murl = f"http://127.0.0.1:{mport}/invocations"
-            targets["mlflow"] = (murl, mbodies, mproc.pid)
-        # Both servers up; runs interleave (ours, mlflow, ours, ...) so a change in the shared
-        # machine's load hits both alike; medians over the repeats.
-        for name, (u, bodies, _) in targets.items():
-            log(f"{name}: warm-up")
-            wrk(u, bodies, connections=1, duration=1, work=work)
-        runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        for rep in range(args.repeats):
-            for c in (1, 8):
-                for name, (u, bodies, pid) in targets.items():
-                    r = wrk(u, bodies, connections=c, duration=args.duration, work=work, pid=pid)
-                    runs.setdefault((name, c), []).append(r)
-                    log(f"rep {rep} {name} c={c}: {r}")
-        for (name, c), rs in runs.items():
-            summary = {
-                key: round(statistics.median(r[key] for r in rs), 1)
-                for key in ("p50_us", "p99_us", "requests_per_s", "server_cpu_us_per_request")
-            }
-            summary["non_2xx"] = sum(r["non_2xx"] for r in rs)
-            summary["runs"] = len(rs)
-            (ours if name == "mamlctl" else theirs)[f"single_c{c}"] = summary
-        batch_runs = []
-        for _ in range(args.repeats):
-            b = wrk(url, batch, connections=2, duration=args.duration, work=work, pid=proc.pid)
-            batch_runs.append(b)
-            log(f"mamlctl batch: {b}")
-        ours["batch256"] = {
-            "rows_per_s": round(statistics.median(b["requests_per_s"] for b in batch_runs) * 256),
-            "server_cpu_ms_per_batch": round(
-                statistics.median(b["server_cpu_us_per_request"] for b in batch_runs) / 1e3, 2
-            ),
-            "capacity_rows_per_core_s": round(
-                statistics.median(b["capacity_req_per_core_s"] for b in batch_runs) * 256
-            ),
-            "p50_us": statistics.median(b["p50_us"] for b in batch_runs),
-            "non_2xx": sum(b["non_2xx"] for b in batch_runs),
-        }
-        bin_runs = []
-        for _ in range(args.repeats):
-            b = wrk(
-                url,
-                batch_bin,
-                connections=2,
-                duration=args.duration,
-                work=work,
-                pid=proc.pid,
-                content_type="application/octet-stream",
-            )
-            bin_runs.append(b)
-            log(f"mamlctl binary batch: {b}")
-        ours["batch256_binary"] = {
-            "rows_per_s": round(statistics.median(b["requests_per_s"] for b in bin_runs) * 256),
-            "server_cpu_ms_per_batch": round(
-                statistics.median(b["server_cpu_us_per_request"] for b in bin_runs) / 1e3, 3
-            ),
-            "capacity_rows_per_core_s": round(
-                statistics.median(b["capacity_req_per_core_s"] for b in bin_runs) * 256
-            ),
-            "p50_us": statistics.median(b["p50_us"] for b in bin_runs),
-            "non_2xx": sum(b["non_2xx"] for b in bin_runs),
-        }
-        ours.update(rss_mb(proc.pid))
-        stop(proc)
-        result["mamlctl"] = ours
-        if mproc is not None:
-            theirs.update(rss_mb(mproc.pid))
-            stop(mproc)
-            result["mlflow"] = theirs
-            result["speedup_rps"] = {
-                f"c{c}": round(
-                    ours[f"single_c{c}"]["requests_per_s"]
-                    / theirs[f"single_c{c}"]["requests_per_s"],
-                    2,
+                one = next(Settings(home=home).models_dir.rglob("*.onnx")).read_bytes()
+                mbodies = write_bodies(  # mlflow serves one model: same-shaped real windows
+                    work / "mlflow.txt",
+                    [{"inputs": {"window": [windows[sid]]}} for sid in ids[:50]],
                 )
-                for c in (1, 8)
+                store = work / "mlflow"
+                store.mkdir()
+                log("starting mlflow models serve")
+                mport = _free_port()
+                mproc, mcold = start_mlflow(one, store, mport)
+                theirs["cold_start_s"] = round(mcold, 3)
+                murl = f"http://127.0.0.1:{mport}/invocations"
+                targets["mlflow"] = (murl, mbodies, mproc.pid)
+            # Both servers up; runs interleave (ours, mlflow, ours, ...) so a change in the shared
+            # machine's load hits both alike; medians over the repeats.
+            for name, (u, bodies, _) in targets.items():
+                log(f"{name}: warm-up")
+                wrk(u, bodies, connections=1, duration=1, work=work)
+            runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+            for rep in range(args.repeats):
+                for c in (1, 8):
+                    for name, (u, bodies, pid) in targets.items():
+                        r = wrk(
+                            u, bodies, connections=c, duration=args.duration, work=work, pid=pid
+                        )
+                        runs.setdefault((name, c), []).append(r)
+                        log(f"rep {rep} {name} c={c}: {r}")
+            for (name, c), rs in runs.items():
+                summary = {
+                    key: round(statistics.median(r[key] for r in rs), 1)
+                    for key in ("p50_us", "p99_us", "requests_per_s", "server_cpu_us_per_request")
+                }
+                summary["non_2xx"] = sum(r["non_2xx"] for r in rs)
+                summary["runs"] = len(rs)
+                (ours if name == "mamlctl" else theirs)[f"single_c{c}"] = summary
+            batch_runs = []
+            for _ in range(args.repeats):
+                b = wrk(url, batch, connections=2, duration=args.duration, work=work, pid=proc.pid)
+                batch_runs.append(b)
+                log(f"mamlctl batch: {b}")
+            ours["batch256"] = {
+                "rows_per_s": round(
+                    statistics.median(b["requests_per_s"] for b in batch_runs) * 256
+                ),
+                "server_cpu_ms_per_batch": round(
+                    statistics.median(b["server_cpu_us_per_request"] for b in batch_runs) / 1e3, 2
+                ),
+                "capacity_rows_per_core_s": round(
+                    statistics.median(b["capacity_req_per_core_s"] for b in batch_runs) * 256
+                ),
+                "p50_us": statistics.median(b["p50_us"] for b in batch_runs),
+                "non_2xx": sum(b["non_2xx"] for b in batch_runs),
             }
-            result["speedup_cpu_per_request"] = {
-                f"c{c}": round(
-                    theirs[f"single_c{c}"]["server_cpu_us_per_request"]
-                    / ours[f"single_c{c}"]["server_cpu_us_per_request"],
-                    2,
+            bin_runs = []
+            for _ in range(args.repeats):
+                b = wrk(
+                    url,
+                    batch_bin,
+                    connections=2,
+                    duration=args.duration,
+                    work=work,
+                    pid=proc.pid,
+                    content_type="application/octet-stream",
                 )
-                for c in (1, 8)
+                bin_runs.append(b)
+                log(f"mamlctl binary batch: {b}")
+            ours["batch256_binary"] = {
+                "rows_per_s": round(statistics.median(b["requests_per_s"] for b in bin_runs) * 256),
+                "server_cpu_ms_per_batch": round(
+                    statistics.median(b["server_cpu_us_per_request"] for b in bin_runs) / 1e3, 3
+                ),
+                "capacity_rows_per_core_s": round(
+                    statistics.median(b["capacity_req_per_core_s"] for b in bin_runs) * 256
+                ),
+                "p50_us": statistics.median(b["p50_us"] for b in bin_runs),
+                "non_2xx": sum(b["non_2xx"] for b in bin_runs),
             }
+            ours.update(rss_mb(proc.pid))
+            stop(proc)
+            result["mamlctl"] = ours
+            if mproc is not None:
+                theirs.update(rss_mb(mproc.pid))
+                stop(mproc)
+                result["mlflow"] = theirs
+                result["speedup_rps"] = {
+                    f"c{c}": round(
+                        ours[f"single_c{c}"]["requests_per_s"]
+                        / theirs[f"single_c{c}"]["requests_per_s"],
+                        2,
+                    )
+                    for c in (1, 8)
+                }
+                result["speedup_cpu_per_request"] = {
+                    f"c{c}": round(
+                        theirs[f"single_c{c}"]["server_cpu_us_per_request"]
+                        / ours[f"single_c{c}"]["server_cpu_us_per_request"],
+                        2,
+                    )
+                    for c in (1, 8)
+                }
 
         copies = max(1, round(args.series / len(values)))
         log(f"building the {copies * len(values)}-series home")
