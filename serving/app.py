@@ -34,7 +34,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from mamlctl.errors import MamlctlError
-from mamlctl.serving import schemas
+from mamlctl.serving import limits
 from mamlctl.serving.binary import CONTENT_TYPE as BINARY_TYPE
 from mamlctl.serving.binary import score_binary
 from mamlctl.serving.metrics import Metrics
@@ -66,8 +66,8 @@ class ServeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     reload_interval: float = Field(default=2.0, gt=0, description="Seconds between DB polls.")
-    max_body_bytes: int = Field(default=schemas.DEFAULT_MAX_BODY, ge=1024)
-    max_batch: int = Field(default=schemas.DEFAULT_MAX_BATCH, ge=1)
+    max_body_bytes: int = Field(default=limits.DEFAULT_MAX_BODY, ge=1024)
+    max_batch: int = Field(default=limits.DEFAULT_MAX_BATCH, ge=1)
     reload: bool = Field(default=True, description="Poll the source for new models.")
 
 

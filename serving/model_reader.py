@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import stat
 from pathlib import Path
 
 from mamlctl.registry.model_files import open_verified
@@ -67,10 +68,28 @@ class VerifiedReader:
         except OSError:  # missing, a symlink (ELOOP), a folder...
             return None
         try:
-            with open(fd, "rb", closefd=True) as fh:
-                data = fh.read()
-        except OSError:  # a folder, an unreadable file
+            data = _read_regular(fd)
+        except OSError:  # an unreadable file
+            return None
+        finally:
+            os.close(fd)
+        if data is None:  # a folder, a device...
             return None
         if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), sha256.lower()):
             return None
         return data
+
+
+def _read_regular(fd: int) -> bytes | None:
+    """All bytes of the regular file ``fd`` (None when it is not one), read with ``os.read``
+    sized by ``fstat``: no file object per file (~5 us of GIL-holding CPU each at 10k files)."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    data = os.read(fd, st.st_size + 1)
+    if len(data) != st.st_size:  # a short read, or the file changed size: read to the end
+        parts = [data]
+        while part := os.read(fd, 1 << 20):
+            parts.append(part)
+        data = b"".join(parts)
+    return data

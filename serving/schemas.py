@@ -11,10 +11,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-#: Largest number of items in one batch request (more: 422). Configurable per app.
-DEFAULT_MAX_BATCH = 4096
-#: Largest request body in bytes (more: 413). Configurable per app.
-DEFAULT_MAX_BODY = 1 << 20
+from mamlctl.serving.limits import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY  # noqa: F401 (re-export)
 
 
 class _Doc(BaseModel):

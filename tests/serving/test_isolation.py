@@ -61,3 +61,17 @@ def test_server_imports_neither_torch_nor_mlflow(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"status": 200, "loaded": []}
+
+
+def test_cold_path_defers_fastapi_and_the_schemas() -> None:
+    """What ``mamlctl serve`` imports before /readyz (the HTTP protocol, the app, the state
+    loader) leaves FastAPI and the pydantic request schemas to the build after the load."""
+    code = (
+        "import sys, json; import mamlctl.serving.fastpath, mamlctl.serving.source; "
+        "print(json.dumps(sorted(m for m in ('fastapi', 'mamlctl.serving.schemas', "
+        "'mamlctl.serving.api') if m in sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
