@@ -8,7 +8,6 @@ each client's sequence must never go back from v2 to v1.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 import uvicorn
 from conftest import MLP
+from local_processes import free_port
 from serving_models import write_series
 
 from mamlctl.serving.app import ServeOptions, create_app
@@ -30,19 +30,13 @@ from mamlctl.settings import Settings
 IDS = [f"m{i}" for i in range(5)]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 def test_hot_reload_under_concurrent_requests(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path / "home")
     v1 = write_series(settings.models_dir, MLP, IDS, seed=1, version=1)
     source = StaticSource(v1, models_dir=settings.models_dir)
     app = create_app(settings, source, options=ServeOptions(reload_interval=0.05))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(  # the HTTP protocol `mamlctl serve` runs (POST /v1/score fast path)
         uvicorn.Config(
             app,
