@@ -82,6 +82,7 @@ def register(app: typer.Typer) -> None:
             workers=workers,
             loop="uvloop",
             http=http,
+            ws="none",  # no websocket endpoint: skip importing a websocket stack at start
             log_level=log_level,
             access_log=False,
             server_header=False,
