@@ -15,6 +15,8 @@ Database fixtures:
 * ``db_url``: parametrised over ``sqlite`` and ``postgres``; ``db_settings`` are Settings (and
   environment, for the CLI) pointing at it; ``engine``, ``session_factory``, ``session`` sit on
   it. ``sqlite_session`` is the SQLite-only session for tests that need no backend matrix.
+* ``mlflow_db_template``: an embedded MLflow SQLite file migrated once per session, for tests
+  to copy into their home.
 * ``seeded_registry``: ``db_settings`` plus a committed family ``sines`` of six seeded sine
   series (period 24, 240 points) for training/adaptation/serving tests.
 """
@@ -77,6 +79,19 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         engine.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An embedded MLflow SQLite file with MLflow's schema, migrated once per session (the
+    migrations take many seconds on a loaded machine); tests copy it into their home."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    client = MlflowClient(tracking_uri=f"sqlite:///{path}", registry_uri=f"sqlite:///{path}")
+    client.search_experiments()
+    client.search_registered_models()
     return path
 
 

@@ -1,5 +1,5 @@
-"""Fixtures of the end-to-end tests: a migrated embedded MLflow database made once per session
-(MLflow's migrations take many seconds on a loaded machine) and a home that uses it."""
+"""Fixtures of the end-to-end tests: a home whose embedded MLflow database is a copy of the root
+conftest's ``mlflow_db_template``."""
 
 from __future__ import annotations
 
@@ -10,17 +10,6 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
-@pytest.fixture(scope="session")
-def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    client = MlflowClient(tracking_uri=f"sqlite:///{path}", registry_uri=f"sqlite:///{path}")
-    client.search_experiments()
-    client.search_registered_models()
-    return path
 
 
 @pytest.fixture

@@ -27,21 +27,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An embedded MLflow SQLite file with MLflow's schema, made once (migrations take
-    seconds on a loaded machine) and copied into each test's home."""
-    from mlflow import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    client = MlflowClient(tracking_uri=f"sqlite:///{path}", registry_uri=f"sqlite:///{path}")
-    client.search_experiments()
-    client.search_registered_models()
-    return path
-
-
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, migrated_mlflow_db: Path) -> Path:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mlflow_db_template: Path) -> Path:
     """No MLflow/mamlctl URIs leak in from the environment; MAMLCTL_HOME is a fresh folder
     whose embedded MLflow database is a copy of the migrated template."""
     for key in (
@@ -55,7 +42,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, migrated_mlflow_d
         monkeypatch.delenv(key, raising=False)
     home = tmp_path / "home"
     (home / "mlflow").mkdir(parents=True)
-    shutil.copyfile(migrated_mlflow_db, home / "mlflow" / "mlflow.db")
+    shutil.copyfile(mlflow_db_template, home / "mlflow" / "mlflow.db")
     monkeypatch.setenv("MAMLCTL_HOME", str(home))
     return home
 
