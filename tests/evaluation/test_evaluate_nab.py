@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from nab_corpus_files import write_corpus
 from typer.testing import CliRunner
 
 from mamlctl.cli.app import app
@@ -37,27 +37,17 @@ N_ROWS = 400
 
 def make_corpus(root: Path) -> Path:
     rng = np.random.default_rng(0)
-    windows: dict[str, list[list[str]]] = {}
     spec = (("catA", "a", 300), ("catA", "b", 250), ("catB", "c", 320), ("catB", "d", None))
+    t = np.arange(N_ROWS)
+    stamps = [f"2020-01-{1 + m // 1440:02d} {m // 60 % 24:02d}:{m % 60:02d}:00" for m in t]
+    files = []
     for cat, name, spike in spec:
-        t = np.arange(N_ROWS)
         values = 10 + 3 * np.sin(2 * np.pi * t / 40) + rng.normal(0, 0.3, N_ROWS)
-        stamps = [f"2020-01-{1 + m // 1440:02d} {m // 60 % 24:02d}:{m % 60:02d}:00" for m in t]
         if spike is not None:
             values[spike] += 15.0
-            windows[f"{cat}/{name}.csv"] = [
-                [f"{stamps[spike - 10]}.000000", f"{stamps[spike + 9]}.000000"]
-            ]
-        else:
-            windows[f"{cat}/{name}.csv"] = []
-        rows = ["timestamp,value"] + [f"{s},{v}" for s, v in zip(stamps, values, strict=True)]
-        (root / "data" / cat).mkdir(parents=True, exist_ok=True)
-        (root / "data" / cat / f"{name}.csv.gz").write_bytes(
-            gzip.compress("\n".join(rows).encode())
-        )
-    (root / "labels").mkdir()
-    (root / "labels" / "combined_windows.json").write_text(json.dumps(windows))
-    return root
+        window = None if spike is None else (spike - 10, spike + 9)
+        files.append((cat, name, values, stamps, window))
+    return write_corpus(root, files)
 
 
 def _fitted(corpus: list[NabSeries]) -> tuple[NabDetectorConfig, object]:

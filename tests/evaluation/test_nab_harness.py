@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from nab_corpus_files import write_corpus
 
 from mamlctl.errors import InputError
 from mamlctl.evaluation.nab import (
@@ -22,25 +22,15 @@ from mamlctl.evaluation.nab_data import NabSeries, read_results
 
 def make_corpus(root: Path) -> Path:
     rng = np.random.default_rng(0)
-    windows: dict[str, list[list[str]]] = {}
+    stamps = [f"2020-01-01 {m // 60:02d}:{m % 60:02d}:00" for m in range(200)]
+    files = []
     for cat, name, spike in (("catA", "a", 150), ("catB", "b", 120), ("catB", "c", None)):
         values = 10 + rng.normal(0, 1, 200)
-        stamps = [f"2020-01-01 {m // 60:02d}:{m % 60:02d}:00" for m in range(200)]
         if spike is not None:
             values[spike] += 40.0
-            windows[f"{cat}/{name}.csv"] = [
-                [f"{stamps[spike - 5]}.000000", f"{stamps[spike + 4]}.000000"]
-            ]
-        else:
-            windows[f"{cat}/{name}.csv"] = []
-        rows = ["timestamp,value"] + [f"{t},{v}" for t, v in zip(stamps, values, strict=True)]
-        (root / "data" / cat).mkdir(parents=True, exist_ok=True)
-        (root / "data" / cat / f"{name}.csv.gz").write_bytes(
-            gzip.compress("\n".join(rows).encode())
-        )
-    (root / "labels").mkdir()
-    (root / "labels" / "combined_windows.json").write_text(json.dumps(windows))
-    return root
+        window = None if spike is None else (spike - 5, spike + 4)
+        files.append((cat, name, values, stamps, window))
+    return write_corpus(root, files)
 
 
 def oracle(series: NabSeries, probation: int) -> np.ndarray:
