@@ -421,6 +421,20 @@ def write_bodies(path: Path, docs: list[Any]) -> Path:
 # ----------------------------------------------------------------------------- main
 
 
+def batch_summary(runs: list[dict[str, Any]], *, ms_digits: int, rows: int = 256) -> dict[str, Any]:
+    """Medians over wrk runs of ``rows``-row batches: rows/s, server CPU per batch, p50."""
+    med = statistics.median
+    return {
+        "rows_per_s": round(med(b["requests_per_s"] for b in runs) * rows),
+        "server_cpu_ms_per_batch": round(
+            med(b["server_cpu_us_per_request"] for b in runs) / 1e3, ms_digits
+        ),
+        "capacity_rows_per_core_s": round(med(b["capacity_req_per_core_s"] for b in runs) * rows),
+        "p50_us": med(b["p50_us"] for b in runs),
+        "non_2xx": sum(b["non_2xx"] for b in runs),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="Seconds per wrk run.")
@@ -556,19 +570,7 @@ def main() -> None:
                 b = wrk(url, batch, connections=2, duration=args.duration, work=work, pid=proc.pid)
                 batch_runs.append(b)
                 log(f"mamlctl batch: {b}")
-            ours["batch256"] = {
-                "rows_per_s": round(
-                    statistics.median(b["requests_per_s"] for b in batch_runs) * 256
-                ),
-                "server_cpu_ms_per_batch": round(
-                    statistics.median(b["server_cpu_us_per_request"] for b in batch_runs) / 1e3, 2
-                ),
-                "capacity_rows_per_core_s": round(
-                    statistics.median(b["capacity_req_per_core_s"] for b in batch_runs) * 256
-                ),
-                "p50_us": statistics.median(b["p50_us"] for b in batch_runs),
-                "non_2xx": sum(b["non_2xx"] for b in batch_runs),
-            }
+            ours["batch256"] = batch_summary(batch_runs, ms_digits=2)
             bin_runs = []
             for _ in range(args.repeats):
                 b = wrk(
@@ -582,17 +584,7 @@ def main() -> None:
                 )
                 bin_runs.append(b)
                 log(f"mamlctl binary batch: {b}")
-            ours["batch256_binary"] = {
-                "rows_per_s": round(statistics.median(b["requests_per_s"] for b in bin_runs) * 256),
-                "server_cpu_ms_per_batch": round(
-                    statistics.median(b["server_cpu_us_per_request"] for b in bin_runs) / 1e3, 3
-                ),
-                "capacity_rows_per_core_s": round(
-                    statistics.median(b["capacity_req_per_core_s"] for b in bin_runs) * 256
-                ),
-                "p50_us": statistics.median(b["p50_us"] for b in bin_runs),
-                "non_2xx": sum(b["non_2xx"] for b in bin_runs),
-            }
+            ours["batch256_binary"] = batch_summary(bin_runs, ms_digits=3)
             ours.update(rss_mb(proc.pid))
             stop(proc)
             result["mamlctl"] = ours
