@@ -37,6 +37,9 @@ from mamlctl.errors import MamlctlError
 from mamlctl.serving import limits
 from mamlctl.serving.binary import CONTENT_TYPE as BINARY_TYPE
 from mamlctl.serving.binary import score_binary
+from mamlctl.serving.busypoll import DEFAULT_WINDOW as DEFAULT_BUSY_POLL
+from mamlctl.serving.busypoll import MAX_WINDOW as MAX_BUSY_POLL
+from mamlctl.serving.busypoll import BusyPoll
 from mamlctl.serving.metrics import Metrics
 from mamlctl.serving.scoring import ClientError, parse, score
 from mamlctl.serving.source import ModelSource
@@ -69,6 +72,12 @@ class ServeOptions(BaseModel):
     max_body_bytes: int = Field(default=limits.DEFAULT_MAX_BODY, ge=1024)
     max_batch: int = Field(default=limits.DEFAULT_MAX_BATCH, ge=1)
     reload: bool = Field(default=True, description="Poll the source for new models.")
+    busy_poll: float = Field(
+        default=DEFAULT_BUSY_POLL,
+        ge=0,
+        le=MAX_BUSY_POLL,
+        description="Seconds the event loop keeps polling after an answer (0: off; busypoll).",
+    )
 
 
 class StateHolder:
@@ -148,6 +157,7 @@ class ScoringApp:
         self._api_lock = threading.Lock()
         self._poller = _Poller(self, options.reload_interval, options.reload)
         self._poll_task: asyncio.Task[None] | None = None
+        self.busy_poll = BusyPoll(options.busy_poll)
         m = self.metrics
         self._latency = m.latency.labels(SCORE_PATH)
         self._ok = m.requests.labels(SCORE_PATH, "200")
@@ -210,6 +220,7 @@ class ScoringApp:
                 body = err
             status, payload, headers = self.answer_score(scope["headers"], body, start)
             await _send(send, status, payload, headers)
+            self.busy_poll.touch()
             return
         if self._token is not None and path not in OPEN_PATHS and not self._authorized(scope):
             self._count(path, 401, "unauthorized")
@@ -353,7 +364,8 @@ def create_app(
 def app_from_env() -> ScoringApp:
     """uvicorn ``--factory`` entry point: settings from the environment, registry source.
 
-    ``MAMLCTL_SERVE_RELOAD_INTERVAL`` sets the poll interval (``mamlctl serve`` passes it).
+    ``MAMLCTL_SERVE_RELOAD_INTERVAL`` sets the poll interval and ``MAMLCTL_SERVE_BUSY_POLL``
+    the busy-poll window in seconds (``mamlctl serve`` passes both).
     """
     import os
 
@@ -361,6 +373,6 @@ def app_from_env() -> ScoringApp:
 
     settings = Settings()
     interval = float(os.environ.get("MAMLCTL_SERVE_RELOAD_INTERVAL", "2.0"))
-    return create_app(
-        settings, RegistrySource(settings), options=ServeOptions(reload_interval=interval)
-    )
+    busy = float(os.environ.get("MAMLCTL_SERVE_BUSY_POLL", DEFAULT_BUSY_POLL))
+    options = ServeOptions(reload_interval=interval, busy_poll=busy)
+    return create_app(settings, RegistrySource(settings), options=options)

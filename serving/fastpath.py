@@ -100,6 +100,7 @@ class ScoreHttpProtocol(HttpToolsProtocol):
             head.append(b"connection: close\r\n")
         head += [b"\r\n", payload]
         self.transport.write(b"".join(head))
+        scoring.busy_poll.touch()
         if not keep_alive:
             self.transport.close()
             return

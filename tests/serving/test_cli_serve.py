@@ -22,13 +22,29 @@ def test_serve_runs_uvicorn_with_the_factory(
     monkeypatch.setenv("MAMLCTL_HOME", str(tmp_path))
     (tmp_path / "models").mkdir()
     result = CliRunner().invoke(
-        app, ["serve", "--port", "9123", "--workers", "2", "--reload-interval", "500ms"]
+        app,
+        [
+            *("serve", "--port", "9123", "--workers", "2", "--reload-interval", "500ms"),
+            *("--busy-poll", "250us"),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert seen["target"] == "mamlctl.serving.app:app_from_env" and seen["factory"] is True
     assert (seen["host"], seen["port"], seen["workers"]) == ("127.0.0.1", 9123, 2)
     assert (seen["loop"], seen["http"]) == ("uvloop", "mamlctl.serving.fastpath:ScoreHttpProtocol")
     assert os.environ["MAMLCTL_SERVE_RELOAD_INTERVAL"] == "0.5"
+    assert float(os.environ["MAMLCTL_SERVE_BUSY_POLL"]) == pytest.approx(250e-6)
+
+
+def test_busy_poll_zero_turns_it_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: None)
+    monkeypatch.setenv("MAMLCTL_HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    result = CliRunner().invoke(app, ["serve", "--busy-poll", "0"])
+    assert result.exit_code == 0, result.output
+    assert float(os.environ["MAMLCTL_SERVE_BUSY_POLL"]) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -36,13 +52,16 @@ def test_serve_runs_uvicorn_with_the_factory(
     [
         (["serve"], "models folder"),
         (["serve", "--reload-interval", "soon"], "invalid duration"),
+        (["serve", "--reload-interval", "0"], "must be positive"),
+        (["serve", "--busy-poll", "20ms"], "over the 10ms limit"),
+        (["serve", "--busy-poll", "-1us"], "invalid duration"),
     ],
 )
 def test_serve_errors_are_one_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: list[str], message: str
 ) -> None:
     monkeypatch.setenv("MAMLCTL_HOME", str(tmp_path / "empty"))
-    if "--reload-interval" in args:
+    if len(args) > 1:
         (tmp_path / "empty" / "models").mkdir(parents=True)
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1

@@ -233,7 +233,7 @@ def test_fast_path_answers_byte_identical_to_the_asgi_path(
 
 
 def test_fast_path_http_10_closes_and_keep_alive_reuses(live: tuple[Served, int]) -> None:
-    _, port = live
+    s, port = live
     body = orjson.dumps({"series_id": "m0", "window": [1.0] * 12})
     ((status, _, payload),) = _exchange(port, _post(body, version="1.0"), 1)
     assert status == 200 and orjson.loads(payload)["series_id"] == "m0"
@@ -242,6 +242,8 @@ def test_fast_path_http_10_closes_and_keep_alive_reuses(live: tuple[Served, int]
             sock.sendall(_post(body))
             data = sock.recv(65536)
             assert data.startswith(b"HTTP/1.1 200 OK")
+    # after each answer the loop polled (default 100 us window) instead of sleeping at once
+    assert s.app.busy_poll.window == 100e-6 and s.app.busy_poll.spins > 0
 
 
 # ----------------------------------------------------------------------------- head-only banks

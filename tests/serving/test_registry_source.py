@@ -85,8 +85,10 @@ def test_an_unreachable_database_keeps_the_last_state(tmp_path) -> None:  # type
     assert 'mamlctl_reloads_total{outcome="error"} 1.0' in metrics
 
 
-@pytest.mark.parametrize("text,seconds", [("2s", 2.0), ("500ms", 0.5), ("1m", 60.0), ("3", 3.0)])
+@pytest.mark.parametrize(
+    "text,seconds", [("2s", 2.0), ("500ms", 0.5), ("1m", 60.0), ("3", 3.0), ("100us", 1e-4)]
+)
 def test_reload_interval_parsing(text: str, seconds: float) -> None:
     from mamlctl.cli.serve import parse_duration
 
-    assert parse_duration(text) == seconds
+    assert parse_duration(text) == pytest.approx(seconds, rel=1e-12)
