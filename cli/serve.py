@@ -51,6 +51,16 @@ def register(app: typer.Typer) -> None:
                 envvar="MAMLCTL_SERVE_RELOAD_INTERVAL",
             ),
         ] = "2s",
+        batch_threads: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                max=64,
+                help="onnxruntime threads for calls of 32 or more rows (single rows always use"
+                " one).",
+                envvar="MAMLCTL_SERVE_BATCH_THREADS",
+            ),
+        ] = 2,
         busy_poll: Annotated[
             str,
             typer.Option(
@@ -87,6 +97,7 @@ def register(app: typer.Typer) -> None:
             http = "httptools"
         os.environ["MAMLCTL_SERVE_RELOAD_INTERVAL"] = str(interval)
         os.environ["MAMLCTL_SERVE_BUSY_POLL"] = str(busy)
+        os.environ["MAMLCTL_SERVE_BATCH_THREADS"] = str(batch_threads)
         uvicorn.run(
             "mamlctl.serving.app:app_from_env",
             factory=True,

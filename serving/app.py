@@ -41,6 +41,7 @@ from mamlctl.serving.busypoll import DEFAULT_WINDOW as DEFAULT_BUSY_POLL
 from mamlctl.serving.busypoll import MAX_WINDOW as MAX_BUSY_POLL
 from mamlctl.serving.busypoll import BusyPoll
 from mamlctl.serving.metrics import Metrics
+from mamlctl.serving.runtime import DEFAULT_BATCH_THREADS
 from mamlctl.serving.scoring import ClientError, parse, score
 from mamlctl.serving.source import ModelSource
 from mamlctl.serving.state import ServingState, build_state, empty_state
@@ -72,6 +73,12 @@ class ServeOptions(BaseModel):
     max_body_bytes: int = Field(default=limits.DEFAULT_MAX_BODY, ge=1024)
     max_batch: int = Field(default=limits.DEFAULT_MAX_BATCH, ge=1)
     reload: bool = Field(default=True, description="Poll the source for new models.")
+    batch_threads: int = Field(
+        default=DEFAULT_BATCH_THREADS,
+        ge=1,
+        le=64,
+        description="onnxruntime threads for calls of 32+ rows (1: one thread for all).",
+    )
     busy_poll: float = Field(
         default=DEFAULT_BUSY_POLL,
         ge=0,
@@ -83,9 +90,10 @@ class ServeOptions(BaseModel):
 class StateHolder:
     """The one mutable reference: the current :class:`ServingState`."""
 
-    def __init__(self, source: ModelSource, metrics: Metrics) -> None:
+    def __init__(self, source: ModelSource, metrics: Metrics, *, batch_threads: int = 1) -> None:
         self.source = source
         self.metrics = metrics
+        self.batch_threads = batch_threads
         self.state: ServingState = empty_state()
         self.ready = False
         self.last_error: str | None = None
@@ -104,6 +112,7 @@ class StateHolder:
                     models_dir=self.source.models_dir,
                     fingerprint=fingerprint,
                     generation=self.state.generation + 1,
+                    batch_threads=self.batch_threads,
                 )
             except Exception as err:  # the poller must survive anything a reload meets
                 self.last_error = (
@@ -150,7 +159,7 @@ class ScoringApp:
     def __init__(self, settings: Settings, source: ModelSource, options: ServeOptions) -> None:
         self.options = options
         self.metrics = Metrics.create()
-        self.holder = StateHolder(source, self.metrics)
+        self.holder = StateHolder(source, self.metrics, batch_threads=options.batch_threads)
         token = settings.api_token.get_secret_value() if settings.api_token else None
         self._token = f"Bearer {token}".encode() if token else None
         self._api: Any = None
@@ -364,8 +373,9 @@ def create_app(
 def app_from_env() -> ScoringApp:
     """uvicorn ``--factory`` entry point: settings from the environment, registry source.
 
-    ``MAMLCTL_SERVE_RELOAD_INTERVAL`` sets the poll interval and ``MAMLCTL_SERVE_BUSY_POLL``
-    the busy-poll window in seconds (``mamlctl serve`` passes both).
+    ``MAMLCTL_SERVE_RELOAD_INTERVAL`` sets the poll interval, ``MAMLCTL_SERVE_BUSY_POLL`` the
+    busy-poll window in seconds and ``MAMLCTL_SERVE_BATCH_THREADS`` the batch session's
+    threads (``mamlctl serve`` passes all three).
     """
     import os
 
@@ -374,5 +384,6 @@ def app_from_env() -> ScoringApp:
     settings = Settings()
     interval = float(os.environ.get("MAMLCTL_SERVE_RELOAD_INTERVAL", "2.0"))
     busy = float(os.environ.get("MAMLCTL_SERVE_BUSY_POLL", DEFAULT_BUSY_POLL))
-    options = ServeOptions(reload_interval=interval, busy_poll=busy)
+    threads = int(os.environ.get("MAMLCTL_SERVE_BATCH_THREADS", DEFAULT_BATCH_THREADS))
+    options = ServeOptions(reload_interval=interval, busy_poll=busy, batch_threads=threads)
     return create_app(settings, RegistrySource(settings), options=options)

@@ -279,8 +279,12 @@ def build_state(
     models_dir: Path,
     fingerprint: str,
     generation: int,
+    batch_threads: int = 1,
 ) -> ServingState:
-    """Load, verify and bank every record's model file; see the module docstring."""
+    """Load, verify and bank every record's model file; see the module docstring.
+
+    ``batch_threads`` > 1 gives each bank a second session with that many intra-op threads
+    for large batches (:class:`BankRuntime`)."""
     start = time.perf_counter()
     records = list(records)
     builders: dict[Any, BankBuilder] = {}
@@ -319,7 +323,9 @@ def build_state(
     runtimes: list[Runtime] = []
     entries: dict[str, SeriesEntry] = {}
     for key, items in groups.items():
-        runtime = _runtime_for(builders.pop(key), items, models_dir=models_dir)
+        runtime = _runtime_for(
+            builders.pop(key), items, models_dir=models_dir, batch_threads=batch_threads
+        )
         group = len(runtimes)
         runtimes.append(runtime)
         for row, item in enumerate(items):
@@ -349,9 +355,11 @@ def _release_free_memory() -> None:
         pass
 
 
-def _runtime_for(builder: BankBuilder, items: list[_Loaded], *, models_dir: Path) -> Runtime:
+def _runtime_for(
+    builder: BankBuilder, items: list[_Loaded], *, models_dir: Path, batch_threads: int
+) -> Runtime:
     try:
-        return BankRuntime.from_bank(builder.build())
+        return BankRuntime.from_bank(builder.build(), batch_threads=batch_threads)
     except BankUnsupported as err:
         log.warning(
             "serving %d series with one session each (graph cannot bank: %s)", len(items), err

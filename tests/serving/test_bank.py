@@ -192,3 +192,24 @@ def test_bank_of_real_exported_files(kind: str, head: str) -> None:
         ref_f, ref_s = make_session(blob).run(None, {"window": windows[rows == i]})
         assert (np.abs(forecast[rows == i] - ref_f) <= _tolerance(ref_f, scales[i])).all()
         assert (np.abs(sigma[rows == i] - ref_s) <= _tolerance(ref_s, scales[i])).all()
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.kind}-{s.head}")
+def test_batch_session_threads_give_the_one_thread_numbers(spec: Spec) -> None:
+    """Batches of 32+ rows run on the multi-threaded batch session: onnxruntime splits the
+    rows, not the sums inside a row, so every number equals the one-thread session's."""
+    from mamlctl.serving.runtime import BATCH_MIN_ROWS
+
+    blobs, infos = _files(spec, 9, seed=5)
+    models = [bk.normalise_constants(onnx.load_from_string(b)) for b in blobs]
+    graph = bk.build_bank(models[0], bk.stack_rows([bk.initializer_arrays(m) for m in models]))
+    one = BankRuntime.from_bank(graph)
+    two = BankRuntime.from_bank(graph, batch_threads=2)
+    assert one.batch_session is None and two.batch_session is not None
+    assert two.batch_session.get_session_options().intra_op_num_threads == 2
+    rng = np.random.default_rng(11)
+    for size in (BATCH_MIN_ROWS - 1, BATCH_MIN_ROWS, 257):
+        rows = rng.integers(0, 9, size=size)
+        windows = _windows(infos, rows, spec.window, rng)
+        for got, ref in zip(two.run(windows, rows), one.run(windows, rows), strict=True):
+            assert np.array_equal(got, ref)

@@ -25,7 +25,7 @@ def test_serve_runs_uvicorn_with_the_factory(
         app,
         [
             *("serve", "--port", "9123", "--workers", "2", "--reload-interval", "500ms"),
-            *("--busy-poll", "250us"),
+            *("--busy-poll", "250us", "--batch-threads", "3"),
         ],
     )
     assert result.exit_code == 0, result.output
@@ -34,6 +34,7 @@ def test_serve_runs_uvicorn_with_the_factory(
     assert (seen["loop"], seen["http"]) == ("uvloop", "mamlctl.serving.fastpath:ScoreHttpProtocol")
     assert os.environ["MAMLCTL_SERVE_RELOAD_INTERVAL"] == "0.5"
     assert float(os.environ["MAMLCTL_SERVE_BUSY_POLL"]) == pytest.approx(250e-6)
+    assert os.environ["MAMLCTL_SERVE_BATCH_THREADS"] == "3"
 
 
 def test_busy_poll_zero_turns_it_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -67,3 +68,18 @@ def test_serve_errors_are_one_line(
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_the_factory_reads_the_serve_options(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from mamlctl.serving.app import app_from_env
+
+    monkeypatch.setenv("MAMLCTL_HOME", str(tmp_path))
+    monkeypatch.setenv("MAMLCTL_SERVE_RELOAD_INTERVAL", "0.5")
+    monkeypatch.setenv("MAMLCTL_SERVE_BUSY_POLL", "0.00025")
+    monkeypatch.setenv("MAMLCTL_SERVE_BATCH_THREADS", "3")
+    scoring = app_from_env()
+    options = scoring.options
+    assert (options.reload_interval, options.busy_poll, options.batch_threads) == (0.5, 0.00025, 3)
+    assert scoring.holder.batch_threads == 3 and scoring.busy_poll.window == 0.00025
