@@ -246,13 +246,16 @@ def _wait_http(url: str, *, timeout: float, proc: subprocess.Popen[Any]) -> floa
     raise RuntimeError(f"{url} not ready after {timeout} s")
 
 
+SERVE_ARGS: list[str] = []  # --serve-args: extra `mamlctl serve` options (ablations)
+
+
 def start_mamlctl(home: Path, port: int) -> tuple[subprocess.Popen[Any], float]:
     env = {**os.environ, "MAMLCTL_HOME": str(home), "OMP_NUM_THREADS": "1"}
     env.pop("MAMLCTL_API_TOKEN", None)
     exe = Path(sys.executable).with_name("mamlctl")
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [str(exe), "serve", "--port", str(port), "--reload-interval", "2s"],
+        [str(exe), "serve", "--port", str(port), "--reload-interval", "2s", *SERVE_ARGS],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -446,6 +449,14 @@ def main() -> None:
         default="all",
         help="Per-series weights: every layer (full adaptation) or the last layer only (ANIL).",
     )
+    parser.add_argument(
+        "--serve-args",
+        default="",
+        help="Extra `mamlctl serve` options, e.g. '--busy-poll 0 --batch-threads 1'.",
+    )
+    parser.add_argument(
+        "--cold-runs", type=int, default=5, help="Cold starts of the many-series server."
+    )
     parser.add_argument("--repeats", type=int, default=3, help="Interleaved repeats per run.")
     parser.add_argument(
         "--only",
@@ -461,6 +472,7 @@ def main() -> None:
         "10k home takes minutes); default: a temporary folder removed at the end.",
     )
     args = parser.parse_args()
+    SERVE_ARGS[:] = args.serve_args.split()
     if args.only is None and shutil.which("wrk") is None:
         sys.exit("wrk is required (apt-get install wrk)")
     work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
@@ -471,6 +483,7 @@ def main() -> None:
         "model": {"kind": "mlp", "window": L, "horizon": H, "hidden": list(HIDDEN), "head": "mean"},
         "duration_s_per_run": args.duration,
         "adapt_scope": args.adapt_scope,
+        "serve_args": SERVE_ARGS or "defaults (--busy-poll 100us --batch-threads 2)",
     }
     try:
         values = load_m4_hourly()
@@ -614,7 +627,7 @@ def main() -> None:
         big = homes / ("big" if scope == "all" else f"big-{scope}")
         cached_home(big, values, copies=copies, seed=2, store_points=L + H, scope=scope)
         colds, cold_cpu, rss = [], [], {}
-        for _ in range(2):
+        for _ in range(args.cold_runs):
             port = _free_port()
             proc, cold = start_mamlctl(big, port)
             colds.append(cold)
