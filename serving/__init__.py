@@ -7,6 +7,10 @@ Modules, in the order a request meets them:
   OpenAPI); ``app_from_env()`` is the uvicorn factory behind ``mamlctl serve``.
 - :mod:`~mamlctl.serving.fastpath`: uvicorn's httptools protocol answering ``POST /v1/score``
   straight from the parser (same answer function as the ASGI path; ``mamlctl serve`` uses it).
+- :mod:`~mamlctl.serving.busypoll`: keeps the event loop polling for a short window after each
+  answer, so the next request does not pay a CPU wake-up (``--busy-poll``).
+- :mod:`~mamlctl.serving.limits`: body and batch limits; :mod:`~mamlctl.serving.api`: the
+  FastAPI part (``/v1/series``, ``/metrics``, OpenAPI), built after the models load.
 - :mod:`~mamlctl.serving.binary`: the binary batch format (``application/octet-stream``).
 - :mod:`~mamlctl.serving.scoring`: request bytes -> validated items -> one ``run`` per group ->
   response bytes; anomaly scores from :mod:`mamlctl.timeseries.anomaly`.
@@ -14,8 +18,12 @@ Modules, in the order a request meets them:
   lineage) built by ``build_state(records, models_dir=..., fingerprint=..., generation=...)``.
 - :mod:`~mamlctl.serving.source`: where records come from (``RegistrySource(settings)`` reads
   the registry database; ``StaticSource(records, models_dir=...)`` for tests and embedding).
-- :mod:`~mamlctl.serving.bank`: per-series ONNX files -> one bank graph per structure.
-- :mod:`~mamlctl.serving.runtime`: onnxruntime sessions (1 intra-op, 1 inter-op thread).
+- :mod:`~mamlctl.serving.model_reader`, :mod:`~mamlctl.serving.layout`: verified reads of many
+  model files, and their numbers read at known byte offsets after the first file of a structure.
+- :mod:`~mamlctl.serving.bank` (+ :mod:`~mamlctl.serving.bank_rewrite`): per-series ONNX files
+  -> one bank graph per structure.
+- :mod:`~mamlctl.serving.runtime`: onnxruntime sessions (1 intra-op, 1 inter-op thread; a
+  bank's batch session with ``--batch-threads`` threads for calls of 32+ rows).
 - :mod:`~mamlctl.serving.schemas`, :mod:`~mamlctl.serving.metrics`: OpenAPI documents and
   Prometheus metrics.
 """
