@@ -599,6 +599,11 @@ def main() -> None:
                 log(f"mamlctl binary batch: {b}")
             ours["batch256_binary"] = batch_summary(bin_runs, ms_digits=3)
             ours.update(rss_mb(proc.pid))
+            # what busy polling and the batch threads' spinning cost once traffic stops
+            time.sleep(0.5)
+            idle_cpu = cpu_seconds(proc.pid)
+            time.sleep(3.0)
+            ours["idle_cpu_pct"] = round(100 * (cpu_seconds(proc.pid) - idle_cpu) / 3.0, 1)
             stop(proc)
             result["mamlctl"] = ours
             if mproc is not None:
