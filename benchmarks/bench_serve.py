@@ -108,7 +108,7 @@ def build_home(
 
     from mamlctl.domain import Family, InitializerRef, Series
     from mamlctl.maml.export import SeriesBatch, export_to_files, template_for_config
-    from mamlctl.maml.models import MLPConfig, build_model
+    from mamlctl.maml.models import MLPConfig, build_model, head_names
     from mamlctl.registry import queries as q
     from mamlctl.registry.db import open_registry
     from mamlctl.registry.ingest import IncomingSeries, store_series
@@ -119,7 +119,9 @@ def build_home(
     settings = Settings(home=home)
     settings.ensure_home()
     config = MLPConfig(input_size=L, output_size=H, hidden=HIDDEN, head="mean")
-    template = template_for_config(config)
+    head = set(head_names(config))  # the last Linear: weight and bias
+    # the product's export: per-series layers in the batched linear form (served bit-exact)
+    template = template_for_config(config, per_series=None if scope == "all" else sorted(head))
     torch.manual_seed(seed)
     base = {n: p.detach().numpy().copy() for n, p in build_model(config).named_parameters()}
     rng = np.random.default_rng(seed)
@@ -132,7 +134,6 @@ def build_home(
             tails.append(vals[-K:])
     n = len(ids)
     loc, scale = support_stats(np.stack(tails))
-    head = set(list(base)[-2:])  # the last Linear: weight and bias
     params = {
         name: (
             arr[None] + rng.normal(0, 0.01, size=(n, *arr.shape))
@@ -204,7 +205,8 @@ def cached_home(
 ) -> tuple[list[str], dict[str, list[float]]]:
     """:func:`build_home`, reusing a complete earlier build of the same arguments."""
     marker = home / "bench-home.json"
-    key = {k: v for k, v in kwargs.items() if (k, v) != ("scope", "all")}  # old homes stay valid
+    key = {k: v for k, v in kwargs.items() if (k, v) != ("scope", "all")}
+    key["export"] = "batched-linear"  # homes exported before the batched linear form: rebuilt
     if marker.exists():
         saved = json.loads(marker.read_text())
         if saved["key"] == key:

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -320,7 +320,7 @@ class TemplateCache:
     """Templates by (config hash, opset, lower bound): one ``torch.onnx.export`` each."""
 
     def __init__(self) -> None:
-        self._templates: dict[tuple[str, int, bool, float], OnnxTemplate] = {}
+        self._templates: dict[tuple[Any, ...], OnnxTemplate] = {}
 
     def get(
         self,
@@ -329,15 +329,22 @@ class TemplateCache:
         opset: int | None = None,
         nonnegative: bool = False,
         floor_fraction: float = 0.0,
+        per_series: Collection[str] | None = None,
     ) -> OnnxTemplate:
-        """The template of a ``maml.models`` config (``MLPConfig`` / ``ConvConfig``)."""
+        """The template of a ``maml.models`` config (``MLPConfig`` / ``ConvConfig``);
+        ``per_series``: the parameters adapted per series (None: all)."""
         from mamlctl.maml.models import config_to_dict
 
         fraction = float(floor_fraction) if nonnegative else 0.0
-        key = (config_hash(config_to_dict(config)), opset or OPSET, nonnegative, fraction)
+        adapted = None if per_series is None else tuple(sorted(per_series))
+        key = (config_hash(config_to_dict(config)), opset or OPSET, nonnegative, fraction, adapted)
         if key not in self._templates:
             self._templates[key] = template_for_config(
-                config, opset=key[1], nonnegative=nonnegative, floor_fraction=fraction
+                config,
+                opset=key[1],
+                nonnegative=nonnegative,
+                floor_fraction=fraction,
+                per_series=adapted,
             )
         return self._templates[key]
 
@@ -349,6 +356,7 @@ def template_for_config(
     seed: int = 0,
     nonnegative: bool = False,
     floor_fraction: float = 0.0,
+    per_series: Collection[str] | None = None,
 ) -> OnnxTemplate:
     """Build the template of a ``maml.models`` config (exports once; ~1 s)."""
     import torch
@@ -369,6 +377,7 @@ def template_for_config(
         seed=seed,
         nonnegative=nonnegative,
         floor_fraction=floor_fraction,
+        per_series=per_series,
     )
 
 

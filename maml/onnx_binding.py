@@ -10,7 +10,7 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -83,6 +83,12 @@ def bind(
                 hits.append((name, False))
             elif value.ndim == 2 and arr.shape == value.T.shape and np.array_equal(arr, value.T):
                 hits.append((name, True))
+            elif (
+                value.ndim == 2
+                and arr.shape == (1, *value.T.shape)
+                and np.array_equal(arr[0], value.T)
+            ):  # the [1, in, out] weight of batched_linear_form
+                hits.append((name, True))
         named = [h for h in hits if h[0] in (prefix + param, param)]
         chosen = named or hits
         if not chosen:
@@ -122,3 +128,71 @@ def locate(serialized: bytes, model: onnx.ModelProto, names: set[str]) -> dict[s
 
 class NotUnique(Exception):
     """A sentinel's bytes occur more than once in the serialized graph."""
+
+
+def batched_linear_form(model: onnx.ModelProto, weights: Collection[str]) -> set[str]:
+    """Rewrite each linear layer whose weight initializer is in ``weights`` from
+    ``Gemm(x, W, b)`` to ``Unsqueeze(x, 1) -> MatMul(., Wt) -> Squeeze(1) -> Add(b)``, with
+    ``Wt`` the ``[in, out]`` weight stored as ``[1, in, out]``; returns the names of the weights
+    whose stored layout was transposed by the rewrite.
+
+    Why: the scoring server runs the rows of many series through one batched
+    ``MatMul([B, 1, in], [B, in, out])``. onnxruntime computes that with the same kernel as this
+    form's ``[1, 1, in] @ [1, in, out]``, so a served forecast is bit-identical to what the file
+    gives for the same window, whereas a ``Gemm`` (or a 2-D ``MatMul``) sums in another order
+    and differs in the last bits. Only per-series weights take this form: a weight shared by
+    every series stays a ``Gemm``, whose results do not depend on how many rows share a call.
+    A ``Gemm`` with ``transA``, ``alpha``/``beta`` other than 1, or a weight used twice is left
+    as it is.
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {init.name: init for init in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    flipped: set[str] = set()
+    changed = False
+    axes_name = "mamlctl_batched_linear_axes"
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        weight = node.input[1] if node.op_type == "Gemm" and len(node.input) > 1 else ""
+        if (
+            weight not in weights
+            or weight not in inits
+            or uses.get(weight) != 1
+            or attrs.get("transA", 0)
+            or float(attrs.get("alpha", 1.0)) != 1.0
+            or float(attrs.get("beta", 1.0)) != 1.0
+        ):
+            nodes.append(node)
+            continue
+        array = numpy_helper.to_array(inits[weight])
+        if array.ndim != 2:
+            nodes.append(node)
+            continue
+        transposed = bool(attrs.get("transB", 0))
+        stored = np.ascontiguousarray((array.T if transposed else array)[None], dtype="<f4")
+        inits[weight].CopyFrom(numpy_helper.from_array(stored, weight))
+        if transposed:
+            flipped.add(weight)
+        changed = True
+        out = node.output[0]
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        product = f"{out}.batched_linear" if bias else out
+        nodes += [
+            helper.make_node("Unsqueeze", [node.input[0], axes_name], [f"{out}.x3"]),
+            helper.make_node("MatMul", [f"{out}.x3", weight], [f"{out}.y3"]),
+            helper.make_node("Squeeze", [f"{out}.y3", axes_name], [product]),
+        ]
+        if bias:
+            nodes.append(helper.make_node("Add", [product, bias], [out]))
+    if changed:
+        model.graph.initializer.append(
+            numpy_helper.from_array(np.array([1], dtype="<i8"), axes_name)
+        )
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return flipped

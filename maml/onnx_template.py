@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ import numpy.typing as npt
 from mamlctl.errors import ConfigError, InputError
 from mamlctl.maml.onnx_binding import (
     NotUnique,
+    batched_linear_form,
     bind,
     locate,
     normalise_raw,
@@ -174,6 +175,7 @@ def build_template(
     verify: bool = True,
     nonnegative: bool = False,
     floor_fraction: float = 0.0,
+    per_series: Collection[str] | None = None,
 ) -> OnnxTemplate:
     """Export the contract graph around ``core`` once; see the module docstring.
 
@@ -181,6 +183,11 @@ def build_template(
     ``[B, 2*horizon]`` (gaussian head). Its values are not used (the template is filled with
     random sentinels); only its structure is. Raises :class:`ConfigError` when the graph cannot
     be patched reliably.
+
+    ``per_series`` names the parameters that differ between series (None: all of them, the
+    default adaptation; the last layer for head-only adaptation). Their linear layers are
+    written in the batched form of :func:`~mamlctl.maml.onnx_binding.batched_linear_form`, so
+    the scoring server's answers equal the file's bit for bit.
     """
     if opset < 17:
         raise ConfigError(f"opset {opset} is below the contract's minimum of 17")
@@ -202,6 +209,7 @@ def build_template(
                 verify=verify,
                 nonnegative=nonnegative,
                 floor_fraction=floor_fraction,
+                per_series=per_series,
             )
         except NotUnique as err:  # a 4-byte sentinel collided with other bytes: reseed
             last_err = err
@@ -220,6 +228,7 @@ def _build_once(
     verify: bool,
     nonnegative: bool,
     floor_fraction: float,
+    per_series: Collection[str] | None = None,
 ) -> OnnxTemplate:
     import torch
 
@@ -270,6 +279,9 @@ def _build_once(
     present = {i.name for i in model.graph.initializer}
     # residual_scale is absent from a gaussian graph (sigma comes from the head there).
     scalar_bound = bind(model, {n: v for n, v in scalar_values.items() if n in present}, "")
+    wanted = set(values) if per_series is None else set(per_series)
+    flipped = batched_linear_form(model, {name for name, p, _ in bound if p in wanted})
+    bound = [(name, p, (not t) if name in flipped else t) for name, p, t in bound]
     names = {name for name, _, _ in bound + scalar_bound}
     for required in (LOC, SCALE):
         if required not in names:

@@ -70,6 +70,7 @@ class ChunkedJob:
         progress: Progress | None,
     ) -> dict[str, int]:
         from mamlctl.maml.export import SeriesBatch, TemplateCache, export_to_files
+        from mamlctl.maml.models import adapt_names_for
         from mamlctl.registry import queries as q
         from mamlctl.registry.bulk_models import NewModel, record_models_bulk
 
@@ -104,10 +105,12 @@ class ChunkedJob:
                     ends.append(end)
                     todo.append(sid)
             if todo:
+                config = self.initializer.model_config
                 template = templates.get(
                     self.initializer.model_config,
                     nonnegative=self.plan.nonnegative,
                     floor_fraction=self.plan.floor_fraction,
+                    per_series=adapt_names_for(config, self.plan.adapt_scope),
                 )
                 result = adapt_fn(self.initializer, histories, plan=self.plan)
                 batch = SeriesBatch(

@@ -25,8 +25,14 @@ structure:
 
 The bank graph is derived from the file's own graph (not re-implemented from the model config),
 so any architecture made of these operators banks, and the numbers are computed in the same
-order as the file computes them: elementwise steps give bit-identical results, batched MatMul
-may differ from Gemm in the last bits (tests bound it at 1e-6 of the series' scale). A graph
+order as the file computes them: elementwise steps give bit-identical results. Files written by
+mamlctl's export hold each per-series linear layer in the *batched linear form*
+``Unsqueeze(x) [1, 1, in] @ W [1, in, out] -> Squeeze`` (see
+:func:`mamlctl.maml.onnx_binding.batched_linear_form`); the bank runs it as ``[B, 1, in] @
+[B, in, out]``, which onnxruntime computes with the same kernel, so a served forecast equals
+the file's output for that window bit for bit (tested for every batch size and the batch
+session's threads). Other files (a ``Gemm`` with a per-series weight, a Conv) may differ from
+the file in the last bits (tests bound it at 1e-6 of the series' scale). A graph
 using a banked number in any other way raises :class:`BankUnsupported`; the caller then serves
 that group with one session per series (see :mod:`mamlctl.serving.runtime`).
 """
@@ -363,9 +369,12 @@ def build_bank(template: onnx.ModelProto, stacked: Mapping[str, npt.NDArray[Any]
         raise BankUnsupported("no series to bank")
     banks: dict[str, npt.NDArray[Any]] = {}
     shared: dict[str, npt.NDArray[Any]] = {}
+    per_row = _per_row_weights(graph, stacked)
     for name in names:
         arr = stacked[name]
-        if (arr.ndim and arr.strides[0] == 0) or _all_rows_equal(arr):
+        if name in per_row:  # gathered even when equal everywhere: see _per_row_weights
+            banks[name] = np.ascontiguousarray(arr)
+        elif (arr.ndim and arr.strides[0] == 0) or _all_rows_equal(arr):
             shared[name] = np.array(arr[0], copy=True)
         elif arr.dtype.kind == "f":
             banks[name] = arr
@@ -404,6 +413,23 @@ def build_bank(template: onnx.ModelProto, stacked: Mapping[str, npt.NDArray[Any]
     model = helper.make_model(new_graph, opset_imports=list(template.opset_import))
     model.ir_version = template.ir_version
     return BankGraph(model=model, banks=feeds, n_rows=n_rows, window=window_shape, outputs=outputs)
+
+
+def _per_row_weights(graph: onnx.GraphProto, stacked: Mapping[str, npt.NDArray[Any]]) -> set[str]:
+    """Weights ``[1, in, out]`` of the export's batched linear form (a per-series layer).
+
+    The file computes ``[1, 1, in] @ [1, in, out]``; the bank computes ``[B, 1, in] @ [B, in,
+    out]`` with the same kernel, hence the same bits. A weight kept as a shared constant would
+    instead run as ``[B, 1, in] @ [1, in, out]``, which onnxruntime may compute another way
+    when B > 1, so these weights are gathered per row even in the rare group where every file
+    holds the same values (one series, say)."""
+    found: set[str] = set()
+    for node in graph.node:
+        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in stacked:
+            arr = stacked[node.input[1]]
+            if arr.ndim == 4 and arr.shape[1] == 1 and arr.dtype.kind == "f":
+                found.add(node.input[1])
+    return found
 
 
 def _value_ranks_input(template: onnx.ModelProto) -> int:

@@ -276,7 +276,9 @@ class Rewriter:
         if a in self.banks or b not in self.banks:
             raise BankUnsupported("MatMul with a banked left operand")
         w = self.banks[b]
-        if w.ndim != 3:
+        # [N, in, out], or [N, 1, in, out] times a [B, 1, in] value: the batched linear form of
+        # the export (mamlctl.maml.onnx_binding.batched_linear_form)
+        if not (w.ndim == 3 or (w.ndim == 4 and w.shape[1] == 1 and self._rank(a) == 3)):
             raise BankUnsupported("MatMul with a banked operand that is not a matrix")
         self._batched_matmul(a, w, node.output[0], b)
 

@@ -77,3 +77,104 @@ def test_exported_files_bank_in_the_server_with_identical_outputs(
         tol = 1e-5 * batch.scale[r]
         np.testing.assert_allclose(forecast[j], f1[0], rtol=0, atol=tol)
         np.testing.assert_allclose(sigma[j], s1[0], rtol=0, atol=tol)
+
+
+EXACT_MLP = {
+    "kind": "mlp",
+    "input_size": 24,
+    "hidden": [16, 16],
+    "output_size": 6,
+    "head": "mean",
+    "season_skip": 12,
+}
+
+
+@pytest.mark.parametrize("scope", ["all", "head"])
+def test_served_forecasts_equal_each_file_bit_for_bit(template_cache: Any, scope: str) -> None:
+    """The export writes per-series linear layers in the batched form; the server's bank then
+    computes every row with the kernel the file uses for one window, so for any batch size --
+    including the multi-threaded batch session -- each served number equals the file's own
+    output for that window, bit for bit (head scope: shared layers stay Gemm, also exact)."""
+    from mamlctl.maml.models import adapt_names_for
+    from mamlctl.serving.bank import BankBuilder, template_of
+    from mamlctl.serving.runtime import BATCH_MIN_ROWS, BankRuntime
+
+    config = config_from_dict(EXACT_MLP)
+    adapted = adapt_names_for(config, scope)
+    template = template_cache.get(config, nonnegative=True, floor_fraction=0.5, per_series=adapted)
+    ops = [node.op_type for node in onnx.load_from_string(template.template_bytes).graph.node]
+    assert ops.count("Gemm") == (0 if scope == "all" else 2)  # shared body layers stay Gemm
+    core = build_model(config)
+    n = 9
+    rng = np.random.default_rng(3)
+    params = {}
+    for k, v in core.named_parameters():
+        base = v.detach().numpy()[None]
+        moves = adapted is None or k in adapted
+        noise = 0.05 * rng.standard_normal((n, *v.shape)) if moves else 0.0
+        params[k] = np.broadcast_to(base + noise, (n, *v.shape)).astype("f4")
+    batch = ex.SeriesBatch(
+        series_ids=tuple(f"s{i}" for i in range(n)),
+        params=params,
+        loc=rng.uniform(20, 300, n),
+        scale=rng.uniform(0.5, 30, n),
+        residual_scale=rng.uniform(0.1, 2, n),
+        threshold=np.full(n, 0.999),
+    )
+    init = InitializerRef(family="f", registered_model="maml-f", version=1, run_id="r")
+    blobs = [
+        b
+        for _, b in ex.render_batch(
+            template, batch, initializer=init, support=60, adapted_at=datetime.now(UTC)
+        )
+    ]
+    builder = BankBuilder(template_of(onnx.load_from_string(blobs[0])), capacity=n)
+    for blob in blobs:
+        builder.add(onnx.load_from_string(blob))
+    runtime = BankRuntime.from_bank(builder.build(), batch_threads=2)
+    files = [ort_session(blob) for blob in blobs]
+    for size in (1, 5, BATCH_MIN_ROWS + 8, 130):
+        rows = rng.integers(0, n, size).astype(np.int64)
+        windows = batch.loc[rows, None] + batch.scale[rows, None] * rng.standard_normal((size, 24))
+        windows = windows.astype(np.float32)
+        forecast, sigma = runtime.run(windows, rows)
+        for j, r in enumerate(rows):
+            f1, s1 = files[r].run(None, {"window": windows[j : j + 1]})
+            np.testing.assert_array_equal(forecast[j], f1[0])
+            np.testing.assert_array_equal(sigma[j], s1[0])
+
+
+def test_a_group_of_identical_files_still_serves_the_files_bits(template_cache: Any) -> None:
+    """One series (or files equal in every number): the batched-form weights are still gathered
+    per row (a shared [1, in, out] constant would run another kernel for B > 1)."""
+    from mamlctl.serving.bank import BankBuilder, template_of
+    from mamlctl.serving.runtime import BankRuntime
+
+    config = config_from_dict(EXACT_MLP)
+    template = template_cache.get(config)
+    core = build_model(config)
+    params = {k: v.detach().numpy()[None].astype("f4") for k, v in core.named_parameters()}
+    batch = ex.SeriesBatch(
+        series_ids=("only",),
+        params=params,
+        loc=np.array([50.0]),
+        scale=np.array([4.0]),
+        residual_scale=np.array([1.0]),
+        threshold=np.array([0.999]),
+    )
+    init = InitializerRef(family="f", registered_model="maml-f", version=1, run_id="r")
+    ((_, blob),) = ex.render_batch(
+        template, batch, initializer=init, support=60, adapted_at=datetime.now(UTC)
+    )
+    builder = BankBuilder(template_of(onnx.load_from_string(blob)), capacity=1)
+    builder.add(onnx.load_from_string(blob))
+    bank = builder.build()
+    assert any(name.startswith("bank.") and "weight" in name for name in bank.banks)
+    runtime = BankRuntime.from_bank(bank)
+    windows = (50 + 4 * np.random.default_rng(0).standard_normal((17, 24))).astype(np.float32)
+    forecast, _ = runtime.run(windows, np.zeros(17, dtype=np.int64))
+    session = ort_session(blob)
+    for j in range(17):
+        np.testing.assert_array_equal(
+            forecast[j], session.run(None, {"window": windows[j : j + 1]})[0][0]
+        )
