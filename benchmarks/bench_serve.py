@@ -206,7 +206,7 @@ def cached_home(
     """:func:`build_home`, reusing a complete earlier build of the same arguments."""
     marker = home / "bench-home.json"
     key = {k: v for k, v in kwargs.items() if (k, v) != ("scope", "all")}
-    key["export"] = "batched-linear"  # homes exported before the batched linear form: rebuilt
+    key["export"] = "batched-linear W@x"  # homes exported in an older form are rebuilt
     if marker.exists():
         saved = json.loads(marker.read_text())
         if saved["key"] == key:

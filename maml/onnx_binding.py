@@ -83,12 +83,7 @@ def bind(
                 hits.append((name, False))
             elif value.ndim == 2 and arr.shape == value.T.shape and np.array_equal(arr, value.T):
                 hits.append((name, True))
-            elif (
-                value.ndim == 2
-                and arr.shape == (1, *value.T.shape)
-                and np.array_equal(arr[0], value.T)
-            ):  # the [1, in, out] weight of batched_linear_form
-                hits.append((name, True))
+
         named = [h for h in hits if h[0] in (prefix + param, param)]
         chosen = named or hits
         if not chosen:
@@ -132,18 +127,18 @@ class NotUnique(Exception):
 
 def batched_linear_form(model: onnx.ModelProto, weights: Collection[str]) -> set[str]:
     """Rewrite each linear layer whose weight initializer is in ``weights`` from
-    ``Gemm(x, W, b)`` to ``Unsqueeze(x, 1) -> MatMul(., Wt) -> Squeeze(1) -> Add(b)``, with
-    ``Wt`` the ``[in, out]`` weight stored as ``[1, in, out]``; returns the names of the weights
-    whose stored layout was transposed by the rewrite.
+    ``Gemm(x, W, b)`` to ``Unsqueeze(x, 2) -> MatMul(W, .) -> Squeeze(2) -> Add(b)``, with the
+    ``[out, in]`` weight stored as ``[1, out, in]``; returns the names of the weights whose
+    stored layout was transposed by the rewrite (a Gemm without ``transB``).
 
     Why: the scoring server runs the rows of many series through one batched
-    ``MatMul([B, 1, in], [B, in, out])``. onnxruntime computes that with the same kernel as this
-    form's ``[1, 1, in] @ [1, in, out]``, so a served forecast is bit-identical to what the file
-    gives for the same window, whereas a ``Gemm`` (or a 2-D ``MatMul``) sums in another order
-    and differs in the last bits. Only per-series weights take this form: a weight shared by
-    every series stays a ``Gemm``, whose results do not depend on how many rows share a call.
-    A ``Gemm`` with ``transA``, ``alpha``/``beta`` other than 1, or a weight used twice is left
-    as it is.
+    ``MatMul(W [B, out, in], x [B, in, 1])``. onnxruntime computes that with the same kernel as
+    this form's ``[1, out, in] @ [R, in, 1]``, so a served forecast is bit-identical to what the
+    file gives for the same window (and a file's rows do not depend on how many windows share a
+    call), whereas a ``Gemm`` sums in another order than the batched kernel and differs in the
+    last bits. Only per-series weights take this form: a weight shared by every series stays a
+    ``Gemm``, which the server runs as it is. A ``Gemm`` with ``transA``, ``alpha``/``beta``
+    other than 1, or a weight used twice is left as it is.
     """
     from onnx import helper, numpy_helper
 
@@ -173,10 +168,10 @@ def batched_linear_form(model: onnx.ModelProto, weights: Collection[str]) -> set
         if array.ndim != 2:
             nodes.append(node)
             continue
-        transposed = bool(attrs.get("transB", 0))
-        stored = np.ascontiguousarray((array.T if transposed else array)[None], dtype="<f4")
+        as_stored = bool(attrs.get("transB", 0))  # [out, in] already
+        stored = np.ascontiguousarray((array if as_stored else array.T)[None], dtype="<f4")
         inits[weight].CopyFrom(numpy_helper.from_array(stored, weight))
-        if transposed:
+        if not as_stored:
             flipped.add(weight)
         changed = True
         out = node.output[0]
@@ -184,14 +179,14 @@ def batched_linear_form(model: onnx.ModelProto, weights: Collection[str]) -> set
         product = f"{out}.batched_linear" if bias else out
         nodes += [
             helper.make_node("Unsqueeze", [node.input[0], axes_name], [f"{out}.x3"]),
-            helper.make_node("MatMul", [f"{out}.x3", weight], [f"{out}.y3"]),
+            helper.make_node("MatMul", [weight, f"{out}.x3"], [f"{out}.y3"]),
             helper.make_node("Squeeze", [f"{out}.y3", axes_name], [product]),
         ]
         if bias:
             nodes.append(helper.make_node("Add", [product, bias], [out]))
     if changed:
         model.graph.initializer.append(
-            numpy_helper.from_array(np.array([1], dtype="<i8"), axes_name)
+            numpy_helper.from_array(np.array([2], dtype="<i8"), axes_name)
         )
         del model.graph.node[:]
         model.graph.node.extend(nodes)

@@ -27,9 +27,9 @@ The bank graph is derived from the file's own graph (not re-implemented from the
 so any architecture made of these operators banks, and the numbers are computed in the same
 order as the file computes them: elementwise steps give bit-identical results. Files written by
 mamlctl's export hold each per-series linear layer in the *batched linear form*
-``Unsqueeze(x) [1, 1, in] @ W [1, in, out] -> Squeeze`` (see
-:func:`mamlctl.maml.onnx_binding.batched_linear_form`); the bank runs it as ``[B, 1, in] @
-[B, in, out]``, which onnxruntime computes with the same kernel, so a served forecast equals
+``W [1, out, in] @ Unsqueeze(x) [R, in, 1] -> Squeeze`` (see
+:func:`mamlctl.maml.onnx_binding.batched_linear_form`); the bank runs it as ``W [B, out, in]
+@ x [B, in, 1]``, which onnxruntime computes with the same kernel, so a served forecast equals
 the file's output for that window bit for bit (tested for every batch size and the batch
 session's threads). Other files (a ``Gemm`` with a per-series weight, a Conv) may differ from
 the file in the last bits (tests bound it at 1e-6 of the series' scale). A graph
@@ -416,19 +416,18 @@ def build_bank(template: onnx.ModelProto, stacked: Mapping[str, npt.NDArray[Any]
 
 
 def _per_row_weights(graph: onnx.GraphProto, stacked: Mapping[str, npt.NDArray[Any]]) -> set[str]:
-    """Weights ``[1, in, out]`` of the export's batched linear form (a per-series layer).
+    """Weights ``[1, out, in]`` of the export's batched linear form (a per-series layer).
 
-    The file computes ``[1, 1, in] @ [1, in, out]``; the bank computes ``[B, 1, in] @ [B, in,
-    out]`` with the same kernel, hence the same bits. A weight kept as a shared constant would
-    instead run as ``[B, 1, in] @ [1, in, out]``, which onnxruntime may compute another way
-    when B > 1, so these weights are gathered per row even in the rare group where every file
-    holds the same values (one series, say)."""
+    The file computes ``[1, out, in] @ [R, in, 1]``; the bank computes ``[B, out, in] @ [B, in,
+    1]`` with the same kernel, hence the same bits. They are gathered per row even in the rare
+    group where every file holds the same values (one series, say), so that the bank keeps
+    running the file's kernel."""
     found: set[str] = set()
     for node in graph.node:
-        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[1] in stacked:
-            arr = stacked[node.input[1]]
+        if node.op_type == "MatMul" and len(node.input) == 2 and node.input[0] in stacked:
+            arr = stacked[node.input[0]]
             if arr.ndim == 4 and arr.shape[1] == 1 and arr.dtype.kind == "f":
-                found.add(node.input[1])
+                found.add(node.input[0])
     return found
 
 

@@ -273,14 +273,26 @@ class Rewriter:
 
     def _matmul(self, node: onnx.NodeProto) -> None:
         a, b = node.input
+        if a in self.banks and b not in self.banks:
+            self._batched_linear(node)
+            return
         if a in self.banks or b not in self.banks:
             raise BankUnsupported("MatMul with a banked left operand")
         w = self.banks[b]
-        # [N, in, out], or [N, 1, in, out] times a [B, 1, in] value: the batched linear form of
-        # the export (mamlctl.maml.onnx_binding.batched_linear_form)
-        if not (w.ndim == 3 or (w.ndim == 4 and w.shape[1] == 1 and self._rank(a) == 3)):
+        if w.ndim != 3:
             raise BankUnsupported("MatMul with a banked operand that is not a matrix")
         self._batched_matmul(a, w, node.output[0], b)
+
+    def _batched_linear(self, node: onnx.NodeProto) -> None:
+        """``W [1, out, in] @ x [R, in, 1]``, the export's batched linear form
+        (:func:`mamlctl.maml.onnx_binding.batched_linear_form`): ``Gather`` gives ``W [B, out,
+        in]`` and the MatMul is the file's own, so each row comes out with the file's bits."""
+        w_name, x = node.input
+        w = self.banks[w_name]
+        if w.ndim != 4 or w.shape[1] != 1 or self._rank(x) != 3:
+            raise BankUnsupported("MatMul with a banked left operand")
+        gathered = self._gather(w_name, 3)
+        self.nodes.append(helper.make_node("MatMul", [gathered, x], list(node.output)))
 
     def _gemm(self, node: onnx.NodeProto) -> None:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}

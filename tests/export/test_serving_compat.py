@@ -146,7 +146,7 @@ def test_served_forecasts_equal_each_file_bit_for_bit(template_cache: Any, scope
 
 def test_a_group_of_identical_files_still_serves_the_files_bits(template_cache: Any) -> None:
     """One series (or files equal in every number): the batched-form weights are still gathered
-    per row (a shared [1, in, out] constant would run another kernel for B > 1)."""
+    per row, so the bank keeps running the file's own kernel."""
     from mamlctl.serving.bank import BankBuilder, template_of
     from mamlctl.serving.runtime import BankRuntime
 
