@@ -30,12 +30,41 @@ CONFIGS = {
 }
 
 
+def _render(
+    template: Any, params: dict[str, Any], rng: np.random.Generator, *, low: float
+) -> tuple[Any, list[bytes]]:
+    """``(batch, blobs)``: one file per row of ``params`` with random normalisation."""
+    n = len(next(iter(params.values())))
+    batch = ex.SeriesBatch(
+        series_ids=tuple(f"s{i}" for i in range(n)),
+        params=params,
+        loc=rng.uniform(low, 300, n),
+        scale=rng.uniform(0.5, 30, n),
+        residual_scale=rng.uniform(0.1, 2, n),
+        threshold=np.full(n, 0.999),
+    )
+    init = InitializerRef(family="f", registered_model="maml-f", version=1, run_id="r")
+    stamped = ex.render_batch(
+        template, batch, initializer=init, support=60, adapted_at=datetime.now(UTC)
+    )
+    return batch, [b for _, b in stamped]
+
+
+def _bank_graph(blobs: list[bytes]) -> Any:
+    from mamlctl.serving.bank import BankBuilder, template_of
+
+    builder = BankBuilder(template_of(onnx.load_from_string(blobs[0])), capacity=len(blobs))
+    for blob in blobs:
+        builder.add(onnx.load_from_string(blob))
+    return builder.build()
+
+
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_exported_files_bank_in_the_server_with_identical_outputs(
     template_cache: Any, name: str
 ) -> None:
     pytest.importorskip("mamlctl.serving.bank")
-    from mamlctl.serving.bank import BankBuilder, structure_key, template_of
+    from mamlctl.serving.bank import structure_key
     from mamlctl.serving.runtime import BankRuntime
 
     config = config_from_dict(CONFIGS[name])
@@ -47,27 +76,10 @@ def test_exported_files_bank_in_the_server_with_identical_outputs(
         k: (v.detach().numpy()[None] + 0.05 * rng.standard_normal((n, *v.shape))).astype("f4")
         for k, v in core.named_parameters()
     }
-    batch = ex.SeriesBatch(
-        series_ids=tuple(f"s{i}" for i in range(n)),
-        params=params,
-        loc=rng.uniform(-20, 300, n),
-        scale=rng.uniform(0.5, 30, n),
-        residual_scale=rng.uniform(0.1, 2, n),
-        threshold=np.full(n, 0.999),
-    )
-    init = InitializerRef(family="f", registered_model="maml-f", version=1, run_id="r")
-    blobs = [
-        b
-        for _, b in ex.render_batch(
-            template, batch, initializer=init, support=60, adapted_at=datetime.now(UTC)
-        )
-    ]
+    batch, blobs = _render(template, params, rng, low=-20)
     models = [onnx.load_from_string(b) for b in blobs]
     assert len({structure_key(m, template_id=template.template_id) for m in models}) == 1
-    builder = BankBuilder(template_of(models[0]), capacity=n)
-    for m in models:
-        builder.add(m)
-    runtime = BankRuntime.from_bank(builder.build())
+    runtime = BankRuntime.from_bank(_bank_graph(blobs))
     rows = rng.integers(0, n, 40).astype(np.int64)
     windows = batch.loc[rows, None] + batch.scale[rows, None] * rng.standard_normal((40, 24))
     windows = windows.astype(np.float32)
@@ -96,7 +108,6 @@ def test_served_forecasts_equal_each_file_bit_for_bit(template_cache: Any, scope
     including the multi-threaded batch session -- each served number equals the file's own
     output for that window, bit for bit (head scope: shared layers stay Gemm, also exact)."""
     from mamlctl.maml.models import adapt_names_for
-    from mamlctl.serving.bank import BankBuilder, template_of
     from mamlctl.serving.runtime import BATCH_MIN_ROWS, BankRuntime
 
     config = config_from_dict(EXACT_MLP)
@@ -113,25 +124,8 @@ def test_served_forecasts_equal_each_file_bit_for_bit(template_cache: Any, scope
         moves = adapted is None or k in adapted
         noise = 0.05 * rng.standard_normal((n, *v.shape)) if moves else 0.0
         params[k] = np.broadcast_to(base + noise, (n, *v.shape)).astype("f4")
-    batch = ex.SeriesBatch(
-        series_ids=tuple(f"s{i}" for i in range(n)),
-        params=params,
-        loc=rng.uniform(20, 300, n),
-        scale=rng.uniform(0.5, 30, n),
-        residual_scale=rng.uniform(0.1, 2, n),
-        threshold=np.full(n, 0.999),
-    )
-    init = InitializerRef(family="f", registered_model="maml-f", version=1, run_id="r")
-    blobs = [
-        b
-        for _, b in ex.render_batch(
-            template, batch, initializer=init, support=60, adapted_at=datetime.now(UTC)
-        )
-    ]
-    builder = BankBuilder(template_of(onnx.load_from_string(blobs[0])), capacity=n)
-    for blob in blobs:
-        builder.add(onnx.load_from_string(blob))
-    runtime = BankRuntime.from_bank(builder.build(), batch_threads=2)
+    batch, blobs = _render(template, params, rng, low=20)
+    runtime = BankRuntime.from_bank(_bank_graph(blobs), batch_threads=2)
     files = [ort_session(blob) for blob in blobs]
     for size in (1, 5, BATCH_MIN_ROWS + 8, 130):
         rows = rng.integers(0, n, size).astype(np.int64)
@@ -147,31 +141,19 @@ def test_served_forecasts_equal_each_file_bit_for_bit(template_cache: Any, scope
 def test_a_group_of_identical_files_still_serves_the_files_bits(template_cache: Any) -> None:
     """One series (or files equal in every number): the batched-form weights are still gathered
     per row, so the bank keeps running the file's own kernel."""
-    from mamlctl.serving.bank import BankBuilder, template_of
     from mamlctl.serving.runtime import BankRuntime
 
     config = config_from_dict(EXACT_MLP)
     template = template_cache.get(config)
     core = build_model(config)
     params = {k: v.detach().numpy()[None].astype("f4") for k, v in core.named_parameters()}
-    batch = ex.SeriesBatch(
-        series_ids=("only",),
-        params=params,
-        loc=np.array([50.0]),
-        scale=np.array([4.0]),
-        residual_scale=np.array([1.0]),
-        threshold=np.array([0.999]),
-    )
-    init = InitializerRef(family="f", registered_model="maml-f", version=1, run_id="r")
-    ((_, blob),) = ex.render_batch(
-        template, batch, initializer=init, support=60, adapted_at=datetime.now(UTC)
-    )
-    builder = BankBuilder(template_of(onnx.load_from_string(blob)), capacity=1)
-    builder.add(onnx.load_from_string(blob))
-    bank = builder.build()
+    rng = np.random.default_rng(0)
+    batch, (blob,) = _render(template, params, rng, low=20)
+    bank = _bank_graph([blob])
     assert any(name.startswith("bank.") and "weight" in name for name in bank.banks)
     runtime = BankRuntime.from_bank(bank)
-    windows = (50 + 4 * np.random.default_rng(0).standard_normal((17, 24))).astype(np.float32)
+    level, spread = float(batch.loc[0]), float(batch.scale[0])
+    windows = (level + spread * rng.standard_normal((17, 24))).astype(np.float32)
     forecast, _ = runtime.run(windows, np.zeros(17, dtype=np.int64))
     session = ort_session(blob)
     for j in range(17):
