@@ -216,9 +216,9 @@ def test_champion_moved_in_the_ui_reaches_live_scoring(sines_home: Any, tmp_path
             session_ = ort.InferenceSession(str(settings.models_dir / rec.path))
             window = np.asarray(windows[sid], dtype=np.float32)[None, :]
             forecast, sigma = session_.run(None, {"window": window})
-            scale = float(np.abs(window).max())
-            np.testing.assert_allclose(result["forecast"], forecast[0], rtol=0, atol=1e-5 * scale)
-            np.testing.assert_allclose(result["sigma"], sigma[0], rtol=1e-5)
+            served = np.asarray(result["forecast"], dtype=np.float32)
+            np.testing.assert_array_equal(served, forecast[0])  # bit for bit
+            np.testing.assert_array_equal(np.asarray(result["sigma"], dtype=np.float32), sigma[0])
             assert result["forecast"] != before[sid]["forecast"]  # a different model answers
         (shots / "ui-promotion-timing.json").write_text(
             json.dumps({"seconds_from_ui_save_to_all_series_on_v2": round(followed_s, 2)})
