@@ -52,6 +52,31 @@ def _plan(init: Initializer, **kw: Any) -> ad.AdaptPlan:
     )
 
 
+def _by_hand(
+    init: Initializer,
+    values: np.ndarray,
+    pairs: int,
+    *,
+    steps: int,
+    loss_fn: Any,
+    adapt_names: tuple[str, ...] | None = None,
+) -> tuple[Any, dict[str, torch.Tensor]]:
+    """The one-series oracle: ``(task, params)`` of :func:`adapt` on ``recent_support``."""
+    task = recent_support(values, WindowTaskSpec(window=L, horizon=H, support=pairs, query=0))
+    params = adapt(
+        init.model(),
+        dict(init.params),
+        torch.from_numpy(task.support_x[0]),
+        torch.from_numpy(task.support_y[0]),
+        steps=steps,
+        inner_lr=0.05,
+        loss_fn=loss_fn,
+        create_graph=False,
+        adapt_names=adapt_names,
+    )
+    return task, params
+
+
 def test_plan_mirrors_meta_training() -> None:
     plan = _plan(_initializer())
     assert (plan.support, plan.pairs, plan.steps, plan.inner_lr) == (60, 31, 3, 0.05)
@@ -88,38 +113,14 @@ def test_recipe_initializer_adapts_on_mae_and_clips_calibration_forecasts_at_zer
     t = np.arange(200)
     histories = [np.maximum(0.0, np.sin(2 * np.pi * t / 24) + rng.normal(0, 0.3, 200))]
     result = ad.adapt_histories(init, histories, plan=plan)
-    task = recent_support(
-        histories[0], WindowTaskSpec(window=L, horizon=H, support=plan.pairs, query=0)
-    )
-    ref = adapt(
-        init.model(),
-        dict(init.params),
-        torch.from_numpy(task.support_x[0]),
-        torch.from_numpy(task.support_y[0]),
-        steps=2,
-        inner_lr=0.05,
-        loss_fn=mae_loss,
-        create_graph=False,
-    )
+    _, ref = _by_hand(init, histories[0], plan.pairs, steps=2, loss_fn=mae_loss)
     for name, value in ref.items():
         np.testing.assert_allclose(result.params[name][0], value.numpy(), atol=2e-6)
 
     # calibration oracle: the twin adapted without the last C points, forecasts clipped at 0
     c, k = plan.calibration, plan.support
     tail = histories[0][-(k + c) :]
-    twin_task = recent_support(
-        tail[:k], WindowTaskSpec(window=L, horizon=H, support=plan.pairs, query=0)
-    )
-    twin = adapt(
-        init.model(),
-        dict(init.params),
-        torch.from_numpy(twin_task.support_x[0]),
-        torch.from_numpy(twin_task.support_y[0]),
-        steps=2,
-        inner_lr=0.05,
-        loss_fn=mae_loss,
-        create_graph=False,
-    )
+    twin_task, twin = _by_hand(init, tail[:k], plan.pairs, steps=2, loss_fn=mae_loss)
     loc, scale = twin_task.loc[0], twin_task.scale[0]
     windows = np.stack([tail[j : j + L] for j in range(k - L, k - L + c)])
     z = torch.from_numpy(((windows - loc) / scale).astype(np.float32))
@@ -167,20 +168,7 @@ def test_head_scope_adapts_the_last_layer_only_and_keeps_the_body_as_views() -> 
     histories = _histories(4)
     result = ad.adapt_histories(stored, histories, plan=plan)
     head = ("layers.2.weight", "layers.2.bias")
-    task = recent_support(
-        histories[1], WindowTaskSpec(window=L, horizon=H, support=plan.pairs, query=0)
-    )
-    ref = adapt(
-        init.model(),
-        dict(init.params),
-        torch.from_numpy(task.support_x[0]),
-        torch.from_numpy(task.support_y[0]),
-        steps=3,
-        inner_lr=0.05,
-        loss_fn=mse_loss,
-        create_graph=False,
-        adapt_names=head,
-    )
+    _, ref = _by_hand(init, histories[1], plan.pairs, steps=3, loss_fn=mse_loss, adapt_names=head)
     for name, value in ref.items():
         np.testing.assert_allclose(result.params[name][1], value.numpy(), atol=2e-6)
         if name not in head:
@@ -214,19 +202,8 @@ def test_batched_adaptation_equals_one_series_at_a_time() -> None:
     plan = _plan(init)
     histories = _histories(5)
     result = ad.adapt_histories(init, histories, plan=plan)
-    spec = WindowTaskSpec(window=L, horizon=H, support=plan.pairs, query=0)
     for i in (0, 4):
-        task = recent_support(histories[i], spec)
-        ref = adapt(
-            init.model(),
-            dict(init.params),
-            torch.from_numpy(task.support_x[0]),
-            torch.from_numpy(task.support_y[0]),
-            steps=3,
-            inner_lr=0.05,
-            loss_fn=mse_loss,
-            create_graph=False,
-        )
+        task, ref = _by_hand(init, histories[i], plan.pairs, steps=3, loss_fn=mse_loss)
         for name, value in ref.items():
             np.testing.assert_allclose(result.params[name][i], value.numpy(), atol=2e-6)
         assert result.loc[i] == task.loc[0] and result.scale[i] == task.scale[0]

@@ -87,28 +87,42 @@ def _batch(core: nn.Module, n: int, *, seed: int = 1) -> ex.SeriesBatch:
     )
 
 
-def _render(template: OnnxTemplate, batch: ex.SeriesBatch) -> list[bytes]:
+def _render(template: OnnxTemplate, batch: ex.SeriesBatch, **kw: Any) -> list[bytes]:
     return [
         blob
         for _, blob in ex.render_batch(
-            template, batch, initializer=INIT, support=96, adapted_at=WHEN
+            template, batch, initializer=INIT, support=96, adapted_at=WHEN, **kw
         )
     ]
+
+
+def _twin(
+    core: nn.Module,
+    template: OnnxTemplate,
+    batch: ex.SeriesBatch,
+    i: int,
+    *,
+    weights_of: int | None = None,
+    **kw: Any,
+) -> Any:
+    """The torch twin of series ``i``'s file (``weights_of``: another series' weights)."""
+    return torch_reference(
+        core,
+        batch.params_of(i if weights_of is None else weights_of),
+        loc=float(batch.loc[i]),
+        scale=float(batch.scale[i]),
+        residual_scale=float(batch.residual_scale[i]),
+        horizon=template.horizon,
+        head=template.head,
+        **kw,
+    )
 
 
 def test_parity_with_torch_on_1000_windows(template_cache: Any, config_name: str) -> None:
     template, core = _template(template_cache, config_name)
     batch = _batch(core, 3)
     for i, blob in enumerate(_render(template, batch)):
-        reference = torch_reference(
-            core,
-            batch.params_of(i),
-            loc=float(batch.loc[i]),
-            scale=float(batch.scale[i]),
-            residual_scale=float(batch.residual_scale[i]),
-            horizon=template.horizon,
-            head=template.head,
-        )
+        reference = _twin(core, template, batch, i)
         stats = check_parity(
             blob,
             reference,
@@ -126,15 +140,7 @@ def test_parity_detects_a_different_model(template_cache: Any) -> None:
     template, core = _template(template_cache, "mlp-mean")
     batch = _batch(core, 2)
     blobs = _render(template, batch)
-    wrong = torch_reference(
-        core,
-        batch.params_of(1),  # another series' weights
-        loc=float(batch.loc[0]),
-        scale=float(batch.scale[0]),
-        residual_scale=float(batch.residual_scale[0]),
-        horizon=template.horizon,
-        head=template.head,
-    )
+    wrong = _twin(core, template, batch, 0, weights_of=1)  # another series' weights
     stats = check_parity(
         blobs[0], wrong, loc=float(batch.loc[0]), scale=float(batch.scale[0]), window=24, n=100
     )
@@ -425,23 +431,9 @@ def test_season_skip_and_nonnegative_clip_in_the_graph_follow_the_oracle(
         residual_scale=batch.residual_scale,
         threshold=batch.threshold,
     )
-    blobs = [
-        b
-        for _, b in ex.render_batch(
-            template, batch, initializer=INIT, support=96, adapted_at=WHEN, loss="mae"
-        )
-    ]
+    blobs = _render(template, batch, loss="mae")
     for i, b in enumerate(blobs):
-        reference = torch_reference(
-            core,
-            batch.params_of(i),
-            loc=float(batch.loc[i]),
-            scale=float(batch.scale[i]),
-            residual_scale=float(batch.residual_scale[i]),
-            horizon=template.horizon,
-            head=template.head,
-            nonnegative=True,
-        )
+        reference = _twin(core, template, batch, i, nonnegative=True)
         stats = check_parity(
             b, reference, loc=float(batch.loc[i]), scale=float(batch.scale[i]), window=24, n=1000
         )
