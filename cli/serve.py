@@ -12,8 +12,11 @@ from typing import Annotated
 
 import typer
 
+from mamlctl.serving import limits
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m)?\s*$")
 _UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+_MAX_BUSY = f"{limits.MAX_BUSY_POLL * 1e3:g}ms"
 
 
 def parse_duration(text: str, *, allow_zero: bool = False) -> float:
@@ -55,20 +58,20 @@ def register(app: typer.Typer) -> None:
             int,
             typer.Option(
                 min=1,
-                max=64,
+                max=limits.MAX_BATCH_THREADS,
                 help="onnxruntime threads for calls of 32 or more rows (single rows always use"
                 " one).",
                 envvar="MAMLCTL_SERVE_BATCH_THREADS",
             ),
-        ] = 2,
+        ] = limits.DEFAULT_BATCH_THREADS,
         busy_poll: Annotated[
             str,
             typer.Option(
                 help="Keep polling for this long after each answer instead of sleeping (saves"
-                " the CPU wake-up on the next request; 0 turns it off; at most 10ms).",
+                f" the CPU wake-up on the next request; 0 turns it off; at most {_MAX_BUSY}).",
                 envvar="MAMLCTL_SERVE_BUSY_POLL",
             ),
-        ] = "100us",
+        ] = f"{round(limits.DEFAULT_BUSY_POLL * 1e6)}us",
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
     ) -> None:
         """Serve forecasts and anomaly scores of every adapted series over HTTP."""
@@ -77,10 +80,10 @@ def register(app: typer.Typer) -> None:
         settings = load_settings()  # validate MAMLCTL_* before forking workers
         interval = parse_duration(reload_interval)
         busy = parse_duration(busy_poll, allow_zero=True)
-        if busy > 0.01:
+        if busy > limits.MAX_BUSY_POLL:
             from mamlctl.errors import ConfigError
 
-            raise ConfigError(f"--busy-poll {busy_poll!r} is over the 10ms limit")
+            raise ConfigError(f"--busy-poll {busy_poll!r} is over the {_MAX_BUSY} limit")
         if not settings.models_dir.is_dir():
             from mamlctl.errors import NotFoundError
 

@@ -37,11 +37,8 @@ from mamlctl.errors import MamlctlError
 from mamlctl.serving import limits
 from mamlctl.serving.binary import CONTENT_TYPE as BINARY_TYPE
 from mamlctl.serving.binary import score_binary
-from mamlctl.serving.busypoll import DEFAULT_WINDOW as DEFAULT_BUSY_POLL
-from mamlctl.serving.busypoll import MAX_WINDOW as MAX_BUSY_POLL
 from mamlctl.serving.busypoll import BusyPoll
 from mamlctl.serving.metrics import Metrics
-from mamlctl.serving.runtime import DEFAULT_BATCH_THREADS
 from mamlctl.serving.scoring import ClientError, parse, score
 from mamlctl.serving.source import ModelSource
 from mamlctl.serving.state import ServingState, build_state, empty_state
@@ -74,15 +71,15 @@ class ServeOptions(BaseModel):
     max_batch: int = Field(default=limits.DEFAULT_MAX_BATCH, ge=1)
     reload: bool = Field(default=True, description="Poll the source for new models.")
     batch_threads: int = Field(
-        default=DEFAULT_BATCH_THREADS,
+        default=limits.DEFAULT_BATCH_THREADS,
         ge=1,
-        le=64,
+        le=limits.MAX_BATCH_THREADS,
         description="onnxruntime threads for calls of 32+ rows (1: one thread for all).",
     )
     busy_poll: float = Field(
-        default=DEFAULT_BUSY_POLL,
+        default=limits.DEFAULT_BUSY_POLL,
         ge=0,
-        le=MAX_BUSY_POLL,
+        le=limits.MAX_BUSY_POLL,
         description="Seconds the event loop keeps polling after an answer (0: off; busypoll).",
     )
 
@@ -383,7 +380,7 @@ def app_from_env() -> ScoringApp:
 
     settings = Settings()
     interval = float(os.environ.get("MAMLCTL_SERVE_RELOAD_INTERVAL", "2.0"))
-    busy = float(os.environ.get("MAMLCTL_SERVE_BUSY_POLL", DEFAULT_BUSY_POLL))
-    threads = int(os.environ.get("MAMLCTL_SERVE_BATCH_THREADS", DEFAULT_BATCH_THREADS))
+    busy = float(os.environ.get("MAMLCTL_SERVE_BUSY_POLL", limits.DEFAULT_BUSY_POLL))
+    threads = int(os.environ.get("MAMLCTL_SERVE_BATCH_THREADS", limits.DEFAULT_BATCH_THREADS))
     options = ServeOptions(reload_interval=interval, busy_poll=busy, batch_threads=threads)
     return create_app(settings, RegistrySource(settings), options=options)

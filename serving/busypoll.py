@@ -20,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-DEFAULT_WINDOW = 100e-6
-MAX_WINDOW = 0.01
+from mamlctl.serving.limits import DEFAULT_BUSY_POLL as DEFAULT_WINDOW
+from mamlctl.serving.limits import MAX_BUSY_POLL as MAX_WINDOW
+
+__all__ = ["DEFAULT_WINDOW", "MAX_WINDOW", "BusyPoll"]
 
 
 class BusyPoll:

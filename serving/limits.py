@@ -1,11 +1,18 @@
-"""Request limits shared by the outer ASGI layer and the OpenAPI schemas.
+"""Request limits and server knobs shared by the CLI, the app and the OpenAPI schemas.
 
-A module of its own so that the cold start (:mod:`mamlctl.serving.app`) does not import the
-pydantic request schemas (:mod:`mamlctl.serving.schemas`, built with the FastAPI part after
-the models load) just for two numbers.
+A module of its own, importing nothing: the cold start (:mod:`mamlctl.serving.app`) does not
+import the pydantic request schemas (:mod:`mamlctl.serving.schemas`, built with the FastAPI
+part after the models load) just for two numbers, and ``mamlctl serve``'s option defaults come
+from here without importing asyncio or onnxruntime when the CLI starts.
 """
 
 #: Largest number of items in one batch request (more: 422). Configurable per app.
 DEFAULT_MAX_BATCH = 4096
 #: Largest request body in bytes (more: 413). Configurable per app.
 DEFAULT_MAX_BODY = 1 << 20
+#: Seconds the event loop keeps polling after an answer (:mod:`mamlctl.serving.busypoll`).
+DEFAULT_BUSY_POLL = 100e-6
+MAX_BUSY_POLL = 0.01
+#: onnxruntime threads of a bank's batch session (:mod:`mamlctl.serving.runtime`).
+DEFAULT_BATCH_THREADS = 2
+MAX_BATCH_THREADS = 64

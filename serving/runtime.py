@@ -31,7 +31,6 @@ F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 OUTPUTS = ["forecast", "sigma"]
 BATCH_MIN_ROWS = 32
-DEFAULT_BATCH_THREADS = 2
 
 
 def make_session(model: bytes, *, threads: int = 1) -> ort.InferenceSession:
