@@ -17,12 +17,11 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mamlctl.serving import schemas
+from mamlctl.serving.app import SCORE_PATH
 from mamlctl.serving.scoring import ClientError, parse, score, series_detail
 
 if TYPE_CHECKING:
     from mamlctl.serving.app import ScoringApp
-
-SCORE_PATH = "/v1/score"
 
 
 def _json(doc: Any, status: int = 200) -> Response:
