@@ -259,7 +259,8 @@ def baseline(init: Any, histories: list[np.ndarray], out_dir: Path) -> float:
 
     from mamlctl.maml.adaptation import support_tasks
     from mamlctl.maml.models import adapt_names_for, build_model, mae_loss, mse_loss
-    from mamlctl.maml.onnx_template import _quiet_export, contract_module
+    from mamlctl.maml.onnx_binding import quiet_export
+    from mamlctl.maml.onnx_contract import contract_module
 
     t0 = time.perf_counter()
     for i, values in enumerate(histories):
@@ -283,7 +284,7 @@ def baseline(init: Any, histories: list[np.ndarray], out_dir: Path) -> float:
         with torch.no_grad():
             wrapper.loc.fill_(float(loc[0]))
             wrapper.scale.fill_(float(scale[0]))
-        with _quiet_export():
+        with quiet_export():
             torch.onnx.export(
                 wrapper,
                 (torch.zeros(2, L),),

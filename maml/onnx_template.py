@@ -49,7 +49,6 @@ from mamlctl.maml.onnx_binding import (
     randomise,
     strip,
 )
-from mamlctl.maml.onnx_binding import quiet_export as _quiet_export  # benchmarks import it here
 from mamlctl.maml.onnx_contract import (  # re-exported: the names callers import from here
     INPUT_NAME,
     LOC,
@@ -76,7 +75,6 @@ __all__ = [
     "Binding",
     "Head",
     "OnnxTemplate",
-    "_quiet_export",
     "build_template",
     "canonical_json",
     "config_hash",
