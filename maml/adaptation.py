@@ -30,12 +30,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
+from mamlctl.domain import AdaptScope
 from mamlctl.errors import InputError, TrainingError
 from mamlctl.maml.onnx_contract import apply_floor
 
@@ -61,7 +62,7 @@ class AdaptConfig(BaseModel):
     false_alarm_rate: float = Field(default=0.005, gt=0, lt=1)
     min_z: float = Field(default=3.0, ge=0)
     chunk_size: int = Field(default=1024, ge=1)
-    adapt_scope: Literal["all", "head"] | None = None
+    adapt_scope: AdaptScope | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mamlctl.domain import Family, Series
+from mamlctl.domain import AdaptScope, Family, Series
 from mamlctl.errors import ConfigError, TrainingError
 
 FloatArray = npt.NDArray[np.float64]
@@ -84,7 +84,7 @@ class FamilyTrainConfig(BaseModel):
         le=1,
         description="Lower bound: this fraction of the window minimum (0: at 0; None: chosen).",
     )
-    adapt_scope: Literal["all", "head"] = Field(
+    adapt_scope: AdaptScope = Field(
         default="all", description="Parameters adapted per series: all, or the last layer (ANIL)."
     )
 

@@ -257,9 +257,6 @@ class ConvForecaster(nn.Module):
         return _add_season_skip(out, x, self.config)
 
 
-AdaptScope = Literal["all", "head"]
-
-
 def head_names(config: MLPConfig | ConvConfig) -> tuple[str, ...]:
     """Parameters of the last linear layer(s), the only ones ``adapt_scope="head"`` (ANIL)
     adapts per series: the MLP's last layer; the conv forecaster's read-out and linear skip."""

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float64]
+
+#: Which parameters adaptation moves per series: every one, or the last layer only (ANIL).
+AdaptScope = Literal["all", "head"]
 
 #: The alias a family's scoring follows unless configured otherwise.
 CHAMPION = "champion"
