@@ -72,10 +72,12 @@ def _moving_average(values: FloatArray, window: int) -> FloatArray:
     return np.asarray((c[idx] - c[lo]) / (idx - lo), dtype=np.float64)
 
 
+_erfc = np.frompyfunc(math.erfc, 1, 1)  # erfc, not 1 - erf: the tails go down to 1e-5
+
+
 def _q(z: FloatArray) -> FloatArray:
     """Gaussian upper tail ``Q(z) = erfc(z / sqrt 2) / 2``, elementwise."""
-    erfc = np.frompyfunc(math.erfc, 1, 1)
-    return 0.5 * np.asarray(erfc(z / math.sqrt(2.0)), dtype=np.float64)
+    return 0.5 * np.asarray(_erfc(z / math.sqrt(2.0)), dtype=np.float64)
 
 
 def anomaly_likelihood(
