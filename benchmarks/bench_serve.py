@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -248,16 +249,16 @@ def _wait_http(url: str, *, timeout: float, proc: subprocess.Popen[Any]) -> floa
     raise RuntimeError(f"{url} not ready after {timeout} s")
 
 
-SERVE_ARGS: list[str] = []  # --serve-args: extra `mamlctl serve` options (ablations)
-
-
-def start_mamlctl(home: Path, port: int) -> tuple[subprocess.Popen[Any], float]:
+def start_mamlctl(
+    home: Path, port: int, serve_args: Sequence[str] = ()
+) -> tuple[subprocess.Popen[Any], float]:
+    """``mamlctl serve`` on ``home``; ``serve_args``: extra options (--serve-args, ablations)."""
     env = {**os.environ, "MAMLCTL_HOME": str(home), "OMP_NUM_THREADS": "1"}
     env.pop("MAMLCTL_API_TOKEN", None)
     exe = Path(sys.executable).with_name("mamlctl")
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [str(exe), "serve", "--port", str(port), "--reload-interval", "2s", *SERVE_ARGS],
+        [str(exe), "serve", "--port", str(port), "--reload-interval", "2s", *serve_args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -474,7 +475,7 @@ def main() -> None:
         "10k home takes minutes); default: a temporary folder removed at the end.",
     )
     args = parser.parse_args()
-    SERVE_ARGS[:] = args.serve_args.split()
+    serve_args = args.serve_args.split()
     if args.only is None and shutil.which("wrk") is None:
         sys.exit("wrk is required (apt-get install wrk)")
     work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
@@ -485,7 +486,7 @@ def main() -> None:
         "model": {"kind": "mlp", "window": L, "horizon": H, "hidden": list(HIDDEN), "head": "mean"},
         "duration_s_per_run": args.duration,
         "adapt_scope": args.adapt_scope,
-        "serve_args": SERVE_ARGS or "defaults (--busy-poll 100us --batch-threads 2)",
+        "serve_args": serve_args or "defaults (--busy-poll 100us --batch-threads 2)",
     }
     try:
         values = load_m4_hourly()
@@ -526,7 +527,7 @@ def main() -> None:
                 + "\n"
             )
             port = _free_port()
-            proc, cold = start_mamlctl(home, port)
+            proc, cold = start_mamlctl(home, port, serve_args)
             url = f"http://127.0.0.1:{port}/v1/score"
             ours: dict[str, Any] = {
                 "cold_start_s": round(cold, 3),
@@ -636,7 +637,7 @@ def main() -> None:
         colds, cold_cpu, rss = [], [], {}
         for _ in range(args.cold_runs):
             port = _free_port()
-            proc, cold = start_mamlctl(big, port)
+            proc, cold = start_mamlctl(big, port, serve_args)
             colds.append(cold)
             cold_cpu.append(cpu_seconds(proc.pid))  # spawn -> ready, CPU of the server only
             rss = rss_mb(proc.pid)
