@@ -129,7 +129,8 @@ def register(app: typer.Typer) -> None:
             bool | None,
             typer.Option(
                 "--nonnegative/--allow-negative",
-                help="Clip forecasts at 0 (default: when every training series is >= 0).",
+                help="Bound forecasts below by a fraction of the window minimum, chosen on"
+                " held-out series (default: when every training series is >= 0).",
             ),
         ] = None,
         adapt_scope: Annotated[

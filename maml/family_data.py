@@ -66,8 +66,8 @@ class FamilyTrainConfig(BaseModel):
     validations: int = Field(default=4, ge=1, le=100, description="Validation points in a run.")
     pretrained_baseline: bool = True
     # The forecasting recipe (see the module docstring): the network predicts the residual to
-    # seasonal naive, is trained on MAE, and its raw forecasts are clipped at 0 for families
-    # whose series never go negative.
+    # seasonal naive, is trained on MAE, and its raw forecasts are bounded below (a fraction of
+    # the window minimum) for families whose series never go negative.
     season_skip: int | None = Field(
         default=None, ge=0, description="m of the seasonal-naive skip (None: period, 0: off)."
     )
