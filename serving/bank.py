@@ -20,6 +20,8 @@ structure:
   Gemm ``x @ W^T + b``          transposed bank, batched MatMul, then ``+ b[B, out]``
   Conv1d ``W [Co, Ci, k]``      im2col: one ``Gather`` of the k dilated taps -> ``[B, Ci*k,
                                 T]``, batched MatMul with ``W [B, Co, Ci*k]``, ``+ b[B,Co,1]``
+  MatMulInteger ``x @ Q``       ``Unsqueeze(x) [B,1,in] @ Q[B,in,out]`` -> Squeeze: the int8
+                                deltas of ``adapt --weights int8-delta`` stay 1 byte each
   op on weights only            folded in numpy over the whole bank at build time
   ============================  ==========================================================
 
@@ -296,7 +298,8 @@ def _reserve(
 
 
 def _raw_bytes(init: onnx.TensorProto) -> bytes | None:
-    """The raw little-endian bytes of a float32/int64 initializer stored inline, else None."""
+    """The raw little-endian bytes of a float32/int64/int8/uint8 initializer stored inline,
+    else None."""
     if int(init.data_type) not in _RAW_DTYPES or init.HasField("data_location"):
         return None
     raw: bytes = init.raw_data
@@ -306,6 +309,8 @@ def _raw_bytes(init: onnx.TensorProto) -> bytes | None:
 _RAW_DTYPES: dict[int, np.dtype[Any]] = {
     int(TensorProto.FLOAT): np.dtype("<f4"),
     int(TensorProto.INT64): np.dtype("<i8"),
+    int(TensorProto.INT8): np.dtype("i1"),
+    int(TensorProto.UINT8): np.dtype("u1"),
 }
 
 
@@ -376,7 +381,7 @@ def build_bank(template: onnx.ModelProto, stacked: Mapping[str, npt.NDArray[Any]
             banks[name] = np.ascontiguousarray(arr)
         elif (arr.ndim and arr.strides[0] == 0) or _all_rows_equal(arr):
             shared[name] = np.array(arr[0], copy=True)
-        elif arr.dtype.kind == "f":
+        elif arr.dtype.kind == "f" or arr.dtype == np.int8:  # int8: quantized weight deltas
             banks[name] = arr
         else:
             raise BankUnsupported(f"non-float initializer {name!r} differs between files")

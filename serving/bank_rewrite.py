@@ -228,6 +228,8 @@ class Rewriter:
             self._emit_like(node, inputs)
         elif op == "MatMul":
             self._matmul(node)
+        elif op == "MatMulInteger":
+            self._matmul_integer(node)
         elif op == "Gemm":
             self._gemm(node)
         elif op == "Conv":
@@ -283,6 +285,23 @@ class Rewriter:
             raise BankUnsupported("MatMul with a banked operand that is not a matrix")
         self._batched_matmul(a, w, node.output[0], b)
 
+    def _matmul_integer(self, node: onnx.NodeProto) -> None:
+        """``MatMulInteger(x [B, in], Q)`` with a banked int8 ``Q [in, out]`` (the export's
+        int8 deltas): ``Unsqueeze(x) [B, 1, in] @ Q[row] [B, in, out] -> Squeeze``; zero
+        points pass through. Integer sums are exact, so every row equals the file's."""
+        a, b, *zero_points = node.input
+        if a in self.banks or b not in self.banks or any(z in self.banks for z in zero_points):
+            raise BankUnsupported("MatMulInteger with a banked left operand or zero point")
+        w = self.banks[b]
+        if w.ndim != 3 or self._rank(a) != 2:
+            raise BankUnsupported("MatMulInteger of a banked operand that is not a matrix")
+        gathered = self._gather(b, 3)
+        axes = self._const("axes", np.array([1], dtype=np.int64))
+        a3, y3 = self._fresh("xint"), self._fresh("yint")
+        self.nodes.append(helper.make_node("Unsqueeze", [a, axes], [a3]))
+        self.nodes.append(helper.make_node("MatMulInteger", [a3, gathered, *zero_points], [y3]))
+        self.nodes.append(helper.make_node("Squeeze", [y3, axes], list(node.output)))
+
     def _batched_linear(self, node: onnx.NodeProto) -> None:
         """``W [1, out, in] @ x [R, in, 1]``, the export's batched linear form
         (:func:`mamlctl.maml.onnx_binding.batched_linear_form`): ``Gather`` gives ``W [B, out,
@@ -324,6 +343,15 @@ class Rewriter:
                 self._batched_matvec(a, w, prod, b)
             else:
                 self._batched_matmul(a, w, prod, b)
+        elif c is not None and c in self.banks and beta == 1.0:
+            # a shared weight with a per-series bias (the int8-delta export's base term): the
+            # gathered bias [B, out] is the Gemm's own C, as [out] is in the file, so each row
+            # is computed exactly as the file computes it
+            bias = self.banks[c]
+            self.nodes.append(
+                helper.make_node("Gemm", [a, b, self._gather(c, 2, bias)], [out], **attrs)
+            )
+            return
         else:
             new = helper.make_node("Gemm", [a, b], [prod], **attrs)
             self.nodes.append(new)

@@ -11,9 +11,9 @@ length prefixes are part of the framing) -- and its tail holds nothing but metad
 are then read as zero-copy views of the file's bytes and only the tail is parsed (~3 us instead
 of ~100 us of parsing, copying and hashing the graph per file at 10,000 files).
 
-Anything unusual -- a Constant node, an initializer not stored as inline float32/int64
-``raw_data``, fields out of order, a tail with more than metadata -- means no layout, and such
-files take the full parse of :mod:`mamlctl.serving.state`.
+Anything unusual -- a Constant node, an initializer not stored as inline float32, int64, int8
+or uint8 ``raw_data``, fields out of order, a tail with more than metadata -- means no layout,
+and such files take the full parse of :mod:`mamlctl.serving.state`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,15 @@ import onnx
 _GRAPH, _METADATA = 7, 14  # ModelProto fields
 _INITIALIZER = 5  # GraphProto field
 _RAW_DATA, _DATA_LOCATION = 9, 14  # TensorProto fields
-_RAW_TYPES = frozenset({int(onnx.TensorProto.FLOAT), int(onnx.TensorProto.INT64)})
+_RAW_TYPES = frozenset(
+    int(t)
+    for t in (
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.INT64,
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.UINT8,
+    )
+)
 
 
 class _Malformed(Exception):

@@ -215,8 +215,12 @@ def _by_layout(
             continue
         (key, window) = layout.info
         meta = tail_metadata(data, layout)
-        if meta is None or meta.get(f"{META_PREFIX}template_id") != key[0]:
+        if meta is None:
             return None
+        if meta.get(f"{META_PREFIX}template_id") != key[0]:
+            # same framing, another graph id: int8-delta files of another initializer (their
+            # base weights are raw data); that structure's own layout may follow
+            continue
         return _loaded(record, meta, window), layout
     return None
 
