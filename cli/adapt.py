@@ -50,6 +50,14 @@ def register(app: typer.Typer) -> None:
                 help="all or head (last layer only, ANIL); default: as the initializer trained.",
             ),
         ] = None,
+        weights: Annotated[
+            str,
+            typer.Option(
+                "--weights",
+                help="How files store adapted weights: int8-delta (int8 deltas from the "
+                "initializer, a quarter of the serving memory) or float32 (exact).",
+            ),
+        ] = "int8-delta",
         force: Annotated[
             bool, typer.Option("--force", help="Re-adapt series that are already up to date.")
         ] = False,
@@ -73,7 +81,11 @@ def register(app: typer.Typer) -> None:
 
         try:
             config = AdaptConfig(
-                steps=steps, inner_lr=lr, calibration=calibration, adapt_scope=adapt_scope
+                steps=steps,
+                inner_lr=lr,
+                calibration=calibration,
+                adapt_scope=adapt_scope,
+                weights=weights,
             )
         except ValueError as err:
             raise ConfigError(f"invalid adaptation settings: {err}") from None

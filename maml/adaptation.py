@@ -36,7 +36,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from mamlctl.domain import AdaptScope
+from mamlctl.domain import AdaptScope, WeightFormat
 from mamlctl.errors import InputError, TrainingError
 from mamlctl.maml.onnx_contract import apply_floor
 
@@ -63,6 +63,7 @@ class AdaptConfig(BaseModel):
     min_z: float = Field(default=3.0, ge=0)
     chunk_size: int = Field(default=1024, ge=1)
     adapt_scope: AdaptScope | None = None
+    weights: WeightFormat = "int8-delta"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +84,7 @@ class AdaptPlan:
     nonnegative: bool = False  # raw forecasts bounded below (the exported graph does the same)
     floor_fraction: float = 0.0  # the bound: relu(fraction * window minimum); 0 = clip at 0
     adapt_scope: str = "all"  # all | head (ANIL: only the last layer moves per series)
+    weights: str = "int8-delta"  # float32 | int8-delta: how the export stores adapted layers
 
     @property
     def min_points(self) -> int:
@@ -102,6 +104,7 @@ class AdaptPlan:
             "nonnegative": self.nonnegative,
             "floor_fraction": self.floor_fraction,
             "adapt_scope": self.adapt_scope,
+            "weights": self.weights,
             "false_alarm_rate": self.false_alarm_rate,
             "min_z": self.min_z,
         }
@@ -178,6 +181,7 @@ def plan_adaptation(
         # Initializers written before the bound was recorded clip at 0.
         floor_fraction=float(train.get("floor_fraction", 0.0)),
         adapt_scope=config.adapt_scope or str(train.get("adapt_scope", "all")),
+        weights=config.weights,
         false_alarm_rate=config.false_alarm_rate,
         min_z=config.min_z,
         chunk_size=config.chunk_size,

@@ -46,6 +46,8 @@ One self-contained ONNX file per series, usable without mamlctl:
   ``threshold``             anomaly threshold on ``|actual - forecast| / sigma``
   ``template_id``           sha256 of the graph with per-series values zeroed: files with the
                             same id share one graph and differ only in the initializers below
+                            (int8-delta files: the initializer's base weights are part of
+                            the graph, so files of two initializers have different ids)
   ``series_initializers``   JSON list of initializer names holding per-series values
   ========================  ==============================================================
 
@@ -54,6 +56,10 @@ Floats are written with ``repr`` (exact round trip). :func:`parse_metadata` read
 
 Exporting is template-based (:mod:`mamlctl.maml.onnx_template`): one ``torch.onnx.export`` per
 model config, then each series' values are written into a copy of the serialized template.
+Adapted layers are stored as float32 (exact) or, by default, as int8 deltas from the
+initializer's weights with one float32 scale per output row (``adapt --weights``; see
+:func:`mamlctl.maml.onnx_binding.quantized_linear_form`): the file is still a plain ONNX model,
+and what it computes is what the server computes, bit for bit.
 """
 
 from __future__ import annotations
@@ -330,14 +336,23 @@ class TemplateCache:
         nonnegative: bool = False,
         floor_fraction: float = 0.0,
         per_series: Collection[str] | None = None,
+        weights: str = "float32",
     ) -> OnnxTemplate:
         """The template of a ``maml.models`` config (``MLPConfig`` / ``ConvConfig``);
-        ``per_series``: the parameters adapted per series (None: all)."""
+        ``per_series``: the parameters adapted per series (None: all); ``weights``: their
+        export format (see :func:`~mamlctl.maml.onnx_template.build_template`)."""
         from mamlctl.maml.models import config_to_dict
 
         fraction = float(floor_fraction) if nonnegative else 0.0
         adapted = None if per_series is None else tuple(sorted(per_series))
-        key = (config_hash(config_to_dict(config)), opset or OPSET, nonnegative, fraction, adapted)
+        key = (
+            config_hash(config_to_dict(config)),
+            opset or OPSET,
+            nonnegative,
+            fraction,
+            adapted,
+            weights,
+        )
         if key not in self._templates:
             self._templates[key] = template_for_config(
                 config,
@@ -345,6 +360,7 @@ class TemplateCache:
                 nonnegative=nonnegative,
                 floor_fraction=fraction,
                 per_series=adapted,
+                weights=weights,
             )
         return self._templates[key]
 
@@ -357,6 +373,7 @@ def template_for_config(
     nonnegative: bool = False,
     floor_fraction: float = 0.0,
     per_series: Collection[str] | None = None,
+    weights: str = "float32",
 ) -> OnnxTemplate:
     """Build the template of a ``maml.models`` config (exports once; ~1 s)."""
     import torch
@@ -378,6 +395,7 @@ def template_for_config(
         nonnegative=nonnegative,
         floor_fraction=floor_fraction,
         per_series=per_series,
+        weights=weights,
     )
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from mamlctl.errors import InputError
+from mamlctl.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -78,8 +78,14 @@ def torch_reference(
     head: Head,
     nonnegative: bool = False,
     floor_fraction: float = 0.0,
+    quantized: Mapping[str, Any] | None = None,
 ) -> Reference:
-    """The torch twin of a rendered file: ``core`` with ``params`` inside the contract wrapper."""
+    """The torch twin of a rendered file: ``core`` with ``params`` inside the contract wrapper.
+
+    ``quantized`` (``OnnxTemplate.quantized_layers``): the int8-delta layers of the file, by
+    weight parameter; each such ``nn.Linear`` then computes what the file's layer computes (see
+    :func:`mamlctl.maml.onnx_binding.quantized_linear_form`), written here independently in
+    torch: the base weight in float32, the delta term from per-row 7-bit inputs."""
     import torch
 
     from mamlctl.maml.onnx_contract import contract_module
@@ -87,6 +93,11 @@ def torch_reference(
     module = copy.deepcopy(core).float().eval()
     state = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in params.items()}
     module.load_state_dict(state, strict=True)
+    for name, layer in (quantized or {}).items():
+        owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+        if not isinstance(owner, torch.nn.Linear) or not name.endswith("weight"):
+            raise ConfigError(f"quantized parameter {name!r} is not an nn.Linear weight")
+        owner.register_forward_hook(_quantized_linear_hook(layer))
     wrapper = contract_module(
         module,
         horizon=horizon,
@@ -105,6 +116,32 @@ def torch_reference(
         return forecast.numpy(), sigma.numpy()
 
     return run
+
+
+def _quantized_linear_hook(layer: Any) -> Any:
+    """A forward hook replacing an ``nn.Linear``'s output with the int8-delta layer's."""
+    import torch
+
+    from mamlctl.maml.onnx_binding import SIGNED_LEVELS, SIGNED_ZERO, UNSIGNED_LEVELS
+
+    base = torch.as_tensor(np.asarray(layer.base, dtype=np.float32))
+    q = torch.as_tensor(np.asarray(layer.q, dtype=np.float64))  # [out, in], exact integers
+    qscale = torch.as_tensor(np.asarray(layer.scale, dtype=np.float32))
+    levels = SIGNED_LEVELS if layer.signed else UNSIGNED_LEVELS
+    inv = torch.tensor(1.0 / levels, dtype=torch.float32)
+
+    def hook(module: Any, inputs: Any, _output: Any) -> Any:
+        (x,) = inputs
+        peak = (x.abs() if layer.signed else x).amax(dim=-1)
+        s = peak * inv  # [R]
+        ratio = torch.where((s > 0).unsqueeze(-1), x / s.unsqueeze(-1), torch.zeros_like(x))
+        low = -SIGNED_ZERO if layer.signed else 0
+        levels_x = torch.clamp(torch.round(ratio), low, 255 + low)  # QuantizeLinear saturates
+        acc = levels_x.double() @ q.T  # the exact integer sums of MatMulInteger
+        delta = (acc.float() * s.unsqueeze(-1)) * qscale
+        return torch.nn.functional.linear(x, base, module.bias) + delta
+
+    return hook
 
 
 def random_windows(*, loc: float, scale: float, window: int, n: int, seed: int) -> F32:

@@ -30,21 +30,29 @@ surgery of steps 1-2 in :mod:`mamlctl.maml.onnx_binding`; both are re-exported h
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 import numpy.typing as npt
 
+from mamlctl.domain import WeightFormat
 from mamlctl.errors import ConfigError, InputError
 from mamlctl.maml.onnx_binding import (
+    BASE,
+    QDELTA,
+    QSCALE,
     NotUnique,
     batched_linear_form,
     bind,
+    dequantize_rows,
     locate,
     normalise_raw,
+    quantize_rows,
+    quantized_linear_form,
     quiet_export,
     randomise,
     strip,
@@ -72,14 +80,36 @@ __all__ = [
     "OUTPUT_NAMES",
     "RESIDUAL_SCALE",
     "SCALE",
+    "WEIGHT_FORMATS",
     "Binding",
     "Head",
     "OnnxTemplate",
+    "QuantizedLayer",
     "build_template",
     "canonical_json",
     "config_hash",
     "contract_module",
 ]
+
+
+#: Binding roles: the parameter's own float32 values, or (a quantized layer) the initializer's
+#: weight it is a delta from, the int8 delta, the delta's per-row float32 scales.
+VALUE, BASE_ROLE, QDELTA_ROLE, QSCALE_ROLE = "value", "base", "qdelta", "qscale"
+
+#: Export formats of per-series weights (see :data:`mamlctl.domain.WeightFormat`).
+WEIGHT_FORMATS: tuple[str, ...] = get_args(WeightFormat)
+
+
+@dataclass(frozen=True, slots=True)
+class QuantizedLayer:
+    """One int8-delta layer of a file: ``W = base + scale[:, None] * q`` (``[out, in]``), its
+    input quantized around a zero point when ``signed`` (see
+    :func:`~mamlctl.maml.onnx_binding.quantized_linear_form`)."""
+
+    base: npt.NDArray[np.float32]
+    q: npt.NDArray[np.int8]
+    scale: npt.NDArray[np.float32]
+    signed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +122,7 @@ class Binding:
     shape: tuple[int, ...]  # the parameter's shape (before transpose)
     offset: int
     nbytes: int
+    role: str = VALUE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,11 +141,84 @@ class OnnxTemplate:
     bindings: tuple[Binding, ...]
     param_shapes: dict[str, tuple[int, ...]]
     floor_fraction: float = 0.0  # lower bound relu(fraction * min(window)) when nonnegative
+    weights: str = "float32"  # one of WEIGHT_FORMATS
+    #: quantized layers: the initializer's weight per parameter, as stored ([out, in]); set by
+    #: :meth:`with_base`, required by :meth:`render` when the template quantizes
+    base: Mapping[str, npt.NDArray[np.float32]] | None = None
+    #: quantized layers whose input may be negative (quantized around a zero point)
+    signed_inputs: frozenset[str] = frozenset()
 
     @property
     def series_initializers(self) -> tuple[str, ...]:
         """Initializer names that hold per-series values (weights and normalisation)."""
-        return tuple(b.initializer for b in self.bindings)
+        return tuple(b.initializer for b in self.bindings if b.role != BASE_ROLE)
+
+    @property
+    def quantized(self) -> tuple[str, ...]:
+        """Parameters stored as int8 deltas from the initializer's values."""
+        return tuple(b.param for b in self.bindings if b.role == BASE_ROLE)
+
+    def with_base(self, params: Mapping[str, npt.ArrayLike]) -> OnnxTemplate:
+        """This template with the initializer's weights (``params``, state-dict names, torch
+        shapes) written in as the base of every quantized layer; the result's ``template_id``
+        covers them, so files of different initializers never share a bank. A template
+        without quantized layers is returned as it is."""
+        bases = [b for b in self.bindings if b.role == BASE_ROLE]
+        if not bases:
+            return self
+        buf = bytearray(self.template_bytes)
+        base: dict[str, npt.NDArray[np.float32]] = {}
+        for b in bases:
+            stored = _stored(b, params)
+            base[b.param] = stored
+            buf[b.offset : b.offset + b.nbytes] = stored.tobytes()
+        structural = bytearray(buf)
+        for b in self.bindings:
+            if b.role != BASE_ROLE:
+                structural[b.offset : b.offset + b.nbytes] = bytes(b.nbytes)
+        return dataclasses.replace(
+            self,
+            template_bytes=bytes(buf),
+            template_id=hashlib.sha256(bytes(structural)).hexdigest(),
+            base=base,
+        )
+
+    def _quantized_of(
+        self, params: Mapping[str, npt.ArrayLike]
+    ) -> dict[str, tuple[npt.NDArray[np.int8], npt.NDArray[np.float32]]]:
+        """``param -> (q [out, in] int8, scale [out] float32)`` of every quantized layer."""
+        if not self.quantized:
+            return {}
+        if self.base is None:
+            raise ConfigError("this template quantizes weights: call with_base() first")
+        out = {}
+        for b in self.bindings:
+            if b.role == BASE_ROLE:
+                out[b.param] = quantize_rows(_stored(b, params) - self.base[b.param])
+        return out
+
+    def quantized_layers(self, params: Mapping[str, npt.ArrayLike]) -> dict[str, QuantizedLayer]:
+        """What each quantized layer of the file rendered from ``params`` holds, by weight
+        parameter (the torch twin of the file, :func:`~mamlctl.maml.onnx_parity.torch_reference`,
+        computes the layer from these)."""
+        out = {}
+        for name, (q, scale) in self._quantized_of(params).items():
+            assert self.base is not None
+            out[name] = QuantizedLayer(
+                base=self.base[name], q=q, scale=scale, signed=name in self.signed_inputs
+            )
+        return out
+
+    def stored_params(self, params: Mapping[str, npt.ArrayLike]) -> dict[str, npt.NDArray[Any]]:
+        """The parameters a rendered file computes with (torch shapes): ``params`` with every
+        quantized weight replaced by its dequantized value (torch references use these)."""
+        result = {name: np.asarray(v, dtype=np.float32) for name, v in params.items()}
+        by_param = {b.param: b for b in self.bindings if b.role == BASE_ROLE}
+        for name, (q, scale) in self._quantized_of(params).items():
+            assert self.base is not None
+            value = dequantize_rows(self.base[name], q, scale)
+            result[name] = value.T if by_param[name].transpose else value
+        return result
 
     def render(
         self,
@@ -131,7 +235,18 @@ class OnnxTemplate:
         """
         buf = bytearray(self.template_bytes)
         scalars = {LOC: loc, SCALE: scale, RESIDUAL_SCALE: residual_scale}
+        try:
+            quantized = self._quantized_of(params)
+        except KeyError as err:
+            raise InputError(f"adapted parameters lack {err.args[0]!r}") from None
         for b in self.bindings:
+            if b.role == BASE_ROLE:
+                continue
+            if b.role in (QDELTA_ROLE, QSCALE_ROLE):
+                q, qscale = quantized[b.param]
+                part = np.ascontiguousarray(q.T) if b.role == QDELTA_ROLE else qscale
+                buf[b.offset : b.offset + b.nbytes] = part.tobytes()
+                continue
             if b.param in scalars:
                 value: npt.NDArray[Any] = np.asarray([scalars[b.param]], dtype="<f4")
             else:
@@ -148,6 +263,14 @@ class OnnxTemplate:
             buf[b.offset : b.offset + b.nbytes] = np.ascontiguousarray(value).tobytes()
         buf += _metadata_bytes(metadata)
         return bytes(buf)
+
+
+def _stored(b: Binding, params: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float32]:
+    """Parameter ``b.param`` of ``params`` in the layout its initializer stores."""
+    value = np.asarray(params[b.param], dtype="<f4")
+    if value.shape != b.shape:
+        raise InputError(f"parameter {b.param!r} has shape {value.shape}, expected {b.shape}")
+    return np.ascontiguousarray(value.T if b.transpose else value)
 
 
 def _metadata_bytes(metadata: Mapping[str, str]) -> bytes:
@@ -174,6 +297,7 @@ def build_template(
     nonnegative: bool = False,
     floor_fraction: float = 0.0,
     per_series: Collection[str] | None = None,
+    weights: str = "float32",
 ) -> OnnxTemplate:
     """Export the contract graph around ``core`` once; see the module docstring.
 
@@ -186,7 +310,13 @@ def build_template(
     default adaptation; the last layer for head-only adaptation). Their linear layers are
     written in the batched form of :func:`~mamlctl.maml.onnx_binding.batched_linear_form`, so
     the scoring server's answers equal the file's bit for bit.
+
+    ``weights="int8-delta"`` stores each such layer's weight as an int8 delta from the
+    initializer's (:func:`~mamlctl.maml.onnx_binding.quantized_linear_form`): 1 byte per weight
+    per series instead of 4. Such a template renders only after :meth:`OnnxTemplate.with_base`.
     """
+    if weights not in WEIGHT_FORMATS:
+        raise ConfigError(f"unknown weight format {weights!r}; expected one of {WEIGHT_FORMATS}")
     if opset < 17:
         raise ConfigError(f"opset {opset} is below the contract's minimum of 17")
     if head not in ("mean", "gaussian"):
@@ -208,6 +338,7 @@ def build_template(
                 nonnegative=nonnegative,
                 floor_fraction=floor_fraction,
                 per_series=per_series,
+                weights=weights,
             )
         except NotUnique as err:  # a 4-byte sentinel collided with other bytes: reseed
             last_err = err
@@ -227,6 +358,7 @@ def _build_once(
     nonnegative: bool,
     floor_fraction: float,
     per_series: Collection[str] | None = None,
+    weights: str = "float32",
 ) -> OnnxTemplate:
     import torch
 
@@ -278,8 +410,27 @@ def _build_once(
     # residual_scale is absent from a gaussian graph (sigma comes from the head there).
     scalar_bound = bind(model, {n: v for n, v in scalar_values.items() if n in present}, "")
     wanted = set(values) if per_series is None else set(per_series)
-    flipped = batched_linear_form(model, {name for name, p, _ in bound if p in wanted})
+    layers = {name for name, p, _ in bound if p in wanted}
+    signed_weights: set[str] = set()
+    if weights == "int8-delta":
+        flipped, signed_weights = quantized_linear_form(model, layers, rng)
+    else:
+        flipped = batched_linear_form(model, layers)
     bound = [(name, p, (not t) if name in flipped else t) for name, p, t in bound]
+    bound_layers = list(bound)
+    present = {i.name for i in model.graph.initializer}
+    roles: dict[str, str] = {}  # initializer -> role, for the bound names
+    expanded = []
+    for name, p, t in bound:
+        if name in present:
+            expanded.append((name, p, t))
+            roles[name] = VALUE
+            continue
+        for suffix, role in ((BASE, BASE_ROLE), (QDELTA, QDELTA_ROLE), (QSCALE, QSCALE_ROLE)):
+            expanded.append((name + suffix, p, t))
+            roles[name + suffix] = role
+    bound = expanded
+    roles.update({name: VALUE for name, _, _ in scalar_bound})
     names = {name for name, _, _ in bound + scalar_bound}
     for required in (LOC, SCALE):
         if required not in names:
@@ -290,6 +441,7 @@ def _build_once(
 
     shapes = {name: tuple(int(d) for d in v.shape) for name, v in values.items()}
     shapes.update({n: (1,) for n in scalars})
+    sizes = {i.name: _nbytes(i) for i in model.graph.initializer if i.name in names}
     bindings = tuple(
         sorted(
             (
@@ -299,7 +451,8 @@ def _build_once(
                     transpose=transposed,
                     shape=shapes[param],
                     offset=offsets[name],
-                    nbytes=4 * int(np.prod(shapes[param])),
+                    nbytes=sizes[name],
+                    role=roles[name],
                 )
                 for name, param, transposed in bound + scalar_bound
             ),
@@ -310,6 +463,10 @@ def _build_once(
     if missing:  # pragma: no cover - bind raises first
         raise ConfigError(f"parameters without initializer: {sorted(missing)}")
 
+    for b in bindings:
+        expected = 4 * int(np.prod(b.shape)) if b.role in (VALUE, BASE_ROLE) else None
+        if expected is not None and b.nbytes != expected:
+            raise ConfigError(f"initializer {b.initializer!r} does not hold {b.param!r}")
     # Structural identity: the template with every per-series byte range zeroed.
     structural = bytearray(serialized)
     for b in bindings:
@@ -327,10 +484,18 @@ def _build_once(
         floor_fraction=floor_fraction,
         bindings=bindings,
         param_shapes={n: s for n, s in shapes.items() if n not in scalars},
+        weights=weights,
+        signed_inputs=frozenset(p for name, p, _ in bound_layers if name in signed_weights),
     )
     if verify:
         _self_check(template, core=sentinel_core, rng=rng)
     return template
+
+
+def _nbytes(init: Any) -> int:
+    from onnx import numpy_helper
+
+    return int(numpy_helper.to_array(init).nbytes)
 
 
 def _self_check(template: OnnxTemplate, *, core: nn.Module, rng: np.random.Generator) -> None:
@@ -346,10 +511,15 @@ def _self_check(template: OnnxTemplate, *, core: nn.Module, rng: np.random.Gener
         for name, shape in template.param_shapes.items()
     }
     loc, scale, rscale = 3.0, 2.5, 0.7
+    if template.quantized:
+        # deltas of a tenth of the weights, as adaptation gives
+        template = template.with_base(params)
+        params = {n: v * np.float32(1.1) for n, v in params.items()}
     blob = template.render(params, loc=loc, scale=scale, residual_scale=rscale, metadata={})
     reference = torch_reference(
         core,
-        params,
+        template.stored_params(params),
+        quantized=template.quantized_layers(params),
         loc=loc,
         scale=scale,
         residual_scale=rscale,

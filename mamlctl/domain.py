@@ -17,6 +17,9 @@ FloatArray = npt.NDArray[np.float64]
 
 #: Which parameters adaptation moves per series: every one, or the last layer only (ANIL).
 AdaptScope = Literal["all", "head"]
+#: How an export stores each adapted layer's weights: exact float32, or int8 deltas from the
+#: initializer's weights with a float32 scale per output row (1 byte per weight per series).
+WeightFormat = Literal["float32", "int8-delta"]
 
 #: The alias a family's scoring follows unless configured otherwise.
 CHAMPION = "champion"

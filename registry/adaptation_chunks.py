@@ -49,6 +49,7 @@ class ChunkedJob:
         self.run_id = run_id
         self.too_short: list[str] = []
         self.parity: list[dict[str, Any]] = []
+        self.quantization_errors: list[float] = []
         self._sums: dict[str, float] = {}
         self._n = 0
 
@@ -60,6 +61,9 @@ class ChunkedJob:
             ParityStats(**{k: v for k, v in p.items() if k != "series_id"}) for p in self.parity
         ]
         out.update(summarise(stats))
+        if self.quantization_errors:
+            # max |file - torch with the unquantized weights| / scale over the parity sample
+            out["quantization_max_rel_error"] = max(self.quantization_errors)
         return out
 
     def run(
@@ -111,7 +115,10 @@ class ChunkedJob:
                     nonnegative=self.plan.nonnegative,
                     floor_fraction=self.plan.floor_fraction,
                     per_series=adapt_names_for(config, self.plan.adapt_scope),
+                    weights=self.plan.weights,
                 )
+                if template.quantized:  # int8 deltas from this initializer's weights
+                    template = self._based(template)
                 result = adapt_fn(self.initializer, histories, plan=self.plan)
                 batch = SeriesBatch(
                     series_ids=tuple(todo),
@@ -166,6 +173,14 @@ class ChunkedJob:
                 progress(min(start + step, total), total)
         return {"adapted": adapted, "up_to_date": up_to_date}
 
+    def _based(self, template: Any) -> Any:
+        """``template.with_base`` of this job's initializer (computed once per job)."""
+        cached = getattr(self, "_based_template", None)
+        if cached is None:
+            base = {n: p.detach().cpu().numpy() for n, p in self.initializer.params.items()}
+            cached = self._based_template = template.with_base(base)
+        return cached
+
     def _accumulate(self, result: Any) -> None:
         from mamlctl.maml.adaptation import summarise
 
@@ -185,18 +200,39 @@ class ChunkedJob:
                 self.settings.models_dir, stored[i].relpath, sha256=stored[i].sha256
             )
             loc, scale = float(batch.loc[i]), float(batch.scale[i])
-            reference = torch_reference(
-                self.initializer.model(),
-                batch.params_of(i),
-                loc=loc,
-                scale=scale,
-                residual_scale=float(batch.residual_scale[i]),
-                horizon=template.horizon,
-                head=template.head,
-                nonnegative=template.nonnegative,
-                floor_fraction=template.floor_fraction,
+            rscale = float(batch.residual_scale[i])
+
+            def reference_of(
+                params: Any,
+                quantized: Any = None,
+                loc: float = loc,
+                scale: float = scale,
+                rscale: float = rscale,
+            ) -> Any:
+                return torch_reference(
+                    self.initializer.model(),
+                    params,
+                    quantized=quantized,
+                    loc=loc,
+                    scale=scale,
+                    residual_scale=rscale,
+                    horizon=template.horizon,
+                    head=template.head,
+                    nonnegative=template.nonnegative,
+                    floor_fraction=template.floor_fraction,
+                )
+
+            # the file against its torch twin (int8-delta layers computed as the file does)
+            params = batch.params_of(i)
+            reference = reference_of(
+                template.stored_params(params), quantized=template.quantized_layers(params)
             )
             stats = check_parity(blob, reference, loc=loc, scale=scale, window=template.window)
+            if template.quantized:
+                exact = check_parity(
+                    blob, reference_of(params), loc=loc, scale=scale, window=template.window
+                )
+                self.quantization_errors.append(exact.max_rel_error)
             if stats.max_rel_error > max(stats.tolerance, 2 * stats.resolution):
                 raise TrainingError(
                     f"exported model of {batch.series_ids[i]} differs from torch by "

@@ -129,6 +129,9 @@ def test_adapt_exports_records_and_logs_a_run(registered: Any) -> None:
     assert run.data.metrics["parity_checked"] == 4
     assert run.data.metrics["parity_failed"] == 0
     assert run.data.metrics["parity_max_rel_error"] <= 1e-5
+    # int8-delta files (the default): parity holds for the weights the files store; against
+    # the unquantized adapted weights they differ by well under a thousandth of the scale
+    assert 0 < run.data.metrics["quantization_max_rel_error"] < 1e-3
     assert run.data.metrics["support_loss_after"] < run.data.metrics["support_loss_before"]
 
 
@@ -165,6 +168,27 @@ def test_recipe_initializer_exports_clipped_head_only_files(
         low = np.full((3, L), meta.loc - 50 * meta.scale, dtype=np.float32)
         forecast = ort_session(blob).run(None, {"window": low})[0]
         assert (forecast >= 0).all() and (forecast == 0).any()
+
+
+def test_weight_format_is_part_of_the_job(registered: Any) -> None:
+    """``--weights float32`` re-adapts every series into exact float32 files (no int8, no
+    quantization error); switching back re-adapts again; an unknown format is one line."""
+    from mamlctl.registry.mlflow_store import open_store
+
+    settings = registered.settings
+    _adapt()
+    report = _adapt("--weights", "float32")
+    assert report["adapted"] == 6
+    metrics = open_store(settings).client.get_run(report["run_id"]).data.metrics
+    assert "quantization_max_rel_error" not in metrics and metrics["parity_failed"] == 0
+    for rec in _assert_consistent(settings).values():
+        blob = open_verified(settings.models_dir, rec.path, sha256=rec.sha256)
+        types = {i.data_type for i in onnx.load_from_string(blob).graph.initializer}
+        assert onnx.TensorProto.INT8 not in types
+    assert _adapt()["adapted"] == 6
+    result = runner.invoke(app, ["adapt", "--family", "sines", "--weights", "int4"])
+    assert result.exit_code != 0 and "weights" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_rerun_is_idempotent_and_force_keeps_history(registered: Any) -> None:

@@ -101,21 +101,32 @@ EXACT_MLP = {
 }
 
 
+@pytest.mark.parametrize("weights", ["float32", "int8-delta"])
 @pytest.mark.parametrize("scope", ["all", "head"])
-def test_served_forecasts_equal_each_file_bit_for_bit(template_cache: Any, scope: str) -> None:
+def test_served_forecasts_equal_each_file_bit_for_bit(
+    template_cache: Any, scope: str, weights: str
+) -> None:
     """The export writes per-series linear layers in the batched form; the server's bank then
     computes every row with the kernel the file uses for one window, so for any batch size --
     including the multi-threaded batch session -- each served number equals the file's own
-    output for that window, bit for bit (head scope: shared layers stay Gemm, also exact)."""
+    output for that window, bit for bit (head scope: shared layers stay Gemm, also exact; int8
+    deltas: the shared base is a Gemm, the delta term exact integer sums)."""
     from mamlctl.maml.models import adapt_names_for
     from mamlctl.serving.runtime import BATCH_MIN_ROWS, BankRuntime
 
     config = config_from_dict(EXACT_MLP)
     adapted = adapt_names_for(config, scope)
-    template = template_cache.get(config, nonnegative=True, floor_fraction=0.5, per_series=adapted)
+    template = template_cache.get(
+        config, nonnegative=True, floor_fraction=0.5, per_series=adapted, weights=weights
+    )
     ops = [node.op_type for node in onnx.load_from_string(template.template_bytes).graph.node]
-    assert ops.count("Gemm") == (0 if scope == "all" else 2)  # shared body layers stay Gemm
+    n_adapted = 3 if scope == "all" else 1  # Linear layers moved per series (of 3)
+    if weights == "float32":  # shared body layers stay Gemm
+        assert ops.count("Gemm") == 3 - n_adapted
+    else:  # every layer has a shared Gemm: the body's, or the adapted layers' base
+        assert (ops.count("Gemm"), ops.count("MatMulInteger")) == (3, n_adapted)
     core = build_model(config)
+    template = template.with_base({k: v.detach().numpy() for k, v in core.named_parameters()})
     n = 9
     rng = np.random.default_rng(3)
     params = {}
@@ -125,7 +136,10 @@ def test_served_forecasts_equal_each_file_bit_for_bit(template_cache: Any, scope
         noise = 0.05 * rng.standard_normal((n, *v.shape)) if moves else 0.0
         params[k] = np.broadcast_to(base + noise, (n, *v.shape)).astype("f4")
     batch, blobs = _render(template, params, rng, low=20)
-    runtime = BankRuntime.from_bank(_bank_graph(blobs), batch_threads=2)
+    bank = _bank_graph(blobs)
+    int8 = sorted(k for k, v in bank.banks.items() if v.dtype == np.int8)
+    assert len(int8) == (n_adapted if weights == "int8-delta" else 0)
+    runtime = BankRuntime.from_bank(bank, batch_threads=2)
     files = [ort_session(blob) for blob in blobs]
     for size in (1, 5, BATCH_MIN_ROWS + 8, 130):
         rows = rng.integers(0, n, size).astype(np.int64)
@@ -138,19 +152,27 @@ def test_served_forecasts_equal_each_file_bit_for_bit(template_cache: Any, scope
             np.testing.assert_array_equal(sigma[j], s1[0])
 
 
-def test_a_group_of_identical_files_still_serves_the_files_bits(template_cache: Any) -> None:
+@pytest.mark.parametrize("weights", ["float32", "int8-delta"])
+def test_a_group_of_identical_files_still_serves_the_files_bits(
+    template_cache: Any, weights: str
+) -> None:
     """One series (or files equal in every number): the batched-form weights are still gathered
-    per row, so the bank keeps running the file's own kernel."""
+    per row, so the bank keeps running the file's own kernel (int8 deltas equal everywhere are
+    a shared constant: the bank runs the file's nodes on them unchanged)."""
     from mamlctl.serving.runtime import BankRuntime
 
     config = config_from_dict(EXACT_MLP)
-    template = template_cache.get(config)
     core = build_model(config)
-    params = {k: v.detach().numpy()[None].astype("f4") for k, v in core.named_parameters()}
+    base = {k: v.detach().numpy() for k, v in core.named_parameters()}
+    template = template_cache.get(config, weights=weights).with_base(base)
     rng = np.random.default_rng(0)
+    params = {
+        k: (v + 0.05 * rng.standard_normal(v.shape))[None].astype("f4") for k, v in base.items()
+    }
     batch, (blob,) = _render(template, params, rng, low=20)
     bank = _bank_graph([blob])
-    assert any(name.startswith("bank.") and "weight" in name for name in bank.banks)
+    if weights == "float32":
+        assert any(name.startswith("bank.") and "weight" in name for name in bank.banks)
     runtime = BankRuntime.from_bank(bank)
     level, spread = float(batch.loc[0]), float(batch.scale[0])
     windows = (level + spread * rng.standard_normal((17, 24))).astype(np.float32)
