@@ -100,8 +100,12 @@ def build_home(
     seed: int,
     store_points: int | None = None,
     scope: str = "all",
+    weights: str = "int8-delta",
 ) -> tuple[list[str], dict[str, list[float]]]:
     """Registry + files for ``copies`` x the series in ``values``; returns ids and windows.
+
+    ``weights``: the export's weight format (``adapt --weights``; default int8 deltas from the
+    initializer, as the product's).
 
     ``scope="head"``: only the last layer gets a per-series perturbation (what head-only
     adaptation, ANIL, produces: the body is the initializer's in every file)."""
@@ -122,9 +126,12 @@ def build_home(
     config = MLPConfig(input_size=L, output_size=H, hidden=HIDDEN, head="mean")
     head = set(head_names(config))  # the last Linear: weight and bias
     # the product's export: per-series layers in the batched linear form (served bit-exact)
-    template = template_for_config(config, per_series=None if scope == "all" else sorted(head))
+    template = template_for_config(
+        config, per_series=None if scope == "all" else sorted(head), weights=weights
+    )
     torch.manual_seed(seed)
     base = {n: p.detach().numpy().copy() for n, p in build_model(config).named_parameters()}
+    template = template.with_base(base)
     rng = np.random.default_rng(seed)
     ids, windows, tails = [], {}, []
     for c in range(copies):
@@ -207,7 +214,8 @@ def cached_home(
     """:func:`build_home`, reusing a complete earlier build of the same arguments."""
     marker = home / "bench-home.json"
     key = {k: v for k, v in kwargs.items() if (k, v) != ("scope", "all")}
-    key["export"] = "batched-linear W@x"  # homes exported in an older form are rebuilt
+    # homes exported in an older form are rebuilt
+    key["export"] = "batched-linear W@x; int8 deltas by MatMulInteger, bias in Gemm"
     if marker.exists():
         saved = json.loads(marker.read_text())
         if saved["key"] == key:
@@ -235,7 +243,8 @@ def _wait_http(url: str, *, timeout: float, proc: subprocess.Popen[Any]) -> floa
     start = time.perf_counter()
     while time.perf_counter() - start < timeout:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
+            err = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
+            raise RuntimeError(f"server exited with {proc.returncode}: {err}")
         conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=1)
         try:
             conn.request("GET", parts.path or "/")
@@ -247,6 +256,10 @@ def _wait_http(url: str, *, timeout: float, proc: subprocess.Popen[Any]) -> floa
             conn.close()
         time.sleep(0.01)
     raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+#: servers this run started; the ones still running when it fails are killed on the way out
+_LIVE: list[subprocess.Popen[Any]] = []
 
 
 def start_mamlctl(
@@ -263,6 +276,7 @@ def start_mamlctl(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    _LIVE.append(proc)
     _wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120, proc=proc)
     return proc, time.perf_counter() - t0
 
@@ -279,6 +293,8 @@ def start_mlflow(model_bytes: bytes, store: Path, port: int) -> tuple[subprocess
     with mlflow.start_run():
         info = mlflow.onnx.log_model(proto, name="model")
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
+    # mlflow execs `uvicorn` by name: the venv's bin must be on PATH even when not activated
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [
@@ -300,6 +316,7 @@ def start_mlflow(model_bytes: bytes, store: Path, port: int) -> tuple[subprocess
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    _LIVE.append(proc)
     _wait_http(f"http://127.0.0.1:{port}/ping", timeout=180, proc=proc)
     return proc, time.perf_counter() - t0
 
@@ -453,6 +470,12 @@ def main() -> None:
         help="Per-series weights: every layer (full adaptation) or the last layer only (ANIL).",
     )
     parser.add_argument(
+        "--weights",
+        choices=("int8-delta", "float32"),
+        default="int8-delta",
+        help="Export format of the per-series weights (as `mamlctl adapt --weights`).",
+    )
+    parser.add_argument(
         "--serve-args",
         default="",
         help="Extra `mamlctl serve` options, e.g. '--busy-poll 0 --batch-threads 1'.",
@@ -486,6 +509,7 @@ def main() -> None:
         "model": {"kind": "mlp", "window": L, "horizon": H, "hidden": list(HIDDEN), "head": "mean"},
         "duration_s_per_run": args.duration,
         "adapt_scope": args.adapt_scope,
+        "weights": args.weights,
         "serve_args": serve_args or "defaults (--busy-poll 100us --batch-threads 2)",
     }
     try:
@@ -494,8 +518,10 @@ def main() -> None:
         if args.only != "cold":
             log(f"building the M4 Hourly home ({len(values)} series)")
             t = time.perf_counter()
-            home = homes / ("m4" if scope == "all" else f"m4-{scope}")
-            ids, windows = cached_home(home, values, copies=1, seed=0, scope=scope)
+            home = homes / f"m4-{scope}-{args.weights}"
+            ids, windows = cached_home(
+                home, values, copies=1, seed=0, scope=scope, weights=args.weights
+            )
             result["setup_s"] = round(time.perf_counter() - t, 2)
             rng = np.random.default_rng(1)
             single = write_bodies(
@@ -632,8 +658,16 @@ def main() -> None:
 
         copies = max(1, round(args.series / len(values)))
         log(f"building the {copies * len(values)}-series home")
-        big = homes / ("big" if scope == "all" else f"big-{scope}")
-        cached_home(big, values, copies=copies, seed=2, store_points=L + H, scope=scope)
+        big = homes / f"big-{scope}-{args.weights}"
+        cached_home(
+            big,
+            values,
+            copies=copies,
+            seed=2,
+            store_points=L + H,
+            scope=scope,
+            weights=args.weights,
+        )
         colds, cold_cpu, rss = [], [], {}
         for _ in range(args.cold_runs):
             port = _free_port()
@@ -660,6 +694,10 @@ def main() -> None:
         }
         result["machine"]["load_avg_end"] = os.getloadavg()
     finally:
+        for proc in _LIVE:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=2))
 
