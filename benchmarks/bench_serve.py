@@ -478,7 +478,7 @@ def main() -> None:
     parser.add_argument(
         "--serve-args",
         default="",
-        help="Extra `mamlctl serve` options, e.g. '--busy-poll 0 --batch-threads 1'.",
+        help="Extra `mamlctl serve` options, e.g. '--busy-poll 0 --batch-threads 2'.",
     )
     parser.add_argument(
         "--cold-runs", type=int, default=5, help="Cold starts of the many-series server."
@@ -510,7 +510,7 @@ def main() -> None:
         "duration_s_per_run": args.duration,
         "adapt_scope": args.adapt_scope,
         "weights": args.weights,
-        "serve_args": serve_args or "defaults (--busy-poll 100us --batch-threads 2)",
+        "serve_args": serve_args or "defaults (--busy-poll 100us --batch-threads 1)",
     }
     try:
         values = load_m4_hourly()

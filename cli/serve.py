@@ -59,8 +59,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 min=1,
                 max=limits.MAX_BATCH_THREADS,
-                help="onnxruntime threads for calls of 32 or more rows (single rows always use"
-                " one).",
+                help="onnxruntime threads per call of 32 or more rows (single rows always use"
+                " one; large requests already run two at a time on worker threads).",
                 envvar="MAMLCTL_SERVE_BATCH_THREADS",
             ),
         ] = limits.DEFAULT_BATCH_THREADS,

@@ -22,8 +22,9 @@ Modules, in the order a request meets them:
   model files, and their numbers read at known byte offsets after the first file of a structure.
 - :mod:`~mamlctl.serving.bank` (+ :mod:`~mamlctl.serving.bank_rewrite`): per-series ONNX files
   -> one bank graph per structure.
-- :mod:`~mamlctl.serving.runtime`: onnxruntime sessions (1 intra-op, 1 inter-op thread; a
-  bank's batch session with ``--batch-threads`` threads for calls of 32+ rows).
+- :mod:`~mamlctl.serving.runtime`: onnxruntime sessions (1 intra-op, 1 inter-op thread;
+  optionally a bank's batch session with ``--batch-threads`` threads for calls of 32+ rows).
+  Request bodies of 16 KiB or more are scored on two worker threads (:mod:`~mamlctl.serving.app`).
 - :mod:`~mamlctl.serving.schemas`, :mod:`~mamlctl.serving.metrics`: OpenAPI documents and
   Prometheus metrics.
 """

@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +151,10 @@ class _Poller:
             await asyncio.to_thread(holder.reload)
 
 
+#: ``(status, body, rows scored, error kind, headers)`` of one ``POST /v1/score``
+_Answer = tuple[int, bytes, int, str | None, list[tuple[bytes, bytes]]]
+
+
 class ScoringApp:
     """Outer ASGI layer (see module docstring). ``api`` is the inner FastAPI app."""
 
@@ -171,6 +176,7 @@ class ScoringApp:
         # Prometheus counters when /metrics is read (flush_metrics)
         self._pending_ok = 0
         self._pending_rows = 0
+        self._pool: ThreadPoolExecutor | None = None  # large requests (OFFLOAD_BODY_BYTES)
 
     @property
     def api(self) -> Any:
@@ -224,7 +230,15 @@ class ScoringApp:
                 if err.kind == "disconnect":
                     return
                 body = err
-            status, payload, headers = self.answer_score(scope["headers"], body, start)
+            if isinstance(body, bytes) and len(body) >= limits.OFFLOAD_BODY_BYTES:
+                # a large batch: scored on a worker thread (onnxruntime releases the GIL), so
+                # the loop reads, decodes and answers other requests meanwhile
+                answer = await asyncio.get_running_loop().run_in_executor(
+                    self._offload_pool(), self._answer, scope["headers"], body
+                )
+            else:
+                answer = self._answer(scope["headers"], body)
+            status, payload, headers = self._record(answer, start)
             await _send(send, status, payload, headers)
             self.busy_poll.touch()
             return
@@ -247,6 +261,8 @@ class ScoringApp:
                     with contextlib.suppress(asyncio.CancelledError):
                         await self._poll_task
                 self.holder.source.close()
+                if self._pool is not None:
+                    self._pool.shutdown(wait=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -266,6 +282,11 @@ class ScoringApp:
         if kind is not None:
             self.metrics.errors.labels(endpoint, kind).inc()
 
+    def _offload_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(limits.OFFLOAD_WORKERS, thread_name_prefix="score")
+        return self._pool
+
     def answer_score(
         self,
         headers: Iterable[tuple[bytes, bytes]],
@@ -279,9 +300,26 @@ class ScoringApp:
         ``body`` is the request body, or the error met reading it (413, bad length).
         ``start`` is the ``perf_counter`` at the start of the request (latency metric).
         """
+        return self._record(self._answer(headers, body), start)
+
+    def _record(
+        self, answer: _Answer, start: float
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """Count ``answer`` (on the event loop's thread: the counters take no lock)."""
+        status, payload, rows, kind, out = answer
+        self._latency.observe(time.perf_counter() - start)
+        if status == 200:
+            self._pending_ok += 1
+            self._pending_rows += rows
+        else:
+            self._count(SCORE_PATH, status, kind)
+        return status, payload, out
+
+    def _answer(self, headers: Iterable[tuple[bytes, bytes]], body: bytes | ClientError) -> _Answer:
+        """``(status, body, rows, error kind, headers)``: no shared state is written, so it
+        may run on a worker thread."""
         if self._token is not None and not self._token_ok(headers):
-            self._count(SCORE_PATH, 401, "unauthorized")
-            return 401, UNAUTHORIZED, _UNAUTH_HEADERS
+            return 401, UNAUTHORIZED, 0, "unauthorized", _UNAUTH_HEADERS
         status, payload, rows, kind, out = 200, b"", 0, None, _JSON_HEADERS
         try:
             if isinstance(body, ClientError):
@@ -302,13 +340,7 @@ class ScoringApp:
             status, kind = 500, "internal"
             payload = b'{"detail":"internal error while scoring (see server log)"}'
             out = _JSON_HEADERS
-        self._latency.observe(time.perf_counter() - start)
-        if status == 200:
-            self._pending_ok += 1
-            self._pending_rows += rows
-        else:
-            self._count(SCORE_PATH, status, kind)
-        return status, payload, out
+        return status, payload, rows, kind, out
 
 
 def _is_binary(headers: Iterable[tuple[bytes, bytes]]) -> bool:

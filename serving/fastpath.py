@@ -11,7 +11,8 @@ Why: uvicorn's per-request machinery (scope dict, ``RequestResponseCycle``, an a
 ``receive``/``send`` message dicts, header validation) costs ~60 us of CPU per request on this
 machine, more than scoring one row; this path costs a few microseconds. Scoring was already
 synchronous on the event loop (no ``await`` between reading the body and answering), so
-nothing about concurrency changes.
+nothing about concurrency changes. Bodies declared at ``OFFLOAD_BODY_BYTES`` or more (large
+batches) take the ASGI path, which scores them on a worker thread while the loop goes on.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from mamlctl.serving.app import SCORE_PATH, ScoringApp, too_large
+from mamlctl.serving.limits import OFFLOAD_BODY_BYTES
 
 _SCORE_URL = SCORE_PATH.encode()
 _POST = b"POST"
@@ -34,6 +36,15 @@ def _scoring_app(app: Any) -> ScoringApp | None:
             return app
         app = getattr(app, "app", None)
     return None
+
+
+def _large(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A declared body of at least ``OFFLOAD_BODY_BYTES``: the ASGI path scores it on a worker
+    thread, so the loop is not held for the length of a large batch."""
+    for name, value in headers:
+        if name == b"content-length":
+            return value.isdigit() and int(value) >= OFFLOAD_BODY_BYTES
+    return False
 
 
 class ScoreHttpProtocol(HttpToolsProtocol):
@@ -60,6 +71,7 @@ class ScoreHttpProtocol(HttpToolsProtocol):
             and not self.expect_100_continue
             and self.parser.get_http_version() == "1.1"
             and (self.cycle is None or self.cycle.response_complete)
+            and not _large(self.headers)
         ):
             self._fast = True
             self._chunks = []

@@ -14,5 +14,11 @@ DEFAULT_MAX_BODY = 1 << 20
 DEFAULT_BUSY_POLL = 100e-6
 MAX_BUSY_POLL = 0.01
 #: onnxruntime threads of a bank's batch session (:mod:`mamlctl.serving.runtime`).
-DEFAULT_BATCH_THREADS = 2
+DEFAULT_BATCH_THREADS = 1
 MAX_BATCH_THREADS = 64
+#: ``POST /v1/score`` bodies of at least this many bytes (a binary batch of ~40 rows, a JSON
+#: batch of ~20) are scored on a worker thread, so that the event loop reads and answers other
+#: requests meanwhile (:mod:`mamlctl.serving.app`); smaller ones are answered in the parser.
+OFFLOAD_BODY_BYTES = 16 << 10
+#: Worker threads for those large requests.
+OFFLOAD_WORKERS = 2

@@ -4,17 +4,16 @@ Sessions use one intra-op and one inter-op thread (tiny graphs: threads only add
 parallelism comes from uvicorn workers) and ``InferenceSession.run`` with numpy feeds (a
 contiguous numpy array is wrapped without a copy, so the banks cost nothing per call).
 
-The one exception is a bank's *batch session*: the same graph with ``batch_threads`` intra-op
-threads, used for calls of at least :data:`BATCH_MIN_ROWS` rows. A 256-row mixed batch spends
-its time gathering ~54 KB of weights per row and in small batched MatMuls, which onnxruntime
-splits over its threads; measured on the 2-core machine (M4 Hourly bank, 414 series): 256 rows
-in 704 us on one thread, 382 us on two; at 32 rows 80 vs 54 us; below that one thread wins.
-The pool threads spin briefly between calls (onnxruntime's default): through the server, 2
-threads gave 324-363k rows/s spinning and 308-314k not. Both sessions read the same bank
-arrays (inputs, not copies) and split the rows, not the sums inside a row, so the numbers are
-identical (a test holds them equal). Banks of int8 weight deltas (``adapt --weights int8-delta``,
-the default) gain as much: 256 rows in 696 us on one thread, 469 us on two (the same bank; the
-float32 bank takes 1,518 / 810 us in that run).
+An option is a bank's *batch session* (``mamlctl serve --batch-threads N``, N > 1): the same
+graph with N intra-op threads, used for calls of at least :data:`BATCH_MIN_ROWS` rows. Both
+sessions read the same bank arrays (inputs, not copies) and split the rows, not the sums inside
+a row, so the numbers are identical (a test holds them equal). It shortens one large call
+(int8 bank of the M4 Hourly family, 256 rows: 696 us on one thread, 469 us on two) but it is
+off by default: the server scores large requests on worker threads
+(:data:`~mamlctl.serving.limits.OFFLOAD_BODY_BYTES`), and two batches running at once on one
+thread each beat one at a time on two (measured through the server with 2 connections,
+binary batches of 256 rows: 332k rows/s against 304k with a 2-thread session scored on the
+event loop, and 257k with both).
 """
 
 from __future__ import annotations

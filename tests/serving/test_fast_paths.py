@@ -138,7 +138,17 @@ def test_binary_batch_limits(make_served: Callable[..., Served]) -> None:
 
 @pytest.fixture
 def live(make_served: Callable[..., Served]) -> Iterator[tuple[Served, int]]:
-    s = make_served(token="t0k", options=ServeOptions(reload=False, max_body_bytes=4096))
+    yield from _live(make_served, max_body_bytes=4096)
+
+
+@pytest.fixture
+def live_large(make_served: Callable[..., Served]) -> Iterator[tuple[Served, int]]:
+    yield from _live(make_served, max_body_bytes=1 << 20)
+
+
+def _live(make_served: Callable[..., Served], max_body_bytes: int) -> Iterator[tuple[Served, int]]:
+    options = ServeOptions(reload=False, max_body_bytes=max_body_bytes)
+    s = make_served(token="t0k", options=options)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
@@ -244,6 +254,49 @@ def test_fast_path_http_10_closes_and_keep_alive_reuses(live: tuple[Served, int]
             assert data.startswith(b"HTTP/1.1 200 OK")
     # after each answer the loop polled (default 100 us window) instead of sleeping at once
     assert s.app.busy_poll.window == 100e-6 and s.app.busy_poll.spins > 0
+
+
+def test_large_batches_are_scored_off_the_event_loop(
+    live_large: tuple[Served, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body of OFFLOAD_BODY_BYTES or more is scored on a worker thread: while it is held
+    there, another connection is answered; pipelined on one connection, answers keep their
+    order; the large answer is byte-identical to the in-process one."""
+    from mamlctl.serving import app as app_module
+    from mamlctl.serving.limits import OFFLOAD_BODY_BYTES
+
+    s, port = live_large
+    ids = [f"m{i % 5}" for i in range(400)]
+    large = encode_request(ids, _windows(s, ids, seed=6))
+    assert len(large) >= OFFLOAD_BODY_BYTES
+    small = orjson.dumps({"series_id": "m1", "window": _windows(s, ["m1"], seed=1)[0].tolist()})
+    release, entered = threading.Event(), threading.Event()
+    threads: list[str] = []
+    original = app_module.score_binary
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        entered.set()
+        release.wait(10)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "score_binary", held)
+    answers: list[Any] = []
+    sender = threading.Thread(
+        target=lambda: answers.extend(_exchange(port, _post(large, ctype="bin") + _post(small), 2))
+    )
+    sender.start()
+    assert entered.wait(10)
+    ((status, _, body),) = _exchange(port, _post(small), 1)  # another connection, meanwhile
+    assert status == 200 and orjson.loads(body)["series_id"] == "m1"
+    release.set()
+    sender.join(10)
+    assert [a[0] for a in answers] == [200, 200]  # in request order on the one connection
+    assert threads == ["score_0"]  # the worker pool's thread, not the loop's
+    monkeypatch.undo()
+    ref = s.client.post("/v1/score", content=large, headers=BIN)
+    assert answers[0][2] == ref.content
+    assert answers[1][2] == body
 
 
 # ----------------------------------------------------------------------------- head-only banks
