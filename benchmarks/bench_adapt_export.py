@@ -172,9 +172,11 @@ def parity(init: Any, template: Any, batch: Any, stored: Any, models_dir: Path) 
     errors = []
     for i in np.linspace(0, len(batch) - 1, 4).astype(int):
         blob = open_verified(models_dir, stored[i].relpath, sha256=stored[i].sha256)
+        params = batch.params_of(int(i))
         ref = torch_reference(
             init.model(),
-            batch.params_of(int(i)),
+            template.stored_params(params),
+            quantized=template.quantized_layers(params),  # int8-delta files: their torch twin
             loc=float(batch.loc[i]),
             scale=float(batch.scale[i]),
             residual_scale=float(batch.residual_scale[i]),
@@ -307,6 +309,12 @@ def main() -> None:
     parser.add_argument(
         "--adapt-scope", choices=["all", "head"], default=None, help="default: train's default"
     )
+    parser.add_argument(
+        "--weights",
+        choices=["int8-delta", "float32"],
+        default="int8-delta",
+        help="export format of the adapted layers (as `mamlctl adapt --weights`)",
+    )
     args = parser.parse_args()
     _setup()
     from mamlctl.maml.export import template_for_config
@@ -327,8 +335,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-adapt-") as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
-        template = template_for_config(init.model_config)
+        template = template_for_config(init.model_config, weights=args.weights)
+        template = template.with_base({n: p.numpy() for n, p in init.params.items()})
         out["template_export_s"] = time.perf_counter() - t0
+        out["weights"] = args.weights
         # torch, torch.export and onnxscript loaded: the fixed part of the peak
         out["peak_rss_mib_after_template"] = (
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
