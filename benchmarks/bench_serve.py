@@ -486,9 +486,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="Interleaved repeats per run.")
     parser.add_argument(
         "--only",
-        choices=("cold",),
+        choices=("cold", "batch"),
         default=None,
-        help="Run one part only: 'cold' = the many-series cold start and RSS (no wrk, no mlflow).",
+        help="Run one part only: 'cold' = the many-series cold start and RSS (no wrk, no "
+        "mlflow); 'batch' = the batch runs of the M4 Hourly server (no mlflow, no single rows).",
     )
     parser.add_argument(
         "--homes",
@@ -569,7 +570,7 @@ def main() -> None:
             theirs: dict[str, Any] = {}
             targets: dict[str, tuple[str, Path, int]] = {"mamlctl": (url, single, proc.pid)}
             mproc = None
-            if not args.skip_mlflow:
+            if not args.skip_mlflow and args.only != "batch":
                 from mamlctl.settings import Settings
 
                 one = next(Settings(home=home).models_dir.rglob("*.onnx")).read_bytes()
@@ -591,7 +592,7 @@ def main() -> None:
                 log(f"{name}: warm-up")
                 wrk(u, bodies, connections=1, duration=1, work=work)
             runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
-            for rep in range(args.repeats):
+            for rep in range(args.repeats if args.only != "batch" else 0):
                 for c in (1, 8):
                     for name, (u, bodies, pid) in targets.items():
                         r = wrk(
@@ -656,42 +657,43 @@ def main() -> None:
                     for c in (1, 8)
                 }
 
-        copies = max(1, round(args.series / len(values)))
-        log(f"building the {copies * len(values)}-series home")
-        big = homes / f"big-{scope}-{args.weights}"
-        cached_home(
-            big,
-            values,
-            copies=copies,
-            seed=2,
-            store_points=L + H,
-            scope=scope,
-            weights=args.weights,
-        )
-        colds, cold_cpu, rss = [], [], {}
-        for _ in range(args.cold_runs):
-            port = _free_port()
-            proc, cold = start_mamlctl(big, port, serve_args)
-            colds.append(cold)
-            cold_cpu.append(cpu_seconds(proc.pid))  # spawn -> ready, CPU of the server only
-            rss = rss_mb(proc.pid)
-            ready = json.loads(
-                subprocess.run(
-                    ["curl", "-s", f"http://127.0.0.1:{port}/readyz"],
-                    capture_output=True,
-                    text=True,
-                ).stdout
+        if args.only != "batch":  # the many-series cold start and RSS
+            copies = max(1, round(args.series / len(values)))
+            log(f"building the {copies * len(values)}-series home")
+            big = homes / f"big-{scope}-{args.weights}"
+            cached_home(
+                big,
+                values,
+                copies=copies,
+                seed=2,
+                store_points=L + H,
+                scope=scope,
+                weights=args.weights,
             )
-            stop(proc)
-        result["many_series"] = {
-            "series": ready["series"],
-            "bank_mb": round(ready["bank_bytes"] / 2**20, 1),
-            "state_load_s": ready["load_seconds"],
-            "cold_start_s_runs": [round(c, 3) for c in colds],
-            "cold_start_s_median": round(statistics.median(colds), 3),
-            "cold_start_cpu_s_median": round(statistics.median(cold_cpu), 3),
-            **rss,
-        }
+            colds, cold_cpu, rss = [], [], {}
+            for _ in range(args.cold_runs):
+                port = _free_port()
+                proc, cold = start_mamlctl(big, port, serve_args)
+                colds.append(cold)
+                cold_cpu.append(cpu_seconds(proc.pid))  # spawn -> ready, CPU of the server only
+                rss = rss_mb(proc.pid)
+                ready = json.loads(
+                    subprocess.run(
+                        ["curl", "-s", f"http://127.0.0.1:{port}/readyz"],
+                        capture_output=True,
+                        text=True,
+                    ).stdout
+                )
+                stop(proc)
+            result["many_series"] = {
+                "series": ready["series"],
+                "bank_mb": round(ready["bank_bytes"] / 2**20, 1),
+                "state_load_s": ready["load_seconds"],
+                "cold_start_s_runs": [round(c, 3) for c in colds],
+                "cold_start_s_median": round(statistics.median(colds), 3),
+                "cold_start_cpu_s_median": round(statistics.median(cold_cpu), 3),
+                **rss,
+            }
         result["machine"]["load_avg_end"] = os.getloadavg()
     finally:
         for proc in _LIVE:
