@@ -166,22 +166,19 @@ def fast_path(
 
 
 def parity(init: Any, template: Any, batch: Any, stored: Any, models_dir: Path) -> list[float]:
-    from mamlctl.maml.onnx_parity import check_parity, torch_reference
+    from mamlctl.maml.onnx_parity import check_parity, template_reference
     from mamlctl.registry.model_files import open_verified
 
     errors = []
     for i in np.linspace(0, len(batch) - 1, 4).astype(int):
         blob = open_verified(models_dir, stored[i].relpath, sha256=stored[i].sha256)
-        params = batch.params_of(int(i))
-        ref = torch_reference(
+        ref = template_reference(  # the file's torch twin (int8-delta layers as it computes)
+            template,
             init.model(),
-            template.stored_params(params),
-            quantized=template.quantized_layers(params),  # int8-delta files: their torch twin
+            batch.params_of(int(i)),
             loc=float(batch.loc[i]),
             scale=float(batch.scale[i]),
             residual_scale=float(batch.residual_scale[i]),
-            horizon=H,
-            head="mean",
         )
         stats = check_parity(
             blob, ref, loc=float(batch.loc[i]), scale=float(batch.scale[i]), window=L

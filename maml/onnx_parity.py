@@ -118,6 +118,34 @@ def torch_reference(
     return run
 
 
+def template_reference(
+    template: Any,
+    core: nn.Module,
+    params: Mapping[str, npt.ArrayLike],
+    *,
+    loc: float,
+    scale: float,
+    residual_scale: float,
+    as_stored: bool = True,
+) -> Reference:
+    """The torch twin of the file ``template`` renders from ``params`` (an ``OnnxTemplate``):
+    ``as_stored`` (default) computes with what the file stores -- its int8-delta layers as the
+    file computes them; ``as_stored=False`` with ``params`` themselves (the unquantized adapted
+    model, to measure what quantization changes)."""
+    return torch_reference(
+        core,
+        template.stored_params(params) if as_stored else params,
+        quantized=template.quantized_layers(params) if as_stored else None,
+        loc=loc,
+        scale=scale,
+        residual_scale=residual_scale,
+        horizon=template.horizon,
+        head=template.head,
+        nonnegative=template.nonnegative,
+        floor_fraction=template.floor_fraction,
+    )
+
+
 def _quantized_linear_hook(layer: Any) -> Any:
     """A forward hook replacing an ``nn.Linear``'s output with the int8-delta layer's."""
     import torch

@@ -500,7 +500,7 @@ def _nbytes(init: Any) -> int:
 
 def _self_check(template: OnnxTemplate, *, core: nn.Module, rng: np.random.Generator) -> None:
     """Render fresh random weights and compare onnxruntime with torch (fails loudly)."""
-    from mamlctl.maml.onnx_parity import check_parity, torch_reference
+    from mamlctl.maml.onnx_parity import check_parity, template_reference
 
     # Weights of about 1/sqrt(fan-in), so outputs are O(1); a missed or mis-transposed weight
     # gives O(1) errors, far above the float32 noise this tolerance (1e-4) allows.
@@ -516,17 +516,8 @@ def _self_check(template: OnnxTemplate, *, core: nn.Module, rng: np.random.Gener
         template = template.with_base(params)
         params = {n: v * np.float32(1.1) for n, v in params.items()}
     blob = template.render(params, loc=loc, scale=scale, residual_scale=rscale, metadata={})
-    reference = torch_reference(
-        core,
-        template.stored_params(params),
-        quantized=template.quantized_layers(params),
-        loc=loc,
-        scale=scale,
-        residual_scale=rscale,
-        horizon=template.horizon,
-        head=template.head,
-        nonnegative=template.nonnegative,
-        floor_fraction=template.floor_fraction,
+    reference = template_reference(
+        template, core, params, loc=loc, scale=scale, residual_scale=rscale
     )
     stats = check_parity(
         blob, reference, loc=loc, scale=scale, window=template.window, n=64, tolerance=1e-4

@@ -190,7 +190,7 @@ class ChunkedJob:
         self._n += n
 
     def _check_parity(self, template: Any, batch: Any, stored: Any, start: int, every: int) -> None:
-        from mamlctl.maml.onnx_parity import check_parity, torch_reference
+        from mamlctl.maml.onnx_parity import check_parity, template_reference
         from mamlctl.registry.model_files import open_verified
 
         for i in range(len(batch)):
@@ -200,39 +200,15 @@ class ChunkedJob:
                 self.settings.models_dir, stored[i].relpath, sha256=stored[i].sha256
             )
             loc, scale = float(batch.loc[i]), float(batch.scale[i])
-            rscale = float(batch.residual_scale[i])
-
-            def reference_of(
-                params: Any,
-                quantized: Any = None,
-                loc: float = loc,
-                scale: float = scale,
-                rscale: float = rscale,
-            ) -> Any:
-                return torch_reference(
-                    self.initializer.model(),
-                    params,
-                    quantized=quantized,
-                    loc=loc,
-                    scale=scale,
-                    residual_scale=rscale,
-                    horizon=template.horizon,
-                    head=template.head,
-                    nonnegative=template.nonnegative,
-                    floor_fraction=template.floor_fraction,
-                )
-
+            params, core = batch.params_of(i), self.initializer.model()
+            numbers = {"loc": loc, "scale": scale, "residual_scale": float(batch.residual_scale[i])}
             # the file against its torch twin (int8-delta layers computed as the file does)
-            params = batch.params_of(i)
-            reference = reference_of(
-                template.stored_params(params), quantized=template.quantized_layers(params)
-            )
+            reference = template_reference(template, core, params, **numbers)
             stats = check_parity(blob, reference, loc=loc, scale=scale, window=template.window)
-            if template.quantized:
-                exact = check_parity(
-                    blob, reference_of(params), loc=loc, scale=scale, window=template.window
-                )
-                self.quantization_errors.append(exact.max_rel_error)
+            if template.quantized:  # and against the unquantized adapted model
+                exact = template_reference(template, core, params, **numbers, as_stored=False)
+                drift = check_parity(blob, exact, loc=loc, scale=scale, window=template.window)
+                self.quantization_errors.append(drift.max_rel_error)
             if stats.max_rel_error > max(stats.tolerance, 2 * stats.resolution):
                 raise TrainingError(
                     f"exported model of {batch.series_ids[i]} differs from torch by "
