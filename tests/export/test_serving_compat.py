@@ -59,17 +59,22 @@ def _bank_graph(blobs: list[bytes]) -> Any:
     return builder.build()
 
 
+@pytest.mark.parametrize("weights", ["float32", "int8-delta"])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_exported_files_bank_in_the_server_with_identical_outputs(
-    template_cache: Any, name: str
+    template_cache: Any, name: str, weights: str
 ) -> None:
     pytest.importorskip("mamlctl.serving.bank")
     from mamlctl.serving.bank import structure_key
     from mamlctl.serving.runtime import BankRuntime
 
     config = config_from_dict(CONFIGS[name])
-    template = template_cache.get(config)
     core = build_model(config)
+    base = {k: v.detach().numpy() for k, v in core.named_parameters()}
+    template = template_cache.get(config, weights=weights).with_base(base)
+    # int8-delta: the Linear layers (the conv's readout and skip) store int8 deltas, the
+    # conv kernels stay float32 per series
+    assert bool(template.quantized) == (weights == "int8-delta")
     n = 6
     rng = np.random.default_rng(1)
     params = {
