@@ -23,6 +23,13 @@ How the weights are found and patched, robustly:
    in onnxruntime against the torch module (the same check as :func:`check_parity`), so a
    mapping that missed a weight fails at build time, never silently per series.
 
+With ``weights="int8-delta"`` (``mamlctl adapt``'s default) each adapted ``Linear`` is bound
+to three initializers instead of one (:func:`~mamlctl.maml.onnx_binding.quantized_linear_form`):
+the initializer's weight (role ``base``, written once per initializer by
+:meth:`OnnxTemplate.with_base`), the int8 delta and its per-row scales (computed from each
+series' weights by ``render``). :meth:`OnnxTemplate.quantized_layers` and
+:meth:`OnnxTemplate.stored_params` say what a file holds, for its torch twin.
+
 The contract module and its constants live in :mod:`mamlctl.maml.onnx_contract`, the graph
 surgery of steps 1-2 in :mod:`mamlctl.maml.onnx_binding`; both are re-exported here.
 """
