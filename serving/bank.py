@@ -60,6 +60,7 @@ from mamlctl.serving.bank_rewrite import (
     BankUnsupported,
     Rewriter,
 )
+from mamlctl.serving.layout import RAW_DTYPES
 
 __all__ = [
     "BANK_PREFIX",
@@ -300,18 +301,10 @@ def _reserve(
 def _raw_bytes(init: onnx.TensorProto) -> bytes | None:
     """The raw little-endian bytes of a float32/int64/int8/uint8 initializer stored inline,
     else None."""
-    if int(init.data_type) not in _RAW_DTYPES or init.HasField("data_location"):
+    if int(init.data_type) not in RAW_DTYPES or init.HasField("data_location"):
         return None
     raw: bytes = init.raw_data
     return raw or None
-
-
-_RAW_DTYPES: dict[int, np.dtype[Any]] = {
-    int(TensorProto.FLOAT): np.dtype("<f4"),
-    int(TensorProto.INT64): np.dtype("<i8"),
-    int(TensorProto.INT8): np.dtype("i1"),
-    int(TensorProto.UINT8): np.dtype("u1"),
-}
 
 
 def _fast_array(init: onnx.TensorProto, raw: bytes | None = None) -> npt.NDArray[Any]:
@@ -320,7 +313,7 @@ def _fast_array(init: onnx.TensorProto, raw: bytes | None = None) -> npt.NDArray
     if raw is None:
         raw = _raw_bytes(init)
     if raw is not None:
-        dtype = _RAW_DTYPES[int(init.data_type)]
+        dtype = RAW_DTYPES[int(init.data_type)]
         return np.frombuffer(raw, dtype=dtype).reshape(tuple(init.dims))
     return numpy_helper.to_array(init)
 

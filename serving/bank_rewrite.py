@@ -244,21 +244,31 @@ class Rewriter:
         new.input.extend(inputs)
         self.nodes.append(new)
 
-    def _batched_matmul(self, x: str, w_bank: npt.NDArray[Any], out: str, stem: str) -> None:
-        """``out[b] = x[b] @ w_bank[row[b]]`` for ``x`` of rank 2 (``[B, in]``) or 3."""
+    def _batched_matmul(
+        self,
+        x: str,
+        w_bank: npt.NDArray[Any],
+        out: str,
+        stem: str,
+        *,
+        op: str = "MatMul",
+        zero_points: Sequence[str] = (),
+    ) -> None:
+        """``out[b] = x[b] @ w_bank[row[b]]`` for ``x`` of rank 2 (``[B, in]``) or 3; ``op``
+        ``MatMulInteger`` with its (shared) ``zero_points`` computes the same in integers."""
         rank = self._rank(x)
         if rank < 2:
-            raise BankUnsupported("MatMul of a rank-1 value with a banked matrix")
+            raise BankUnsupported(f"{op} of a rank-1 value with a banked matrix")
         w = self._gather(stem, max(rank, 3), w_bank)
         if rank == 2:
             axes = self._const("axes", np.array([1], dtype=np.int64))
             x3 = self._fresh("x3")
             y3 = self._fresh("y3")
             self.nodes.append(helper.make_node("Unsqueeze", [x, axes], [x3]))
-            self.nodes.append(helper.make_node("MatMul", [x3, w], [y3]))
+            self.nodes.append(helper.make_node(op, [x3, w, *zero_points], [y3]))
             self.nodes.append(helper.make_node("Squeeze", [y3, axes], [out]))
         else:
-            self.nodes.append(helper.make_node("MatMul", [x, w], [out]))
+            self.nodes.append(helper.make_node(op, [x, w, *zero_points], [out]))
 
     def _batched_matvec(self, x: str, w_bank: npt.NDArray[Any], out: str, stem: str) -> None:
         """``out[b] = w_bank[row[b]] @ x[b]`` for ``x [B, in]`` and a bank ``[N, out, in]``:
@@ -287,20 +297,15 @@ class Rewriter:
 
     def _matmul_integer(self, node: onnx.NodeProto) -> None:
         """``MatMulInteger(x [B, in], Q)`` with a banked int8 ``Q [in, out]`` (the export's
-        int8 deltas): ``Unsqueeze(x) [B, 1, in] @ Q[row] [B, in, out] -> Squeeze``; zero
-        points pass through. Integer sums are exact, so every row equals the file's."""
+        int8 deltas): the batched MatMul with ``Q[row]``, zero points passed through. Integer
+        sums are exact, so every row equals the file's."""
         a, b, *zero_points = node.input
         if a in self.banks or b not in self.banks or any(z in self.banks for z in zero_points):
             raise BankUnsupported("MatMulInteger with a banked left operand or zero point")
         w = self.banks[b]
-        if w.ndim != 3 or self._rank(a) != 2:
+        if w.ndim != 3:
             raise BankUnsupported("MatMulInteger of a banked operand that is not a matrix")
-        gathered = self._gather(b, 3)
-        axes = self._const("axes", np.array([1], dtype=np.int64))
-        a3, y3 = self._fresh("xint"), self._fresh("yint")
-        self.nodes.append(helper.make_node("Unsqueeze", [a, axes], [a3]))
-        self.nodes.append(helper.make_node("MatMulInteger", [a3, gathered, *zero_points], [y3]))
-        self.nodes.append(helper.make_node("Squeeze", [y3, axes], list(node.output)))
+        self._batched_matmul(a, w, node.output[0], b, op="MatMulInteger", zero_points=zero_points)
 
     def _batched_linear(self, node: onnx.NodeProto) -> None:
         """``W [1, out, in] @ x [R, in, 1]``, the export's batched linear form

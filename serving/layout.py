@@ -23,20 +23,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import onnx
 
 _GRAPH, _METADATA = 7, 14  # ModelProto fields
 _INITIALIZER = 5  # GraphProto field
 _RAW_DATA, _DATA_LOCATION = 9, 14  # TensorProto fields
-_RAW_TYPES = frozenset(
-    int(t)
-    for t in (
-        onnx.TensorProto.FLOAT,
-        onnx.TensorProto.INT64,
-        onnx.TensorProto.INT8,
-        onnx.TensorProto.UINT8,
-    )
-)
+#: Initializer types whose inline ``raw_data`` is read as numbers (here and by the banks of
+#: :mod:`mamlctl.serving.bank`), with their little-endian numpy types.
+RAW_DTYPES: dict[int, np.dtype[Any]] = {
+    int(onnx.TensorProto.FLOAT): np.dtype("<f4"),
+    int(onnx.TensorProto.INT64): np.dtype("<i8"),
+    int(onnx.TensorProto.INT8): np.dtype("i1"),
+    int(onnx.TensorProto.UINT8): np.dtype("u1"),
+}
 
 
 class _Malformed(Exception):
@@ -108,7 +108,7 @@ def layout_of(data: bytes, model: onnx.ModelProto, info: Any) -> Layout | None:
         return None
     inits = {init.name: init for init in model.graph.initializer}
     for init in inits.values():
-        if int(init.data_type) not in _RAW_TYPES or init.HasField("data_location"):
+        if int(init.data_type) not in RAW_DTYPES or init.HasField("data_location"):
             return None
     view = memoryview(data)
     try:
@@ -150,7 +150,7 @@ def _walk(view: memoryview, inits: dict[str, onnx.TensorProto], info: Any) -> La
         if name is None or raw is None or name not in inits:
             return None
         init = inits[name]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).newbyteorder("<")
+        dtype = RAW_DTYPES[int(init.data_type)]
         shape = tuple(int(d) for d in init.dims)
         if raw[1] - raw[0] != dtype.itemsize * math.prod(shape):
             return None
