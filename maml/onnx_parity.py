@@ -130,11 +130,12 @@ def template_reference(
 ) -> Reference:
     """The torch twin of the file ``template`` renders from ``params`` (an ``OnnxTemplate``):
     ``as_stored`` (default) computes with what the file stores -- its int8-delta layers as the
-    file computes them; ``as_stored=False`` with ``params`` themselves (the unquantized adapted
-    model, to measure what quantization changes)."""
+    file computes them (their hooks replace those layers' weights); ``as_stored=False`` with
+    ``params`` themselves (the unquantized adapted model, to measure what quantization
+    changes)."""
     return torch_reference(
         core,
-        template.stored_params(params) if as_stored else params,
+        params,
         quantized=template.quantized_layers(params) if as_stored else None,
         loc=loc,
         scale=scale,

@@ -244,30 +244,19 @@ class OnnxTemplate:
         scalars = {LOC: loc, SCALE: scale, RESIDUAL_SCALE: residual_scale}
         try:
             quantized = self._quantized_of(params)
+            for b in self.bindings:
+                if b.role == BASE_ROLE:
+                    continue
+                if b.role in (QDELTA_ROLE, QSCALE_ROLE):
+                    q, qscale = quantized[b.param]
+                    value: npt.NDArray[Any] = q.T if b.role == QDELTA_ROLE else qscale
+                elif b.param in scalars:
+                    value = np.asarray([scalars[b.param]], dtype="<f4")
+                else:
+                    value = _stored(b, params)
+                buf[b.offset : b.offset + b.nbytes] = np.ascontiguousarray(value).tobytes()
         except KeyError as err:
             raise InputError(f"adapted parameters lack {err.args[0]!r}") from None
-        for b in self.bindings:
-            if b.role == BASE_ROLE:
-                continue
-            if b.role in (QDELTA_ROLE, QSCALE_ROLE):
-                q, qscale = quantized[b.param]
-                part = np.ascontiguousarray(q.T) if b.role == QDELTA_ROLE else qscale
-                buf[b.offset : b.offset + b.nbytes] = part.tobytes()
-                continue
-            if b.param in scalars:
-                value: npt.NDArray[Any] = np.asarray([scalars[b.param]], dtype="<f4")
-            else:
-                try:
-                    value = np.asarray(params[b.param], dtype="<f4")
-                except KeyError:
-                    raise InputError(f"adapted parameters lack {b.param!r}") from None
-                if value.shape != b.shape:
-                    raise InputError(
-                        f"parameter {b.param!r} has shape {value.shape}, expected {b.shape}"
-                    )
-                if b.transpose:
-                    value = value.T
-            buf[b.offset : b.offset + b.nbytes] = np.ascontiguousarray(value).tobytes()
         buf += _metadata_bytes(metadata)
         return bytes(buf)
 

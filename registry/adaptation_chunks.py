@@ -50,6 +50,7 @@ class ChunkedJob:
         self.too_short: list[str] = []
         self.parity: list[dict[str, Any]] = []
         self.quantization_errors: list[float] = []
+        self._based_template: Any = None  # see _based
         self._sums: dict[str, float] = {}
         self._n = 0
 
@@ -175,11 +176,10 @@ class ChunkedJob:
 
     def _based(self, template: Any) -> Any:
         """``template.with_base`` of this job's initializer (computed once per job)."""
-        cached = getattr(self, "_based_template", None)
-        if cached is None:
+        if self._based_template is None:
             base = {n: p.detach().cpu().numpy() for n, p in self.initializer.params.items()}
-            cached = self._based_template = template.with_base(base)
-        return cached
+            self._based_template = template.with_base(base)
+        return self._based_template
 
     def _accumulate(self, result: Any) -> None:
         from mamlctl.maml.adaptation import summarise
