@@ -115,7 +115,8 @@ def fast_path(
 ) -> dict[str, Any]:
     """The adapt job's numerical path, chunk by chunk as the job runs it (bounded memory)."""
     from mamlctl.maml.adaptation import AdaptConfig, adapt_histories, plan_adaptation
-    from mamlctl.maml.export import SeriesBatch, export_to_files
+    from mamlctl.maml.export import SeriesBatch
+    from mamlctl.stages.export import export_to_files
 
     plan = plan_adaptation(
         init, window=L, horizon=H, support=K, period=P, config=AdaptConfig(calibration=C)

@@ -112,13 +112,14 @@ def build_home(
     import torch
 
     from mamlctl.domain import Family, InitializerRef, Series
-    from mamlctl.maml.export import SeriesBatch, export_to_files, template_for_config
+    from mamlctl.maml.export import SeriesBatch, template_for_config
     from mamlctl.maml.models import MLPConfig, build_model, head_names
     from mamlctl.registry import queries as q
     from mamlctl.registry.db import open_registry
     from mamlctl.registry.ingest import IncomingSeries, store_series
     from mamlctl.registry.model_queries import record_adapted_model, record_initializer_version
     from mamlctl.settings import Settings
+    from mamlctl.stages.export import export_to_files
     from mamlctl.timeseries.scaling import support_stats
 
     settings = Settings(home=home)

@@ -52,10 +52,11 @@ def main() -> None:
     torch.set_num_threads(1)
     from mamlctl.maml.family_artifacts import _template
     from mamlctl.maml.family_data import make_config
-    from mamlctl.maml.family_training import plan_training, run_training, train_family
+    from mamlctl.maml.family_training import train_family
     from mamlctl.maml.models import config_to_dict
     from mamlctl.registry.mlflow_store import open_store
     from mamlctl.settings import Settings
+    from mamlctl.stages.train import plan_training, run_training
     from mamlctl.timeseries.families import family_defaults
 
     family = family_defaults("hourly", period=24, interval_seconds=3600.0)

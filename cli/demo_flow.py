@@ -183,38 +183,31 @@ def _train(
 ) -> dict[str, Any]:
     import torch
 
-    from mamlctl.cli.train import record_in_registry
     from mamlctl.maml.family_data import make_config
-    from mamlctl.maml.family_training import plan_training, run_training
-    from mamlctl.registry.db import transaction
     from mamlctl.registry.mlflow_store import open_store
-    from mamlctl.registry.series_queries import load_family_series
+    from mamlctl.registry.series_store import SqlSeriesStore
+    from mamlctl.stages.train import plan_training, run_training
 
     torch.set_num_threads(1)
     if options.iterations is not None:
         config = make_config(iterations=options.iterations, seed=options.seed)
     else:
         config = make_config(time_budget_s=options.train_seconds, seed=options.seed)
-    with transaction(settings) as session:
-        series = load_family_series(session, family.name)
-    data = plan_training(family, series, config)
+    series_store = SqlSeriesStore(settings)
+    data = plan_training(family, series_store.family_series(family.name), config)
     store = open_store(settings)
-
-    # The same recording as `mamlctl train`: the version row, and the family's champion mirror
-    # (the demo's first version is registered as champion).
-    record = record_in_registry(settings)
 
     with stages.stage(f"meta-train {family.name} (MAML)", total=config.iterations) as note:
         outcome = run_training(
             data,
             store,
             promote=True,
-            record=record,
+            record=series_store.record_initializer,
             on_progress=lambda done, total, m: stages.advance(done, total, f"loss {m['loss']:.4f}"),
         )
         note["info"] = (
             f"{outcome.iterations} iterations, {outcome.ref.registered_model} "
-            f"v{outcome.ref.version} @champion"
+            f"v{outcome.ref.version} @{','.join(outcome.ref.aliases)}"
         )
     m = outcome.metrics
     return {

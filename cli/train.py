@@ -8,9 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from mamlctl.domain import InitializerRef
-    from mamlctl.maml.family_training import TrainOutcome
-    from mamlctl.settings import Settings
+    from mamlctl.stages.train import TrainOutcome
 
 
 def _parse_hidden(text: str | None) -> tuple[int, ...] | None:
@@ -27,31 +25,6 @@ def _parse_hidden(text: str | None) -> tuple[int, ...] | None:
     if not widths:
         raise ConfigError("invalid --hidden '': give at least one width, e.g. 64,64")
     return widths
-
-
-def record_in_registry(settings: Settings) -> Any:
-    """Record a registered version in the registry database (after MLflow registration)."""
-
-    def record(ref: InitializerRef) -> None:
-        from mamlctl.registry.db import transaction
-        from mamlctl.registry.family_queries import get_family, set_family_champion
-        from mamlctl.registry.model_queries import record_initializer_version
-
-        with transaction(settings) as session:
-            record_initializer_version(
-                session,
-                family=ref.family,
-                version=ref.version,
-                run_id=ref.run_id,
-                registered_model=ref.registered_model,
-                source_uri=ref.source_uri,
-                metrics=ref.metrics,
-                created_at=ref.created_at,
-            )
-            if get_family(session, ref.family).alias in ref.aliases:
-                set_family_champion(session, ref.family, ref.version)
-
-    return record
 
 
 def register(app: typer.Typer) -> None:
@@ -157,11 +130,9 @@ def register(app: typer.Typer) -> None:
 
         from mamlctl.cli.output import emit_json, load_settings, progress
         from mamlctl.maml.family_data import make_config
-        from mamlctl.maml.family_training import plan_training, run_training
-        from mamlctl.registry.db import transaction
-        from mamlctl.registry.family_queries import get_family
         from mamlctl.registry.mlflow_store import open_store
-        from mamlctl.registry.series_queries import load_family_series
+        from mamlctl.registry.series_store import SqlSeriesStore
+        from mamlctl.stages.train import plan_training, run_training
 
         config = make_config(
             architecture=architecture,
@@ -186,10 +157,10 @@ def register(app: typer.Typer) -> None:
             adapt_scope=adapt_scope,
         )
         settings = load_settings()
-        with transaction(settings) as session:
-            fam = get_family(session, family)
-            series = load_family_series(session, family)
-        data = plan_training(fam, series, config)  # every input error before any run exists
+        series_store = SqlSeriesStore(settings)
+        fam = series_store.get_family(family)
+        # every input error before any run exists
+        data = plan_training(fam, series_store.family_series(family), config)
         store = open_store(settings)
 
         _threads()
@@ -208,7 +179,7 @@ def register(app: typer.Typer) -> None:
                 promote=promote,
                 on_progress=on_progress,
                 run_tags=tags,
-                record=record_in_registry(settings),
+                record=series_store.record_initializer,
             )
         _render(outcome, as_json=as_json, emit_json=emit_json)
 
@@ -234,6 +205,7 @@ def _render(outcome: TrainOutcome, *, as_json: bool, emit_json: Any) -> None:
         "series_train": outcome.n_train,
         "series_validation": outcome.n_validation,
         "data_fingerprint": outcome.fingerprint,
+        "baseline_gate": outcome.gate,
         "metrics": m,
     }
     if as_json:
@@ -250,3 +222,5 @@ def _render(outcome: TrainOutcome, *, as_json: bool, emit_json: Any) -> None:
         f"pretrained {'n/a' if pre is None else f'{pre:.3f}'}, "
         f"seasonal naive {m['val_seasonal_naive_mase']:.3f}"
     )
+    if outcome.gate is not None:
+        typer.echo(f"not champion: {outcome.gate}")

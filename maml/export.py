@@ -81,7 +81,6 @@ from mamlctl.maml.onnx_contract import OPSET, canonical_json, config_hash
 if TYPE_CHECKING:
     from mamlctl.domain import InitializerRef
     from mamlctl.maml.onnx_template import OnnxTemplate
-    from mamlctl.registry.model_files import StoredFile
 
 PREFIX = "mamlctl."
 CONTRACT_VERSION = "1"
@@ -285,41 +284,6 @@ def render_batch(
                 metadata=metadata,
             ),
         )
-
-
-def export_to_files(
-    template: OnnxTemplate,
-    batch: SeriesBatch,
-    *,
-    models_dir: Path,
-    initializer: InitializerRef,
-    support: int,
-    adapted_at: datetime,
-    workers: int = 4,
-    fsync: bool = True,
-    loss: str | None = None,
-) -> list[StoredFile]:
-    """Render every series and write its file atomically below ``models_dir``.
-
-    Returns one :class:`~mamlctl.registry.model_files.StoredFile` per series (input order);
-    when it returns, every file is complete and durable. Rendering (this thread) overlaps with
-    writing (``workers`` threads); memory stays bounded by the writer's queue.
-    """
-    from mamlctl.registry.model_files import AtomicWriter
-
-    with AtomicWriter(models_dir, workers=workers, fsync=fsync) as writer:
-        futures = [
-            writer.submit(family=initializer.family, series_id=sid, data=blob)
-            for sid, blob in render_batch(
-                template,
-                batch,
-                initializer=initializer,
-                support=support,
-                adapted_at=adapted_at,
-                loss=loss,
-            )
-        ]
-    return [f.result() for f in futures]
 
 
 class TemplateCache:

@@ -1,4 +1,6 @@
-"""The ``train`` stage: meta-train a family's initializer, validate it, log and register it.
+"""Meta-train a family's initializer and validate it: pure, reports through callbacks.
+
+The stage that logs, registers and records the result is :mod:`mamlctl.stages.train`.
 
 ::
 
@@ -27,23 +29,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mamlctl.domain import CHAMPION, Family, InitializerRef, Series
 from mamlctl.maml.family_data import (
     FLOOR_CANDIDATES,
     FamilyData,
-    FamilyTrainConfig,
     ResolvedPlan,
     ValidationSet,
-    prepare,
-    resolve,
 )
 from mamlctl.maml.onnx_contract import apply_floor
 
 if TYPE_CHECKING:
     from torch import Tensor
-
-    from mamlctl.registry.mlflow_runs import TrackedRun
-    from mamlctl.registry.mlflow_store import InitializerStore
 
 #: Callback for progress: (iterations done, total planned, latest metrics).
 ProgressFn = Callable[[int, int, Mapping[str, float]], None]
@@ -285,112 +280,3 @@ def train_family(
 
 def _prefixed(prefix: str, metrics: Mapping[str, float]) -> dict[str, float]:
     return {f"{prefix}{k}": float(v) for k, v in metrics.items()}
-
-
-# --- the whole stage, with MLflow and the registry database at its edges ---------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TrainOutcome:
-    ref: InitializerRef
-    run_id: str
-    metrics: dict[str, float]
-    iterations: int
-    elapsed_s: float
-    n_train: int
-    n_validation: int
-    fingerprint: str
-
-
-def plan_training(family: Family, series: list[Series], config: FamilyTrainConfig) -> FamilyData:
-    """Resolve defaults and split the data; every input error is raised here, before MLflow."""
-    return prepare(family, series, resolve(family, config))
-
-
-def run_training(
-    data: FamilyData,
-    store: InitializerStore,
-    *,
-    promote: bool = False,
-    on_progress: ProgressFn | None = None,
-    run_tags: Mapping[str, str] | None = None,
-    record: Callable[[InitializerRef], None] | None = None,
-) -> TrainOutcome:
-    """Train inside an MLflow run, log artifacts, register the version, then ``record`` it.
-
-    A crash or Ctrl-C ends the run FAILED / KILLED and nothing is registered or recorded.
-    ``record`` (e.g. the registry-database insert) runs only after registration succeeded.
-    """
-    import tempfile
-    from pathlib import Path
-
-    from mamlctl.maml.family_artifacts import write_artifacts
-    from mamlctl.registry.mlflow_store import INITIALIZER_ARTIFACT
-
-    plan = data.plan
-    family = plan.family
-    with store.start_run(family=family.name, tags=dict(run_tags or {})) as run:
-        run.log_config(plan.as_params())
-        run.log_params({"data.fingerprint": data.fingerprint, "data.n_train": len(data.train)})
-        run.log_params({"data.n_validation": len(data.validation.series_ids)})
-        result = train_family(data, on_metrics=_metric_logger(run), on_progress=on_progress)
-        with tempfile.TemporaryDirectory(prefix="mamlctl-train-") as tmp:
-            paths = write_artifacts(result, Path(tmp))
-            run.log_artifacts(paths.initializer_dir, artifact_path=INITIALIZER_ARTIFACT)
-            run.log_artifact(paths.onnx, artifact_path="onnx")
-            run.log_artifact(paths.plot, artifact_path="plots")
-            run.log_artifact(paths.series_ids, artifact_path=None)
-    metrics = result.metrics
-    ref = store.register_initializer(
-        family=family.name,
-        run_id=run.run_id,
-        tags={
-            "family": family.name,
-            "period": family.period if family.period is not None else "none",
-            "K": plan.support_points,
-            "window": plan.window,
-            "horizon": plan.horizon,
-            "architecture": plan.config.architecture,
-            "data_fingerprint": data.fingerprint,
-        },
-        description=_description(result),
-        promote=promote,
-    )
-    ref = replace(ref, metrics={k: v for k, v in metrics.items() if k.startswith("val_")})
-    if record is not None:
-        record(ref)
-    return TrainOutcome(
-        ref=ref,
-        run_id=run.run_id,
-        metrics=metrics,
-        iterations=result.iterations,
-        elapsed_s=result.elapsed_s,
-        n_train=len(data.train),
-        n_validation=len(data.validation.series_ids),
-        fingerprint=data.fingerprint,
-    )
-
-
-def _metric_logger(run: TrackedRun) -> Callable[[int, Mapping[str, float]], None]:
-    def log(step: int, metrics: Mapping[str, float]) -> None:
-        run.log_metrics(metrics, step=step)
-
-    return log
-
-
-def _description(result: FamilyTrainingResult) -> str:
-    plan, m = result.data.plan, result.metrics
-    method = "first-order MAML" if plan.config.first_order else "MAML"
-    pre = m.get("val_pretrained_mase")
-    return (
-        f"{method} initializer for family {plan.family.name} (P={plan.family.period}, "
-        f"L={plan.window}, H={plan.horizon}, K={plan.support_points}), {result.iterations} "
-        f"iterations on {len(result.data.train)} series. Held-out MASE after "
-        f"{plan.config.inner_steps} step(s): {m['val_mase']:.3f} (pretrained "
-        f"{'n/a' if pre is None else f'{pre:.3f}'}, seasonal naive "
-        f"{m['val_seasonal_naive_mase']:.3f}). Data fingerprint {result.data.fingerprint}."
-    )
-
-
-def is_champion(ref: InitializerRef) -> bool:
-    return CHAMPION in ref.aliases

@@ -74,10 +74,11 @@ class ChunkedJob:
         adapt_fn: Callable[..., Any],
         progress: Progress | None,
     ) -> dict[str, int]:
-        from mamlctl.maml.export import SeriesBatch, TemplateCache, export_to_files
+        from mamlctl.maml.export import SeriesBatch, TemplateCache
         from mamlctl.maml.models import adapt_names_for
         from mamlctl.registry import queries as q
         from mamlctl.registry.bulk_models import NewModel, record_models_bulk
+        from mamlctl.stages.export import export_to_files
 
         templates = TemplateCache()  # exported on first use: a job with nothing to do skips it
         need = self.plan.min_points

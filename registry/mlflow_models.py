@@ -106,12 +106,15 @@ class ModelRegistry:
         tags: Mapping[str, Any],
         description: str,
         promote: bool = False,
+        eligible: bool = True,
     ) -> InitializerRef:
         """Register ``runs:/<run_id>/<artifact_path>`` as a new version of ``maml-<family>``.
 
         The run must have ended FINISHED (a failed or killed run is never registered). The
         first version of a family becomes ``champion``; later ones ``challenger`` unless
-        ``promote``, which makes the new version ``champion``.
+        ``promote``, which makes the new version ``champion``. A version that is not
+        ``eligible`` (it lost to seasonal naive on its own held-out series) is always
+        registered as ``challenger``: moving ``champion`` to it is left to a person.
         """
         with translate_errors(self._uri):
             run = self._client.get_run(run_id)
@@ -132,7 +135,7 @@ class ModelRegistry:
                 description=description,
                 await_creation_for=0,
             )
-        alias = CHAMPION if (promote or not had_champion) else CHALLENGER
+        alias = CHAMPION if eligible and (promote or not had_champion) else CHALLENGER
         return self.set_alias(family=family, version=int(mv.version), alias=alias)
 
     def _aliases_of_model(self, name: str) -> dict[str, int]:

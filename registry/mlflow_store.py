@@ -21,10 +21,11 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mamlctl.domain import CHAMPION, InitializerRef, registered_model_name
 from mamlctl.errors import StoreError
+from mamlctl.ports import INITIALIZER_ARTIFACT, InitializerStore
 from mamlctl.registry.mlflow_client import TrackingTarget, connect, translate_errors
 from mamlctl.registry.mlflow_models import InitializerVersion, ModelRegistry, models_uri
 from mamlctl.registry.mlflow_runs import TrackedRun
@@ -36,9 +37,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-#: Artifact folder of a run that holds the initializer (weights + config); the registered
-#: model version's source is ``runs:/<run_id>/initializer``.
-INITIALIZER_ARTIFACT = "initializer"
 
 __all__ = [
     "INITIALIZER_ARTIFACT",
@@ -58,37 +56,8 @@ def experiment_name(family: str) -> str:
     return registered_model_name(family)
 
 
-class InitializerStore(Protocol):
-    """What the training and adaptation stages need from a model store."""
-
-    def start_run(
-        self, *, family: str, run_name: str | None = None, tags: Mapping[str, Any] | None = None
-    ) -> TrackedRun: ...
-
-    def register_initializer(
-        self,
-        *,
-        family: str,
-        run_id: str,
-        tags: Mapping[str, Any],
-        description: str,
-        promote: bool = False,
-        artifact_path: str = INITIALIZER_ARTIFACT,
-    ) -> InitializerRef: ...
-
-    def set_alias(self, *, family: str, version: int, alias: str = CHAMPION) -> InitializerRef: ...
-
-    def resolve_alias(self, family: str, alias: str = CHAMPION) -> InitializerRef: ...
-
-    def list_versions(self, *, family: str | None = None) -> list[InitializerVersion]: ...
-
-    def download(self, model: str | InitializerRef, dst: Path) -> Path: ...
-
-    def load(self, model: str | InitializerRef, *, loader: Callable[[Path], T]) -> T: ...
-
-
 class MlflowStore:
-    """:class:`InitializerStore` on an explicit-URI ``MlflowClient``."""
+    """:class:`~mamlctl.ports.InitializerStore` on an explicit-URI ``MlflowClient``."""
 
     def __init__(self, client: MlflowClient, target: TrackingTarget) -> None:
         self.client = client
@@ -159,6 +128,7 @@ class MlflowStore:
         tags: Mapping[str, Any],
         description: str,
         promote: bool = False,
+        eligible: bool = True,
         artifact_path: str = INITIALIZER_ARTIFACT,
     ) -> InitializerRef:
         return self._registry.register_initializer(
@@ -168,6 +138,7 @@ class MlflowStore:
             tags=tags,
             description=description,
             promote=promote,
+            eligible=eligible,
         )
 
     def set_alias(self, *, family: str, version: int, alias: str = CHAMPION) -> InitializerRef:

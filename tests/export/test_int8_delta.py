@@ -24,6 +24,7 @@ from mamlctl.maml import export as ex
 from mamlctl.maml.models import build_model, config_from_dict
 from mamlctl.maml.onnx_binding import dequantize_rows, quantize_rows
 from mamlctl.maml.onnx_parity import check_parity, ort_session, torch_reference
+from mamlctl.stages.export import export_to_files
 
 MLP = {"kind": "mlp", "input_size": 24, "hidden": [16, 16], "output_size": 6, "head": "mean"}
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
@@ -217,7 +218,7 @@ def test_server_state_of_int8_files_two_initializers(
             threshold=np.full(n, 0.99),
         )
         init = InitializerRef(family="f", registered_model="maml-f", version=version, run_id="r")
-        stored = ex.export_to_files(
+        stored = export_to_files(
             template,
             batch,
             models_dir=tmp_path,

@@ -27,6 +27,7 @@ from mamlctl.maml.models import build_model, config_from_dict, config_to_dict
 from mamlctl.maml.onnx_parity import check_parity, ort_session, torch_reference
 from mamlctl.maml.onnx_template import OPSET, OnnxTemplate, build_template
 from mamlctl.registry.model_files import open_verified
+from mamlctl.stages.export import export_to_files
 
 #: Small configs of both architectures; ids used in parametrised tests.
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -256,7 +257,7 @@ def test_export_to_files_writes_hashed_files_without_sidecar(
 ) -> None:
     template, core = _template(template_cache, "mlp-mean")
     batch = _batch(core, 5)
-    stored = ex.export_to_files(
+    stored = export_to_files(
         template, batch, models_dir=tmp_path, initializer=INIT, support=96, adapted_at=WHEN
     )
     assert len(stored) == 5

@@ -20,13 +20,14 @@ from local_processes import free_port
 from typer.testing import CliRunner
 
 from mamlctl.cli.app import app
-from mamlctl.cli.train import record_in_registry
 from mamlctl.errors import TrainingError
 from mamlctl.maml.family_data import make_config
-from mamlctl.maml.family_training import forecast_heldout, plan_training, run_training
+from mamlctl.maml.family_training import forecast_heldout
 from mamlctl.registry.mlflow_models import models_uri
 from mamlctl.registry.mlflow_store import MlflowStore, open_store
+from mamlctl.registry.series_store import SqlSeriesStore
 from mamlctl.settings import Settings
+from mamlctl.stages.train import plan_training, run_training
 
 TINY = ["--iterations", "24", "--meta-batch", "4", "--hidden", "16,16", "--query", "6"]
 TINY_CONFIG: dict[str, Any] = {"iterations": 24, "meta_batch": 4, "hidden": (16, 16), "query": 6}
@@ -62,7 +63,7 @@ def _db_versions(settings: Settings) -> tuple[list[tuple[int, str]], int | None]
 
 def _run_capturing(data: Any, store: MlflowStore, **kwargs: Any) -> tuple[Any, Any]:
     """run_training, keeping the in-memory training result (the forecasts' oracle)."""
-    import mamlctl.maml.family_training as stage
+    import mamlctl.stages.train as stage
 
     captured: dict[str, Any] = {}
     original = stage.train_family
@@ -81,16 +82,24 @@ def _run_capturing(data: Any, store: MlflowStore, **kwargs: Any) -> tuple[Any, A
 
 @pytest.mark.slow
 def test_train_end_to_end(backend: str, seeded_registry: Any, tmp_path: Path) -> None:
-    """CLI train -> v1 champion; stage train -> v2 challenger; promote -> v2 champion, loaded
-    back by models:/maml-sines@champion with bit-identical forecasts; registry DB mirrors it."""
+    """CLI train -> v1 (24 iterations lose to seasonal naive on the pure sines: the baseline
+    gate registers it as challenger; a person promotes it); stage train -> v2 challenger;
+    promote -> v2 champion, loaded back by models:/maml-sines@champion with bit-identical
+    forecasts; registry DB mirrors it."""
     import onnxruntime as ort
 
     from mamlctl.maml.initializer import load_initializer
 
     settings = Settings()
     first = _train()
-    assert (first["version"], first["aliases"]) == (1, ["champion"])
+    m = first["metrics"]
+    assert m["val_mase"] > m["val_seasonal_naive_mase"]
+    assert (first["version"], first["aliases"]) == (1, ["challenger"])
+    assert "worse than seasonal naive" in first["baseline_gate"]
     assert first["series_train"] == 5 and first["series_validation"] == 1
+    assert _db_versions(settings) == ([(1, first["run_id"])], None)
+    promoted = CliRunner().invoke(app, ["promote", "--family", "sines", "--version", "1"])
+    assert promoted.exit_code == 0, promoted.output
     assert _db_versions(settings) == ([(1, first["run_id"])], 1)
 
     store = open_store(settings)
@@ -113,7 +122,9 @@ def test_train_end_to_end(backend: str, seeded_registry: Any, tmp_path: Path) ->
     assert sorted(ids["train"] + ids["validation"]) == [f"s{i}" for i in range(6)]
 
     data = _family_data(settings, seed=1)
-    outcome, result = _run_capturing(data, store, record=record_in_registry(settings))
+    outcome, result = _run_capturing(
+        data, store, record=SqlSeriesStore(settings).record_initializer
+    )
     assert (outcome.ref.version, outcome.ref.aliases) == (2, ("challenger",))
     versions = [(1, first["run_id"]), (2, outcome.run_id)]
     assert _db_versions(settings) == (versions, 1)

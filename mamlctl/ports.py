@@ -1,0 +1,101 @@
+"""The seams between the stages and the outside world, as Protocols.
+
+A stage (:mod:`mamlctl.stages`) is a function over these ports; the CLI passes the real
+implementations (the SQL registry, the MLflow store, the models folder) and tests or the
+evaluation may pass the in-memory ones (:mod:`mamlctl.stages.memory`). Nothing here imports a
+third-party package: a port names what a stage needs, not how it is done.
+
+* :class:`SeriesStore` -- families and their series (the registry database);
+* :class:`InitializerStore` -- runs, registered initializer versions and aliases (MLflow);
+* :class:`RunLog` -- one open training or adaptation run (a context manager that ends the run
+  FINISHED, FAILED or KILLED).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
+
+from mamlctl.domain import CHAMPION, Family, InitializerRef, Series
+
+T = TypeVar("T")
+
+#: Artifact folder of a run that holds the initializer (weights + config); a registered
+#: version's source is ``runs:/<run_id>/initializer``.
+INITIALIZER_ARTIFACT = "initializer"
+
+
+class RunLog(Protocol):
+    """An open run: parameters, step metrics, artifacts; the run ends when the block exits."""
+
+    run_id: str
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+
+    def log_config(self, config: Any, *, prefix: str = "") -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> None: ...
+
+    def log_artifact(self, local_path: Path, *, artifact_path: str | None = None) -> None: ...
+
+    def log_artifacts(self, local_dir: Path, *, artifact_path: str | None = None) -> None: ...
+
+    def log_json(self, obj: Any, *, artifact_file: str) -> None: ...
+
+    def __enter__(self) -> RunLog: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class InitializerStore(Protocol):
+    """What the training and adaptation stages need from a model store."""
+
+    def start_run(
+        self, *, family: str, run_name: str | None = None, tags: Mapping[str, Any] | None = None
+    ) -> RunLog: ...
+
+    def register_initializer(
+        self,
+        *,
+        family: str,
+        run_id: str,
+        tags: Mapping[str, Any],
+        description: str,
+        promote: bool = False,
+        eligible: bool = True,
+        artifact_path: str = INITIALIZER_ARTIFACT,
+    ) -> InitializerRef:
+        """Register the run's initializer as a new version. The first version of a family
+        becomes champion, later ones challenger unless ``promote``; a version that is not
+        ``eligible`` (it lost to the baseline on its own held-out series) never becomes
+        champion automatically: it is registered as challenger."""
+        ...
+
+    def set_alias(self, *, family: str, version: int, alias: str = CHAMPION) -> InitializerRef: ...
+
+    def resolve_alias(self, family: str, alias: str = CHAMPION) -> InitializerRef: ...
+
+    def load(self, model: str | InitializerRef, *, loader: Callable[[Path], T]) -> T: ...
+
+
+class SeriesStore(Protocol):
+    """Families, their series and the initializer versions recorded for them."""
+
+    def get_family(self, name: str) -> Family:
+        """The family, or :class:`~mamlctl.errors.NotFoundError` naming it."""
+        ...
+
+    def family_series(self, name: str) -> list[Series]:
+        """Every series of the family with its points, in ingest order."""
+        ...
+
+    def record_initializer(self, ref: InitializerRef) -> None:
+        """Record a registered version (and mirror the champion when its alias is served)."""
+        ...

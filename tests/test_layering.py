@@ -1,0 +1,73 @@
+"""The layering of ARCHITECTURE.md, checked on the source: every ``import`` statement of a
+package (module level, inside functions and under TYPE_CHECKING alike) is parsed with ``ast``
+and must stay within what the package may import."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: folder -> prefixes its modules must never import
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "mamlctl": (
+        "mamlctl.timeseries",
+        "mamlctl.maml",
+        "mamlctl.registry",
+        "mamlctl.serving",
+        "mamlctl.stages",
+        "mamlctl.evaluation",
+        "mamlctl.cli",
+    ),
+    "timeseries": (
+        "mamlctl.maml",
+        "mamlctl.registry",
+        "mamlctl.serving",
+        "mamlctl.stages",
+        "mamlctl.cli",
+        "torch",
+        "mlflow",
+    ),
+    "maml": (
+        "mamlctl.registry",
+        "mamlctl.serving",
+        "mamlctl.stages",
+        "mamlctl.evaluation",
+        "mamlctl.cli",
+        "mlflow",
+        "sqlalchemy",
+    ),
+    "serving": ("torch", "mlflow", "mamlctl.maml", "mamlctl.stages", "mamlctl.cli"),
+    "stages": ("mamlctl.cli",),
+}
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    out: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.lineno, node.module))
+    return out
+
+
+@pytest.mark.parametrize("folder", sorted(FORBIDDEN))
+def test_package_imports_stay_in_their_layer(folder: str) -> None:
+    bad = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for line, name in imports_of(path)
+        if any(name == p or name.startswith(p + ".") for p in FORBIDDEN[folder])
+    ]
+    assert bad == []
+
+
+def test_the_checker_sees_function_level_imports(tmp_path: Path) -> None:
+    src = tmp_path / "m.py"
+    src.write_text("def f():\n    from mamlctl.registry.db import x\n    import torch\n")
+    assert imports_of(src) == [(2, "mamlctl.registry.db"), (3, "torch")]
