@@ -54,49 +54,46 @@ def register(app: typer.Typer) -> None:
         history: Annotated[
             int | None,
             typer.Option(
-                "--history", help="Few-shot track: every method sees only the last N points."
+                "--history",
+                help="Every series the product adapts and forecasts holds only its last N "
+                "points (every method sees the same N).",
             ),
         ] = None,
-        time_budget: Annotated[
-            float,
+        protocol: Annotated[
+            str,
             typer.Option(
-                "--time-budget",
-                help="Seconds of training per network (MAML; the pretrained baseline gets half).",
+                "--protocol",
+                help="family: every series (training included) holds N points; new-series: "
+                "each fold's series join an initializer trained on the other folds' full "
+                "histories.",
             ),
-        ] = 180.0,
-        iterations: Annotated[
-            int | None,
-            typer.Option(
-                "--iterations",
-                help="Max meta-iterations per network (the time budget still caps it): a run "
-                "that reaches it is reproducible whatever the load. Default: the track's.",
-            ),
-        ] = None,
-        no_stats: Annotated[
-            bool, typer.Option("--no-stats", help="Skip statsforecast AutoETS and AutoTheta.")
-        ] = False,
-        no_pretrained: Annotated[
-            bool, typer.Option("--no-pretrained", help="Skip the pretrained network baseline.")
-        ] = False,
+        ] = "family",
         folds: Annotated[
+            int, typer.Option("--folds", help="Folds of the new-series protocol (>= 2).")
+        ] = 3,
+        iterations: Annotated[
             int,
             typer.Option(
-                "--folds",
-                help="With --history: train each series' network on the other folds' full "
-                "training histories (k-fold cross-fitting).",
+                "--iterations",
+                help="Meta-iterations of each `train` (fixed, so a rerun gives the same result).",
             ),
-        ] = 2,
+        ] = 1000,
         limit: Annotated[
             int | None, typer.Option("--limit", help="Only the first N series (quick runs).")
         ] = None,
         seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
+        no_stats: Annotated[
+            bool, typer.Option("--no-stats", help="Skip statsforecast AutoETS and AutoTheta.")
+        ] = False,
         no_mlflow: Annotated[
-            bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")
+            bool, typer.Option("--no-mlflow", help="Do not log the evaluation to MLflow.")
         ] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
     ) -> None:
-        """Run the M4 protocol on a subset: mamlctl (MAML), the pretrained network and the
-        baselines, scored with sMAPE, MASE and OWA; writes forecasts, results.md and plots."""
+        """Run the M4 protocol on a subset through the product: ingest, families assign, train,
+        adapt and export in fresh homes under --out, forecasts from the exported files by the
+        server's runtime; scored with sMAPE, MASE and OWA beside the baselines."""
+        import json
         import os
         import time
 
@@ -107,11 +104,20 @@ def register(app: typer.Typer) -> None:
         from mamlctl.errors import InputError
         from mamlctl.evaluation.eval_plots import plot_m4_examples
         from mamlctl.evaluation.m4 import baseline_methods, load_subset, run_m4
-        from mamlctl.evaluation.m4_maml import FitResult, config_for, m4_method
+        from mamlctl.evaluation.m4_product import ProductOptions, ProductRun, run_product
 
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         torch.set_num_threads(1)
-        if iterations is not None and iterations < 1:
+        if protocol not in ("family", "new-series"):
+            raise InputError(f"--protocol must be family or new-series, got {protocol!r}")
+        options = ProductOptions(
+            protocol=protocol,  # type: ignore[arg-type]
+            history=history,
+            folds=folds,
+            iterations=iterations,
+            seed=seed,
+        )
+        if iterations < 1:
             raise InputError(f"--iterations must be >= 1, got {iterations}")
         began = time.perf_counter()
         dataset = load_subset(data, subset)
@@ -119,76 +125,52 @@ def register(app: typer.Typer) -> None:
             if limit < 1:
                 raise InputError(f"--limit must be >= 1, got {limit}")
             dataset = dataset.select(limit)
-        if folds < 1:
-            raise InputError(f"--folds must be >= 1, got {folds}")
-        cfg = config_for(dataset.subset.name, history=history, time_budget_s=time_budget)
-        cfg = cfg.model_copy(update={"seed": seed})
-        if iterations is not None:
-            cfg = cfg.model_copy(update={"max_iterations": iterations})
-        k = folds if history is not None else 1
-        corpus = dataset.histories if history is not None else None
-        fits: list[FitResult] = []
+        out.mkdir(parents=True, exist_ok=True)
+        product: list[ProductRun] = []
         with progress(transient=True) as bar:
             task = bar.add_task("evaluate", total=None, info="")
 
             def on_method(name: str) -> None:
                 bar.update(task, description=f"method {name}", info="")
 
-            def on_fit(method: str, frac: float) -> None:
-                bar.update(task, info=f"training {method} {100 * frac:.0f}%")
+            def on_step(name: str) -> None:
+                bar.update(task, info=f"home {name}")
+
+            def mamlctl_method(_shown: list[np.ndarray], _h: int) -> np.ndarray:
+                run = run_product(dataset, options, workdir=out / "homes", on_step=on_step)
+                product.append(run)
+                return run.forecasts
 
             methods = dict(
                 baseline_methods(dataset.subset, statsforecast=not no_stats),
-                mamlctl=m4_method(
-                    cfg, method="maml", corpus=corpus, folds=k, on_progress=on_fit, fits=fits
-                ),
+                mamlctl=mamlctl_method,
             )
-            if not no_pretrained:
-                pre_cfg = cfg.model_copy(update={"time_budget_s": time_budget / 2})
-                methods["pretrained"] = m4_method(
-                    pre_cfg,
-                    method="pretrained",
-                    corpus=corpus,
-                    folds=k,
-                    on_progress=on_fit,
-                    fits=fits,
-                )
             run = run_m4(dataset, methods, history=history, out_dir=out, on_method=on_method)
         shown = dataset.histories if history is None else [x[-history:] for x in dataset.histories]
         rng = np.random.default_rng(0)
         picks = sorted(rng.choice(len(shown), size=min(4, len(shown)), replace=False).tolist())
-        plotted = {
-            m: run.forecasts[m]
-            for m in ("mamlctl", "pretrained", "seasonal_naive", "auto_theta")
-            if m in run.forecasts
-        }
         plot_m4_examples(
             out / "plots",
             ids=dataset.ids,
             histories=shown,
             actual=dataset.actual,
-            forecasts=plotted,
+            forecasts={
+                m: run.forecasts[m]
+                for m in ("mamlctl", "seasonal_naive", "auto_theta")
+                if m in run.forecasts
+            },
             picks=picks,
-            tail=min(4 * cfg.horizon, 240),
+            tail=min(4 * dataset.subset.horizon, 240),
         )
         wall = time.perf_counter() - began
-        training = [
-            {
-                "method": f.method,
-                "iterations": f.iterations,
-                "seconds": round(f.elapsed_s, 1),
-                "series": f.n_series,
-                "capped_by_time": f.iterations < f.config.max_iterations,
-            }
-            for f in fits
-        ]
         summary: dict[str, Any] = {
             "subset": run.subset,
             "history": run.history,
+            "protocol": protocol,
             "n_series": run.n_series,
             "wall_s": round(wall, 1),
-            "config": cfg.model_dump(mode="json"),
-            "training": training,
+            "options": {"folds": folds, "iterations": iterations, "seed": seed},
+            "product": product[0].summary(),
             "results": [
                 {
                     "method": r.method,
@@ -207,24 +189,29 @@ def register(app: typer.Typer) -> None:
                 for m in ("smape", "mase", "owa")
             }
             metrics["wall_s"] = wall
-            for i, t in enumerate(training):
-                metrics[f"{t['method']}.iterations.{i}"] = float(t["iterations"])
+            metrics["unserved"] = float(product[0].unserved)
             summary["mlflow_run_id"] = _log_run(
                 f"evaluate-m4-{run.subset}",
-                {"subset": run.subset, "history": run.history, "folds": k, **summary["config"]},
+                {"subset": run.subset, "history": run.history, **summary["options"]},
                 metrics,
                 out,
             )
-        (out / "summary.json").write_text(__import__("json").dumps(summary, indent=2) + "\n")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if as_json:
             emit_json(summary)
             return
         track = "full history" if history is None else f"last {history} points"
-        for t in training:
-            cap = " (stopped by the time budget)" if t["capped_by_time"] else ""
-            typer.echo(f"{t['method']}: {t['iterations']} iterations in {t['seconds']} s{cap}")
+        for home in summary["product"]["homes"]:
+            gate = "" if home["baseline_gate"] is None else " (not champion: lost to s-naive)"
+            typer.echo(
+                f"{home['name']}: v{home['version']} trained on {home['series_train']} series in "
+                f"{home['train_s']} s{gate}; {home['series_adapted']} served "
+                f"({home['zero_shot']} zero-shot), adapt {home['adapt_s']} s"
+            )
+        if product[0].unserved:
+            typer.echo(f"unserved (filled with seasonal naive): {product[0].unserved} series")
         print_table(
-            f"M4 {run.subset}, {run.n_series} series, {track} ({wall:.0f} s)",
+            f"M4 {run.subset}, {run.n_series} series, {track}, {protocol} ({wall:.0f} s)",
             ["method", "sMAPE", "MASE", "OWA", "wall s"],
             [
                 (r.method, f"{r.smape:.3f}", f"{r.mase:.3f}", f"{r.owa:.3f}", f"{r.wall_s:.1f}")

@@ -1,5 +1,5 @@
-"""mamlctl as an M4 method: tasks and loss by hand, the seasonal-naive skip, cross-fitting, and
-``mamlctl evaluate m4`` end to end on a tiny synthetic hourly subset (scored by the harness)."""
+"""The M4 harness' network recipe (still used by ``evaluate nab``) by hand, and ``mamlctl
+evaluate m4`` end to end through the product on a tiny synthetic hourly subset."""
 
 from __future__ import annotations
 
@@ -204,61 +204,83 @@ def _write_wide(path: Path, rows: list[tuple[str, np.ndarray]], width: int) -> N
 
 def _hourly_subset(root: Path) -> Path:
     root.mkdir(parents=True)
-    series = _hourly_like(6, 260, 2)
-    lengths = [260, 240, 250, 260, 230, 245]
+    series = _hourly_like(12, 460, 2)
+    lengths = [460, 440, 450, 460, 430, 445] * 2
     train = [(f"H{i + 1}", s[:n]) for i, (s, n) in enumerate(zip(series, lengths, strict=True))]
     test = [
         (f"H{i + 1}", s[n : n + 48]) for i, (s, n) in enumerate(zip(series, lengths, strict=True))
     ]
-    _write_wide(root / "Hourly-train.csv.gz", train, 260)
+    _write_wide(root / "Hourly-train.csv.gz", train, 460)
     _write_wide(root / "Hourly-test.csv.gz", test, 48)
     return root
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("history", [None, 48])
-def test_cli_evaluate_m4_scores_match_harness(tmp_path: Path, history: int | None) -> None:
+@pytest.mark.parametrize(
+    ("protocol", "history"), [("family", None), ("family", 300), ("new-series", 300)]
+)
+def test_cli_evaluate_m4_runs_the_product(
+    tmp_path: Path, protocol: str, history: int | None
+) -> None:
+    """The mamlctl row comes from the product's files: each forecast equals the series' own
+    exported ONNX file run by onnxruntime on its last L shown values; the aggregates equal the
+    harness' scoring of the written forecasts; new series are adapted from an initializer that
+    never saw them."""
+    import onnxruntime as ort
+
+    from mamlctl.registry import queries as q
+    from mamlctl.registry.db import transaction
+    from mamlctl.registry.model_files import open_verified
+    from mamlctl.settings import Settings
+
     data = _hourly_subset(tmp_path / "m4")
     out = tmp_path / "out"
     args = ["evaluate", "m4", "--subset", "hourly", "--data", str(data), "--out", str(out)]
-    args += ["--no-stats", "--json"]
-    if history is None:
-        args += ["--time-budget", "2"]
-    else:  # a generous budget: --iterations stops every network first
-        args += ["--history", str(history), "--folds", "2", "--iterations", "3"]
-        args += ["--time-budget", "600"]
+    args += ["--no-stats", "--json", "--iterations", "3", "--protocol", protocol, "--folds", "2"]
+    if history is not None:
+        args += ["--history", str(history)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     subset = load_subset(data, "hourly")
-    forecasts = {}
-    for name in ("mamlctl", "pretrained", "naive2", "seasonal_naive"):
-        lines = (out / "forecasts" / f"{name}.csv").read_text().splitlines()
-        assert lines[0] == "id," + ",".join(f"F{k}" for k in range(1, 49))
-        forecasts[name] = np.array([[float(v) for v in ln.split(",")[1:]] for ln in lines[1:]])
-    by_method = {r["method"]: r for r in summary["results"]}
-    for name in ("mamlctl", "pretrained", "seasonal_naive"):
-        acc = m4_accuracy(
-            subset.histories,
-            subset.actual,
-            forecasts[name],
-            m=24,
-            naive2_forecast=forecasts["naive2"],
-        )
-        assert by_method[name]["owa"] == pytest.approx(acc.owa, rel=1e-9)
-        assert by_method[name]["smape"] == pytest.approx(acc.smape, rel=1e-9)
-    # the seasonal-naive row equals the baseline computed here on the same shown history
     shown = subset.histories if history is None else [x[-history:] for x in subset.histories]
-    np.testing.assert_allclose(forecasts["seasonal_naive"], seasonal_naive(shown, 48, m=24))
+    lines = (out / "forecasts" / "mamlctl.csv").read_text().splitlines()
+    assert lines[0] == "id," + ",".join(f"F{k}" for k in range(1, 49))
+    ours = np.array([[float(v) for v in ln.split(",")[1:]] for ln in lines[1:]])
+    assert summary["product"]["unserved"] == 0
+
+    homes = sorted((out / "homes").iterdir())
+    assert [h.name for h in homes] == (["family"] if protocol == "family" else ["fold0", "fold1"])
+    by_file = {}
+    for home in homes:
+        settings = Settings(home=home, database_url=None, tracking_uri=f"sqlite:///{home}/m.db")
+        with transaction(settings) as session:
+            records = q.current_adapted_models(session, "hourly")
+        for rec in records:
+            blob = open_verified(settings.models_dir, rec.path, sha256=rec.sha256)
+            sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+            i = subset.ids.index(rec.series_id)
+            window = shown[i][-rec.window :].astype(np.float32)[None, :]
+            by_file[rec.series_id] = sess.run(["forecast"], {"window": window})[0][0]
+    assert sorted(by_file) == sorted(subset.ids)
+    for i, sid in enumerate(subset.ids):
+        np.testing.assert_array_equal(ours[i], by_file[sid].astype(np.float64))
+
+    naive2 = (out / "forecasts" / "naive2.csv").read_text().splitlines()[1:]
+    n2 = np.array([[float(v) for v in ln.split(",")[1:]] for ln in naive2])
+    acc = m4_accuracy(subset.histories, subset.actual, ours, m=24, naive2_forecast=n2)
+    row = {r["method"]: r for r in summary["results"]}["mamlctl"]
+    assert row["owa"] == pytest.approx(acc.owa, rel=1e-9)
+    trained = [h["series_train"] for h in summary["product"]["homes"]]
+    if protocol == "new-series":  # each fold trains on the other fold's series only
+        from mamlctl.evaluation.m4_product import fold_of
+
+        sizes = [sum(fold_of(s, 2) == f for s in subset.ids) for f in (0, 1)]
+        validation = [n - t for n, t in zip(sizes[::-1], trained, strict=True)]
+        assert all(v >= 1 for v in validation)
+    else:
+        assert trained[0] < len(subset.ids)  # the rest are held out for validation
     assert "mlflow_run_id" in summary
-    assert len(list((out / "plots").glob("*.png"))) == 4
-    assert (out / "results.md").read_text().count("| mamlctl |") == 1
-    if history is not None:
-        # 2 folds x 3 ensemble members (the Hourly few-shot default) x 2 methods
-        assert [t["series"] for t in summary["training"]] == [3] * 12
-        assert all(t["iterations"] == 3 for t in summary["training"])
-        assert not any(t["capped_by_time"] for t in summary["training"])
-        assert summary["config"]["transform"] == "log" and summary["config"]["ensemble"] == 3
 
 
 def test_cli_evaluate_m4_bad_subset_is_one_line(tmp_path: Path) -> None:
@@ -276,3 +298,10 @@ def test_cli_evaluate_m4_bad_iterations_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path), "--iterations", "0"])
     assert result.exit_code == 1
     assert result.output.strip() == "error: --iterations must be >= 1, got 0"
+
+
+def test_cli_evaluate_m4_bad_protocol_is_one_line(tmp_path: Path) -> None:
+    args = ["evaluate", "m4", "--subset", "hourly", "--data", str(tmp_path)]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path), "--protocol", "x"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: --protocol must be family or new-series, got 'x'"
