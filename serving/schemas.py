@@ -58,8 +58,26 @@ class ScoreResult(_Doc):
     lineage: Lineage
 
 
+class ItemErrorDetail(_Doc):
+    status: int = Field(description="What a single request would have answered (404, 422).")
+    type: str = Field(
+        description="not_found, window_length, actual_length, finite_number or model_overflow."
+    )
+    msg: str
+    loc: list[str | int] = Field(description="The offending field, e.g. body.items.3.window.5.")
+
+
+class ItemError(_Doc):
+    """In place of a batch item the served models cannot answer (the others are scored)."""
+
+    series_id: str
+    error: ItemErrorDetail
+
+
 class BatchResult(_Doc):
-    results: list[ScoreResult]
+    results: list[ScoreResult | ItemError] = Field(
+        description="One entry per item, in order: a result, or an error for that item alone."
+    )
 
 
 class SeriesDetail(_Doc):

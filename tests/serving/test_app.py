@@ -224,31 +224,10 @@ BAD: list[tuple[str, bytes, int, list[Any]]] = [
         ["body", "items", 1],
     ),
     (
-        "bad value in batch",
-        orjson.dumps(
-            {
-                "items": [
-                    {"series_id": "m0", "window": W12},
-                    {"series_id": "m1", "window": [*W12[:5], 1e39, *W12[6:]]},
-                ]
-            }
-        ),
-        422,
-        ["body", "items", 1, "window", 5],
-    ),
-    (
         "unknown series",
         orjson.dumps({"series_id": "zz", "window": W12}),
         404,
         ["body", "series_id"],
-    ),
-    (
-        "unknown series in batch",
-        orjson.dumps(
-            {"items": [{"series_id": "m0", "window": W12}, {"series_id": "zz", "window": W12}]}
-        ),
-        404,
-        ["body", "items", 1, "series_id"],
     ),
 ]
 
@@ -261,6 +240,55 @@ def test_bad_input_is_a_4xx_naming_the_field(
     assert r.status_code == status, r.text
     detail = schemas.ErrorBody.model_validate(r.json()).detail
     assert isinstance(detail, list) and detail[0].loc[: len(loc)] == loc
+
+
+def test_a_batch_answers_per_item_and_the_valid_items_as_alone(
+    make_served: Callable[..., Served], tmp_path: Any
+) -> None:
+    """Oracle: the same batch without its failing items (array_equal, whole result objects)."""
+    models = tmp_path / "home" / "models"
+    broken = write_series(models, MLP, ["broken"], seed=9)[0]
+    (models / broken.path).write_bytes(b"not onnx")  # its model fails to load
+    s = make_served(extra=[broken])
+    good = [
+        {"series_id": "m1", "window": _window(s, "m1", 1)},
+        {"series_id": "c0", "window": _window(s, "c0", 2), "actual": [1.0, 2.0]},
+        {"series_id": "m1", "window": _window(s, "m1", 3), "actual": [3.0]},
+    ]
+    bad = [
+        ({"series_id": "zz", "window": W12}, 404, "not_found", ["series_id"]),
+        ({"series_id": "broken", "window": W12}, 404, "not_found", ["series_id"]),
+        ({"series_id": "m0", "window": [1.0] * 11}, 422, "window_length", ["window"]),
+        ({"series_id": "m0", "window": W12, "actual": [1.0] * 5}, 422, "actual_length", ["actual"]),
+        ({"series_id": "m2", "window": [*W12[:5], 1e39, *W12[6:]]}, 422, "finite_number",
+         ["window", 5]),
+        ({"series_id": "c1", "window": [-1e300] * 16}, 422, "finite_number", ["window", 0]),
+        ({"series_id": "m2", "window": W12, "actual": [0.0, 1e39]}, 422, "finite_number",
+         ["actual", 1]),
+    ]  # fmt: skip
+    items = [good[0], bad[0][0], bad[1][0], good[1], *(b[0] for b in bad[2:]), good[2]]
+    r = s.client.post("/v1/score", content=orjson.dumps({"items": items}))
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    schemas.BatchResult.model_validate(r.json())
+    alone = s.client.post("/v1/score", json={"items": good}).json()["results"]
+    assert [results[0], results[3], results[-1]] == alone
+    for k, res in zip((0, 3, -1), alone, strict=True):
+        assert np.array_equal(
+            np.array(results[k]["forecast"], np.float32), np.array(res["forecast"], np.float32)
+        )
+    failed = [results[1], results[2], *results[4:-1]]
+    for pos, res, (item, status, kind, loc) in zip((1, 2, 4, 5, 6, 7, 8), failed, bad, strict=True):
+        assert res["series_id"] == item["series_id"] and set(res) == {"series_id", "error"}
+        err = res["error"]
+        assert (err["status"], err["type"]) == (status, kind), err
+        assert err["loc"] == ["body", "items", pos, *loc]
+    assert "not loaded" in results[2]["error"]["msg"]
+    # every item failing is still a 200 answered per item
+    r = s.client.post("/v1/score", json={"items": [bad[0][0], bad[2][0]]})
+    assert r.status_code == 200 and all("error" in res for res in r.json()["results"])
+    text = s.client.get("/metrics").text
+    assert "mamlctl_scored_rows_total 6.0" in text  # only scored rows count (3 + 3 alone)
 
 
 def test_batch_over_the_limit_is_422(make_served: Callable[..., Served]) -> None:
