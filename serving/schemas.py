@@ -89,6 +89,11 @@ class SeriesDetail(_Doc):
     residual_scale: float
     served_by: str = Field(description="'bank' (shared graph) or 'sessions' (fallback).")
     lineage: Lineage
+    load_error: str | None = Field(
+        default=None,
+        description="Why the current model file failed to load, when the series is served by"
+        " its previous model (lineage names that model).",
+    )
 
 
 class ErrorItem(_Doc):
@@ -106,12 +111,18 @@ class Health(_Doc):
 
 
 class Ready(_Doc):
+    """``status`` "ready" (200), or "degraded" (503, with ``detail``): no model loaded, or more
+    than the allowed share of the current models failed to load."""
+
     status: str
+    detail: str | None = None
     generation: int
     series: int
     bank_groups: int
     session_groups: int
     bank_bytes: int
-    failures: int
+    failures: int = Field(description="Current models whose file failed to load.")
+    stale: int = Field(description="Of those, series still served by their previous model.")
+    records: int = Field(description="Current models in the registry.")
     loaded_at: str
     load_seconds: float

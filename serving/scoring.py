@@ -356,4 +356,5 @@ def series_detail(state: ServingState, series_id: str) -> dict[str, Any]:
         "residual_scale": entry.residual_scale,
         "served_by": state.runtimes[entry.group].kind,
         "lineage": entry.lineage,
+        "load_error": entry.load_error,
     }

@@ -403,3 +403,89 @@ def test_a_failing_reload_keeps_serving_the_last_state(served: Served) -> None:
     del served.source.current  # back to the class method
     assert served.app.holder.reload() is True
     assert served.client.get("/readyz").json()["series"] == 7
+
+
+# ----------------------------------------------------------------------------- hostile input
+
+OVERFLOW = [3e38, -3e38] * (CONV.window // 2)  # finite float32; the conv model overflows
+
+
+def test_a_deeply_nested_window_is_a_422_not_a_500(served: Served) -> None:
+    """Regression: repr() of a ~1000-deep list in the error message raised RecursionError."""
+    deep = "[" * 1000 + "1" + "]" * 1000
+    single = '{"series_id": "m0", "window": [' + deep + "]}"
+    batch = '{"items": [{"series_id": "m0", "window": [' + deep + "]}]}"
+    for body, loc in ((single, ["body", "window", 0]), (batch, ["body", "items", 0, "window", 0])):
+        r = served.client.post("/v1/score", content=body.encode())
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"] == loc and len(r.text) < 400
+    too_deep = '{"series_id": "m0", "window": ' + "[" * 2000 + "]" * 2000 + "}"
+    r = served.client.post("/v1/score", content=too_deep.encode())
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_a_window_that_overflows_the_model_is_a_422_never_null(served: Served) -> None:
+    """Regression: finite float32 windows near 3e38 gave ``null`` forecasts (inf in JSON)."""
+    r = served.client.post("/v1/score", json={"series_id": "c0", "window": OVERFLOW})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"][0]
+    assert detail["type"] == "model_overflow" and detail["loc"] == ["body", "window"]
+    good = {"series_id": "c1", "window": _window(served, "c1")}
+    r = served.client.post(
+        "/v1/score", json={"items": [good, {"series_id": "c0", "window": OVERFLOW}]}
+    )
+    assert r.status_code == 200, r.text
+    first, second = r.json()["results"]
+    assert first == served.client.post("/v1/score", json={"items": [good]}).json()["results"][0]
+    assert None not in first["forecast"] and None not in first["sigma"]
+    assert second["error"]["type"] == "model_overflow"
+    assert second["error"]["loc"] == ["body", "items", 1, "window"]
+
+
+def test_a_binary_row_that_overflows_the_model_is_answered_in_its_place(served: Served) -> None:
+    from mamlctl.serving.binary import decode_response, encode_request
+
+    good = _window(served, "c1")
+    body = encode_request(["c1", "c0"], np.array([good, OVERFLOW], dtype=np.float32))
+    r = served.client.post(
+        "/v1/score", content=body, headers={"Content-Type": "application/octet-stream"}
+    )
+    assert r.status_code == 200, r.text
+    got = decode_response(r.content)
+    assert got["status"].tolist() == [200, 422]
+    assert got["meta"]["errors"][0]["error"]["type"] == "model_overflow"
+    assert np.isfinite(got["forecast"][0]).all() and np.isnan(got["forecast"][1]).all()
+
+
+def test_head_on_the_open_paths_is_200(served: Served) -> None:
+    """Regression: HEAD /healthz answered 405."""
+    for path in ("/healthz", "/readyz"):
+        r = served.client.request("HEAD", path)
+        assert r.status_code == 200 and r.content == b""
+        assert int(r.headers["content-length"]) == len(served.client.get(path).content)
+
+
+def test_the_bearer_scheme_is_case_insensitive(make_served: Callable[..., Served]) -> None:
+    s = make_served(token="s3cret")
+    body = {"series_id": "m0", "window": W12}
+    for header, status in (
+        ("bearer s3cret", 200),
+        ("BEARER s3cret", 200),
+        ("Bearer  s3cret", 200),
+        ("Basic s3cret", 401),
+        ("Bearers3cret", 401),
+        ("bearer S3cret", 401),
+    ):
+        client = Client(s.app, {"Authorization": header})
+        assert client.post("/v1/score", json=body).status_code == status, header
+        assert client.get("/v1/series/m0").status_code == status, header
+
+
+def test_an_empty_token_refuses_to_start(make_served: Callable[..., Served]) -> None:
+    """Regression: MAMLCTL_API_TOKEN="" turned auth off without a word."""
+    from mamlctl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="MAMLCTL_API_TOKEN is set but empty"):
+        make_served(token="")
+    with pytest.raises(ConfigError):
+        make_served(token="  ")
