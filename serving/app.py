@@ -245,8 +245,8 @@ class ScoringApp:
             return
         path = scope["path"]
         if path in OPEN_PATHS and scope["method"] in ("GET", "HEAD"):
-            status, body = (200, b'{"status":"ok"}') if path == "/healthz" else self.readiness()
-            await _send(send, status, body, head=scope["method"] == "HEAD")
+            status, doc = (200, b'{"status":"ok"}') if path == "/healthz" else self.readiness()
+            await _send(send, status, doc, head=scope["method"] == "HEAD")
             return
         if path == SCORE_PATH and scope["method"] == "POST":
             start = time.perf_counter()

@@ -136,6 +136,11 @@ def test_openapi_documents_the_api(served: Served) -> None:
     assert "ScoreItem" in refs and "ScoreBatch" in refs
     assert {"200", "404", "413", "422"} <= set(post["responses"])
     assert {"/v1/series/{series_id}", "/healthz", "/readyz", "/metrics"} <= set(doc["paths"])
+    schemas_doc = doc["components"]["schemas"]
+    item = orjson.dumps(schemas_doc["BatchResult"]["properties"]["results"]).decode()
+    assert "ItemError" in item and "ScoreResult" in item  # a batch answers per item
+    assert "load_error" in schemas_doc["SeriesDetail"]["properties"]
+    assert "per item" in post["description"]
 
 
 # ----------------------------------------------------------------------------- bad input
