@@ -12,10 +12,10 @@ pydantic layers would cost more than the model itself) through one synchronous f
 :meth:`ScoringApp.answer_score`, which ``mamlctl serve``'s HTTP protocol
 (:mod:`mamlctl.serving.fastpath`) also calls straight from the parser. The FastAPI part
 (:mod:`mamlctl.serving.api`) is imported and built once the models are loaded, off the cold
-start. The state (models, lineage) lives in :class:`StateHolder`: loaded in the background at
-startup (``/readyz`` answers 503 until then), re-built off the event loop when the source's
-fingerprint changes and swapped as one reference; a request reads the reference once, so it
-finishes on the state it started with.
+start. The state (models, lineage) lives in a :class:`~mamlctl.serving.holder.StateHolder`:
+loaded in the background at startup (``/readyz`` answers 503 until then), re-built off the event
+loop when the source's fingerprint changes and swapped as one reference; a request reads the
+reference once, so it finishes on the state it started with.
 """
 
 from __future__ import annotations
@@ -33,16 +33,15 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from mamlctl.errors import MamlctlError, StoreError
 from mamlctl.serving import limits
 from mamlctl.serving.auth import authorized, expected_token
 from mamlctl.serving.binary import CONTENT_TYPE as BINARY_TYPE
 from mamlctl.serving.binary import score_binary
 from mamlctl.serving.busypoll import BusyPoll
+from mamlctl.serving.holder import StateHolder
 from mamlctl.serving.metrics import Metrics
 from mamlctl.serving.scoring import ClientError, parse, score
 from mamlctl.serving.source import ModelSource
-from mamlctl.serving.state import ServingState, build_state, empty_state, recovered
 from mamlctl.settings import Settings
 
 log = logging.getLogger("mamlctl.serving")
@@ -93,65 +92,6 @@ class ServeOptions(BaseModel):
     allow_empty: bool = Field(
         default=False, description="/readyz answers 200 with no model loaded (else 503)."
     )
-
-
-class StateHolder:
-    """The one mutable reference: the current :class:`ServingState`."""
-
-    def __init__(self, source: ModelSource, metrics: Metrics, *, batch_threads: int = 1) -> None:
-        self.source = source
-        self.metrics = metrics
-        self.batch_threads = batch_threads
-        self.state: ServingState = empty_state()
-        self.ready = False
-        self.last_error: str | None = None
-        #: ``last_error`` as /readyz may show it to anyone: no driver or file text
-        self.last_error_public: str | None = None
-        self._lock = threading.Lock()  # one build at a time
-
-    def reload(self, *, force: bool = False) -> bool:
-        """Rebuild and swap when the source changed (blocking; run it off the event loop)."""
-        with self._lock:
-            try:
-                fingerprint = self.source.fingerprint()
-                same = self.ready and fingerprint == self.state.fingerprint
-                if same and not force and not recovered(self.state, self.source.models_dir):
-                    return False
-                records = self.source.current()
-                new = build_state(
-                    records,
-                    models_dir=self.source.models_dir,
-                    fingerprint=fingerprint,
-                    generation=self.state.generation + 1,
-                    batch_threads=self.batch_threads,
-                    previous=self.state if self.ready else None,
-                )
-            except Exception as err:  # the poller must survive anything a reload meets
-                self.last_error = (
-                    str(err) if isinstance(err, MamlctlError) else f"{type(err).__name__}: {err}"
-                )
-                self.last_error_public = (
-                    "registry database unreachable (details in the server log)"
-                    if isinstance(err, StoreError)
-                    else "loading the models failed (details in the server log)"
-                )
-                self.metrics.reloads.labels("error").inc()
-                log.error(
-                    "reload failed, still serving generation %d: %s",
-                    self.state.generation,
-                    self.last_error,
-                    exc_info=not isinstance(err, MamlctlError),
-                )
-                return False
-            self.state = new  # the atomic swap
-            self.ready = True
-            self.last_error = self.last_error_public = None
-            self.metrics.reloads.labels("ok").inc()
-            self.metrics.models_loaded.set(new.n_series)
-            self.metrics.generation.set(new.generation)
-            self.metrics.load_failures.set(len(new.failures))
-            log.info("serving generation %d: %s", new.generation, new.summary())
-            return True
 
 
 @dataclass(slots=True)
