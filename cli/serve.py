@@ -72,12 +72,32 @@ def register(app: typer.Typer) -> None:
                 envvar="MAMLCTL_SERVE_BUSY_POLL",
             ),
         ] = f"{round(limits.DEFAULT_BUSY_POLL * 1e6)}us",
+        max_failed_share: Annotated[
+            float,
+            typer.Option(
+                min=0.0,
+                max=1.0,
+                help="/readyz answers 503 when more than this share of the current models"
+                " failed to load (1: never).",
+                envvar="MAMLCTL_SERVE_MAX_FAILED_SHARE",
+            ),
+        ] = limits.DEFAULT_MAX_FAILED_SHARE,
+        allow_empty: Annotated[
+            bool,
+            typer.Option(
+                "--allow-empty",
+                help="/readyz answers 200 with no model loaded (else 503).",
+                envvar="MAMLCTL_SERVE_ALLOW_EMPTY",
+            ),
+        ] = False,
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
     ) -> None:
         """Serve forecasts and anomaly scores of every adapted series over HTTP."""
         from mamlctl.cli.output import load_settings
+        from mamlctl.serving.auth import expected_token
 
         settings = load_settings()  # validate MAMLCTL_* before forking workers
+        expected_token(settings)  # an empty MAMLCTL_API_TOKEN: one-line error, not auth off
         interval = parse_duration(reload_interval)
         busy = parse_duration(busy_poll, allow_zero=True)
         if busy > limits.MAX_BUSY_POLL:
@@ -101,6 +121,8 @@ def register(app: typer.Typer) -> None:
         os.environ["MAMLCTL_SERVE_RELOAD_INTERVAL"] = str(interval)
         os.environ["MAMLCTL_SERVE_BUSY_POLL"] = str(busy)
         os.environ["MAMLCTL_SERVE_BATCH_THREADS"] = str(batch_threads)
+        os.environ["MAMLCTL_SERVE_MAX_FAILED_SHARE"] = str(max_failed_share)
+        os.environ["MAMLCTL_SERVE_ALLOW_EMPTY"] = "1" if allow_empty else "0"
         uvicorn.run(
             "mamlctl.serving.app:app_from_env",
             factory=True,

@@ -14,6 +14,9 @@ Modules, in the order a request meets them:
 - :mod:`~mamlctl.serving.binary`: the binary batch format (``application/octet-stream``).
 - :mod:`~mamlctl.serving.scoring`: request bytes -> validated items -> one ``run`` per group ->
   response bytes; anomaly scores from :mod:`mamlctl.timeseries.anomaly`.
+- :mod:`~mamlctl.serving.auth`: the bearer token (an empty ``MAMLCTL_API_TOKEN`` refuses to
+  start); :mod:`~mamlctl.serving.holder`: the current state and its reload (keeps a series'
+  previous model when its new file fails; re-tries failed files on every poll).
 - :mod:`~mamlctl.serving.state`: the immutable :class:`ServingState` (series -> runtime row and
   lineage) built by ``build_state(records, models_dir=..., fingerprint=..., generation=...)``.
 - :mod:`~mamlctl.serving.source`: where records come from (``RegistrySource(settings)`` reads

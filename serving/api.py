@@ -44,7 +44,7 @@ def build_api(outer: ScoringApp) -> FastAPI:
         return _json({"detail": err.detail}, err.status)
 
     errors: dict[int | str, dict[str, Any]] = {
-        404: {"model": schemas.ErrorBody, "description": "Unknown series."},
+        404: {"model": schemas.ErrorBody, "description": "Unknown series (single item)."},
         413: {"model": schemas.ErrorBody, "description": "Body over the size limit."},
         422: {"model": schemas.ErrorBody, "description": "Invalid input (field named)."},
         503: {"model": schemas.ErrorBody, "description": "Models still loading."},
@@ -57,7 +57,11 @@ def build_api(outer: ScoringApp) -> FastAPI:
         summary="Forecast, residual and anomaly score for one item or a batch of items.",
         description="JSON by default. Large batches may instead be sent as "
         "`Content-Type: application/octet-stream` in the binary batch format of "
-        "`mamlctl.serving.binary` (float32 windows; same checks, identical numbers).",
+        "`mamlctl.serving.binary` (float32 windows; same checks, identical numbers). "
+        "A batch answers per item: an item naming an unknown or unloaded series, a window or "
+        "`actual` of the wrong length, a value not finite as float32 or a window the model "
+        "cannot score gets an `ItemError` in its place (200 for the batch); a batch that breaks "
+        "the schema, is empty or too long fails as a whole (422).",
     )
     async def score_route(
         request: Request, body: schemas.ScoreItem | schemas.ScoreBatch

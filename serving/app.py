@@ -12,17 +12,16 @@ pydantic layers would cost more than the model itself) through one synchronous f
 :meth:`ScoringApp.answer_score`, which ``mamlctl serve``'s HTTP protocol
 (:mod:`mamlctl.serving.fastpath`) also calls straight from the parser. The FastAPI part
 (:mod:`mamlctl.serving.api`) is imported and built once the models are loaded, off the cold
-start. The state (models, lineage) lives in :class:`StateHolder`: loaded in the background at
-startup (``/readyz`` answers 503 until then), re-built off the event loop when the source's
-fingerprint changes and swapped as one reference; a request reads the reference once, so it
-finishes on the state it started with.
+start. The state (models, lineage) lives in a :class:`~mamlctl.serving.holder.StateHolder`:
+loaded in the background at startup (``/readyz`` answers 503 until then), re-built off the event
+loop when the source's fingerprint changes and swapped as one reference; a request reads the
+reference once, so it finishes on the state it started with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import threading
 import time
@@ -34,15 +33,15 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from mamlctl.errors import MamlctlError
 from mamlctl.serving import limits
+from mamlctl.serving.auth import authorized, expected_token
 from mamlctl.serving.binary import CONTENT_TYPE as BINARY_TYPE
 from mamlctl.serving.binary import score_binary
 from mamlctl.serving.busypoll import BusyPoll
+from mamlctl.serving.holder import StateHolder
 from mamlctl.serving.metrics import Metrics
 from mamlctl.serving.scoring import ClientError, parse, score
 from mamlctl.serving.source import ModelSource
-from mamlctl.serving.state import ServingState, build_state, empty_state
 from mamlctl.settings import Settings
 
 log = logging.getLogger("mamlctl.serving")
@@ -83,56 +82,16 @@ class ServeOptions(BaseModel):
         le=limits.MAX_BUSY_POLL,
         description="Seconds the event loop keeps polling after an answer (0: off; busypoll).",
     )
-
-
-class StateHolder:
-    """The one mutable reference: the current :class:`ServingState`."""
-
-    def __init__(self, source: ModelSource, metrics: Metrics, *, batch_threads: int = 1) -> None:
-        self.source = source
-        self.metrics = metrics
-        self.batch_threads = batch_threads
-        self.state: ServingState = empty_state()
-        self.ready = False
-        self.last_error: str | None = None
-        self._lock = threading.Lock()  # one build at a time
-
-    def reload(self, *, force: bool = False) -> bool:
-        """Rebuild and swap when the source changed (blocking; run it off the event loop)."""
-        with self._lock:
-            try:
-                fingerprint = self.source.fingerprint()
-                if self.ready and not force and fingerprint == self.state.fingerprint:
-                    return False
-                records = self.source.current()
-                new = build_state(
-                    records,
-                    models_dir=self.source.models_dir,
-                    fingerprint=fingerprint,
-                    generation=self.state.generation + 1,
-                    batch_threads=self.batch_threads,
-                )
-            except Exception as err:  # the poller must survive anything a reload meets
-                self.last_error = (
-                    str(err) if isinstance(err, MamlctlError) else f"{type(err).__name__}: {err}"
-                )
-                self.metrics.reloads.labels("error").inc()
-                log.error(
-                    "reload failed, still serving generation %d: %s",
-                    self.state.generation,
-                    self.last_error,
-                    exc_info=not isinstance(err, MamlctlError),
-                )
-                return False
-            self.state = new  # the atomic swap
-            self.ready = True
-            self.last_error = None
-            self.metrics.reloads.labels("ok").inc()
-            self.metrics.models_loaded.set(new.n_series)
-            self.metrics.generation.set(new.generation)
-            self.metrics.load_failures.set(len(new.failures))
-            log.info("serving generation %d: %s", new.generation, new.summary())
-            return True
+    max_failed_share: float = Field(
+        default=limits.DEFAULT_MAX_FAILED_SHARE,
+        ge=0,
+        le=1,
+        description="/readyz answers 503 when more than this share of the current models"
+        " failed to load (1: never).",
+    )
+    allow_empty: bool = Field(
+        default=False, description="/readyz answers 200 with no model loaded (else 503)."
+    )
 
 
 @dataclass(slots=True)
@@ -162,8 +121,7 @@ class ScoringApp:
         self.options = options
         self.metrics = Metrics.create()
         self.holder = StateHolder(source, self.metrics, batch_threads=options.batch_threads)
-        token = settings.api_token.get_secret_value() if settings.api_token else None
-        self._token = f"Bearer {token}".encode() if token else None
+        self._token = expected_token(settings)  # ConfigError when set but empty
         self._api: Any = None
         self._api_lock = threading.Lock()
         self._poller = _Poller(self, options.reload_interval, options.reload)
@@ -199,12 +157,24 @@ class ScoringApp:
             self.metrics.rows.inc(rows)
 
     def readiness(self) -> tuple[int, bytes]:
-        """``GET /readyz``: 200 and the state summary once loaded, else 503 and why."""
+        """``GET /readyz`` (no auth, so no error text of a driver or file is shown): 503 and
+        why until the models are loaded; then 200 and the state summary, or 503 and the
+        summary with ``"status": "degraded"`` when no model is loaded (unless ``allow_empty``)
+        or more than ``max_failed_share`` of the current models failed to load."""
         holder = self.holder
         if not holder.ready:
-            detail = holder.last_error or "models are still loading"
+            detail = holder.last_error_public or "models are still loading"
             return 503, orjson.dumps({"detail": detail})
-        return 200, orjson.dumps({"status": "ready", **holder.state.summary()})
+        state, options = holder.state, self.options
+        summary = state.summary()
+        failed = len(state.failures)
+        if state.n_series == 0 and not options.allow_empty:
+            why = "no model loaded"
+        elif failed and failed > options.max_failed_share * state.n_records:
+            why = f"{failed} of {state.n_records} current models failed to load"
+        else:
+            return 200, orjson.dumps({"status": "ready", **summary})
+        return 503, orjson.dumps({"status": "degraded", "detail": why, **summary})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -214,11 +184,9 @@ class ScoringApp:
             await self.api(scope, receive, send)
             return
         path = scope["path"]
-        if path in OPEN_PATHS and scope["method"] == "GET":
-            if path == "/healthz":
-                await _send(send, 200, b'{"status":"ok"}')
-            else:
-                await _send(send, *self.readiness())
+        if path in OPEN_PATHS and scope["method"] in ("GET", "HEAD"):
+            status, doc = (200, b'{"status":"ok"}') if path == "/healthz" else self.readiness()
+            await _send(send, status, doc, head=scope["method"] == "HEAD")
             return
         if path == SCORE_PATH and scope["method"] == "POST":
             start = time.perf_counter()
@@ -270,11 +238,7 @@ class ScoringApp:
         return self._token_ok(scope["headers"])
 
     def _token_ok(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
-        token = self._token or b""
-        for name, value in headers:
-            if name == b"authorization":
-                return bool(token) and hmac.compare_digest(value, token)
-        return False
+        return self._token is not None and authorized(headers, self._token)
 
     def _count(self, path: str, status: int, kind: str | None) -> None:
         endpoint = path if path in _KNOWN_PATHS else "other"
@@ -385,11 +349,17 @@ def too_large(limit: int) -> ClientError:
 
 
 async def _send(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = _JSON_HEADERS
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]] = _JSON_HEADERS,
+    *,
+    head: bool = False,
 ) -> None:
+    """The response; ``head``: the headers of the GET answer (its length), no body."""
     headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 def create_app(
@@ -403,8 +373,9 @@ def app_from_env() -> ScoringApp:
     """uvicorn ``--factory`` entry point: settings from the environment, registry source.
 
     ``MAMLCTL_SERVE_RELOAD_INTERVAL`` sets the poll interval, ``MAMLCTL_SERVE_BUSY_POLL`` the
-    busy-poll window in seconds and ``MAMLCTL_SERVE_BATCH_THREADS`` the batch session's
-    threads (``mamlctl serve`` passes all three).
+    busy-poll window in seconds, ``MAMLCTL_SERVE_BATCH_THREADS`` the batch session's
+    threads, ``MAMLCTL_SERVE_MAX_FAILED_SHARE`` and ``MAMLCTL_SERVE_ALLOW_EMPTY`` (``1``) the
+    readiness rules (``mamlctl serve`` passes all five).
     """
     import os
 
@@ -414,5 +385,12 @@ def app_from_env() -> ScoringApp:
     interval = float(os.environ.get("MAMLCTL_SERVE_RELOAD_INTERVAL", "2.0"))
     busy = float(os.environ.get("MAMLCTL_SERVE_BUSY_POLL", limits.DEFAULT_BUSY_POLL))
     threads = int(os.environ.get("MAMLCTL_SERVE_BATCH_THREADS", limits.DEFAULT_BATCH_THREADS))
-    options = ServeOptions(reload_interval=interval, busy_poll=busy, batch_threads=threads)
+    share = float(os.environ.get("MAMLCTL_SERVE_MAX_FAILED_SHARE", limits.DEFAULT_MAX_FAILED_SHARE))
+    options = ServeOptions(
+        reload_interval=interval,
+        busy_poll=busy,
+        batch_threads=threads,
+        max_failed_share=share,
+        allow_empty=os.environ.get("MAMLCTL_SERVE_ALLOW_EMPTY", "0") == "1",
+    )
     return create_app(settings, RegistrySource(settings), options=options)

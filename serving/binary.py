@@ -18,7 +18,7 @@ Request::
     ...     float32[n, L]   windows, oldest value first
     ...     float64[n, A]   actual values (what happened after each window)
 
-Response (200; errors are the JSON bodies of the JSON format)::
+Response (200; whole-request errors are the JSON bodies of the JSON format)::
 
     0       4 bytes         magic  b"MLR1"
     4       uint32          n
@@ -26,15 +26,27 @@ Response (200; errors are the JSON bodies of the JSON format)::
     12      uint32          A
     16      uint32          M      byte length of the meta block
     20      M bytes         meta: JSON {"generation": g, "series": [{"series_id", "threshold",
-                            "lineage"}, ...]} -- the distinct series of the batch
+                            "lineage"}, ...]} -- the distinct series of the scored rows --
+                            and, only when some rows failed, "errors": [{"row", "series_id",
+                            "error": {"status", "type", "msg", "loc"}}, ...]
     ...     0..7 bytes      zero padding to a multiple of 8
-    ...     uint32[n]       row -> index into meta["series"]
+    ...     uint32[n]       row -> index into meta["series"]; 0xFFFFFFFF for a failed row
     ...     0..7 bytes      zero padding to a multiple of 8
     ...     float32[n, H]   forecast
     ...     float32[n, H]   sigma
     ...     float64[n, A]   residual        (only when A > 0)
     ...     float64[n, A]   anomaly_score   (only when A > 0)
     ...     uint8[n, A]     is_anomaly      (only when A > 0)
+
+Per-row errors, as in a JSON batch: a row naming an unknown or unloaded series, a series that
+takes another window length than L or fewer than A forecast steps, a window or actual value
+that is not finite as float32, or a window the model turns into non-finite numbers is answered
+in place -- series index 0xFFFFFFFF, NaN in its forecast, sigma, residual and anomaly_score, 0
+in is_anomaly, and an entry in meta["errors"] (the JSON batch's error object, ``loc`` included)
+-- and the other rows are scored exactly as in a batch without it. A batch without failed rows
+is byte-identical to the format before per-row errors (no "errors" key). Whole-request errors
+stay 4xx: a bad header or length, ids that are not UTF-8, an empty or oversized batch, valid
+rows of series with different horizons. When no row could be scored, H is 0.
 """
 
 from __future__ import annotations
@@ -44,8 +56,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
-from mamlctl.serving.scoring import ClientError, run_groups
+from mamlctl.serving.scoring import ClientError, not_found, overflow, run_groups
 from mamlctl.serving.state import SeriesEntry, ServingState
 from mamlctl.timeseries.anomaly import anomaly_score, flag
 
@@ -76,9 +89,26 @@ def encode_request(
     return b"".join([head, ids, pad, win.tobytes(), act.tobytes()])
 
 
-def _decode(
-    state: ServingState, body: bytes, max_batch: int
-) -> tuple[list[SeriesEntry], npt.NDArray[np.float32], npt.NDArray[np.float64] | None]:
+class _Rows:
+    """A decoded request: the rows that passed (entries, windows, actual, their positions in
+    the request) and the error entries of those that did not."""
+
+    __slots__ = ("actual", "entries", "errors", "n", "n_actual", "positions", "windows")
+
+    def __init__(self, n: int, n_actual: int) -> None:
+        self.n = n
+        self.n_actual = n_actual
+        self.entries: list[SeriesEntry] = []
+        self.positions: list[int] = []
+        self.errors: dict[int, dict[str, Any]] = {}
+        self.windows: npt.NDArray[np.float32] = np.empty((0, 0), np.float32)
+        self.actual: npt.NDArray[np.float64] | None = None
+
+    def fail(self, row: int, sid: str, err: ClientError) -> None:
+        self.errors[row] = {"row": row, "series_id": sid, "error": err.item_error()}
+
+
+def _decode(state: ServingState, body: bytes, max_batch: int) -> _Rows:
     if len(body) < _HEAD.size:
         raise _bad([], "binary body shorter than its 20-byte header", "binary_header")
     magic, n, width, n_actual, id_len = _HEAD.unpack_from(body)
@@ -100,80 +130,143 @@ def _decode(
         raise _bad(["ids"], "series ids are not UTF-8", "string_type") from None
     if len(ids) != n:
         raise _bad(["ids"], f"{len(ids)} series ids for {n} rows", "binary_length")
-    entries: list[SeriesEntry] = []
-    get = state.entries.get
-    for i, sid in enumerate(ids):
-        entry = get(sid)
-        if entry is None:
-            why = state.failures.get(sid)
-            msg = f"unknown series {sid!r}" if why is None else f"series {sid!r} not loaded: {why}"
-            raise ClientError(404, ["body", "items", i, "series_id"], msg[:300], "not_found")
-        if entry.window != width:
-            raise _bad(
-                ["items", i, "window"],
-                f"window has {width} values; series {sid!r} takes {entry.window}"[:300],
-                "window_length",
-            )
-        if n_actual > entry.horizon:
-            raise _bad(
-                ["items", i, "actual"],
-                f"actual has {n_actual} values; give 1..{entry.horizon}",
-                "actual_length",
-            )
-        entries.append(entry)
+    out = _Rows(n, n_actual)
     windows = np.frombuffer(body, dtype="<f4", count=n * width, offset=start).reshape(n, width)
-    _check_finite(windows, "window")
     actual = None
     if n_actual:
         offset = start + n * width * 4
         actual = np.frombuffer(body, dtype="<f8", count=n * n_actual, offset=offset)
         actual = actual.reshape(n, n_actual)
-        with np.errstate(over="ignore"):
-            _check_finite(actual.astype(np.float32), "actual")  # the JSON range rule
-    return entries, windows, actual
+    bad_window = _first_non_finite(windows)
+    with np.errstate(over="ignore"):  # the JSON range rule: finite as float32
+        bad_actual = None if actual is None else _first_non_finite(actual.astype(np.float32))
+    get = state.entries.get
+    for i, sid in enumerate(ids):
+        try:
+            out.entries.append(_check_row(state, get(sid), sid, i, width, n_actual))
+        except ClientError as err:
+            out.fail(i, sid, err)
+            continue
+        for name, bad in (("window", bad_window), ("actual", bad_actual)):
+            if bad is not None and i in bad:
+                j = bad[i]
+                msg = f"{name}[{j}] is not finite as float32"
+                out.fail(i, sid, _bad(["items", i, name, j], msg, "finite_number"))
+                out.entries.pop()
+                break
+        else:
+            out.positions.append(i)
+    if len(out.positions) == n:
+        out.windows, out.actual = windows, actual
+    elif out.positions:
+        take = np.array(out.positions, dtype=np.int64)
+        out.windows = np.ascontiguousarray(windows[take])
+        out.actual = None if actual is None else actual[take]
+    return out
 
 
-def _check_finite(values: npt.NDArray[Any], name: str) -> None:
+def _check_row(
+    state: ServingState, entry: SeriesEntry | None, sid: str, i: int, width: int, n_actual: int
+) -> SeriesEntry:
+    if entry is None:
+        raise not_found(state, sid, ["body", "items", i, "series_id"])
+    if entry.window != width:
+        raise _bad(
+            ["items", i, "window"],
+            f"window has {width} values; series {sid!r} takes {entry.window}"[:300],
+            "window_length",
+        )
+    if n_actual > entry.horizon:
+        raise _bad(
+            ["items", i, "actual"],
+            f"actual has {n_actual} values; give 1..{entry.horizon}",
+            "actual_length",
+        )
+    return entry
+
+
+def _first_non_finite(values: npt.NDArray[Any]) -> dict[int, int] | None:
+    """``{row: first non-finite column}``, or None when every value is finite."""
     ok = np.isfinite(values)
-    if not ok.all():
-        i, j = (int(v) for v in np.argwhere(~ok)[0])
-        raise _bad(["items", i, name, j], f"{name}[{j}] is not finite as float32", "finite_number")
+    if ok.all():
+        return None
+    bad: dict[int, int] = {}
+    for i, j in np.argwhere(~ok):
+        bad.setdefault(int(i), int(j))
+    return bad
 
 
 def score_binary(state: ServingState, body: bytes, *, max_batch: int) -> tuple[bytes, int]:
     """Validate and score a binary batch; ``(response body, rows scored)``."""
-    entries, windows, actual = _decode(state, body, max_batch)
-    n = len(entries)
-    forecast, sigma = run_groups(state, entries, windows)
+    rows = _decode(state, body, max_batch)
+    n, n_actual = rows.n, rows.n_actual
+    entries, positions, actual = rows.entries, rows.positions, rows.actual
+    forecast = sigma = np.empty((0, 0), np.float32)
+    if entries:
+        forecast, sigma = run_groups(state, entries, rows.windows, positions=positions)
+        ok = np.isfinite(forecast).all(axis=1) & np.isfinite(sigma).all(axis=1)
+        if not ok.all():  # the model overflowed on these finite windows
+            for k in np.flatnonzero(~ok):
+                i = positions[k]
+                rows.fail(i, entries[k].series_id, overflow(["body", "items", i]))
+            keep = np.flatnonzero(ok)
+            entries = [entries[k] for k in keep]
+            positions = [positions[k] for k in keep]
+            forecast, sigma = forecast[keep], sigma[keep]
+            actual = None if actual is None else actual[keep]
+    horizon = forecast.shape[1] if entries else 0
     by_id = {id(e): e for e in entries}  # one entry object per series; keeps first order
     distinct = list(by_id.values())
     position = {key: k for k, key in enumerate(by_id)}
-    rows = np.fromiter((position[id(e)] for e in entries), dtype="<u4", count=n)
+    index = np.fromiter((position[id(e)] for e in entries), dtype="<u4", count=len(entries))
     meta_parts = b",".join([e.summary_json for e in distinct])
-    meta = b'{"generation":%d,"series":[%s]}' % (state.generation, meta_parts)
-    n_actual = 0 if actual is None else actual.shape[1]
-    horizon = forecast.shape[1]
-    head = _HEAD.pack(RESPONSE_MAGIC, n, horizon, n_actual, len(meta))
-    parts = [head, meta, b"\0" * _pad8(len(head) + len(meta)), rows.tobytes()]
-    parts.append(b"\0" * _pad8(4 * n))
-    parts += [np.asarray(forecast, "<f4").tobytes(), np.asarray(sigma, "<f4").tobytes()]
-    if actual is not None:
-        residual = actual - forecast[:, :n_actual].astype(np.float64)
-        scores = anomaly_score(residual, sigma[:, :n_actual])
-        thresholds = np.array([e.threshold for e in entries], dtype=np.float64)[:, None]
-        flags = flag(scores, thresholds)
-        parts += [
-            np.asarray(residual, "<f8").tobytes(),
-            np.asarray(scores, "<f8").tobytes(),
-            flags.astype(np.uint8).tobytes(),
+    meta = b'{"generation":%d,"series":[%s]' % (state.generation, meta_parts)
+    if rows.errors:
+        meta += b',"errors":' + orjson.dumps([rows.errors[i] for i in sorted(rows.errors)])
+    meta += b"}"
+    blocks: list[npt.NDArray[Any]] = [
+        np.asarray(forecast, "<f4").reshape(len(entries), horizon),
+        np.asarray(sigma, "<f4").reshape(len(entries), horizon),
+    ]
+    if n_actual:
+        residual = np.empty((0, n_actual))
+        scores = np.empty((0, n_actual))
+        flags = np.empty((0, n_actual), dtype=bool)
+        if entries:
+            assert actual is not None
+            residual = actual - forecast[:, :n_actual].astype(np.float64)
+            scores = anomaly_score(residual, sigma[:, :n_actual])
+            thresholds = np.array([e.threshold for e in entries], dtype=np.float64)[:, None]
+            flags = flag(scores, thresholds)
+        blocks += [
+            np.asarray(residual, "<f8"),
+            np.asarray(scores, "<f8"),
+            flags.astype(np.uint8),
         ]
-    return b"".join(parts), n
+    if len(entries) != n:  # failed rows: NaN numbers, no flag, index 0xFFFFFFFF
+        take = np.array(positions, dtype=np.int64)
+        index = _spread(index, take, n, _FAILED)
+        blocks = [_spread(b, take, n, 0 if b.dtype == np.uint8 else np.nan) for b in blocks]
+    head = _HEAD.pack(RESPONSE_MAGIC, n, horizon, n_actual, len(meta))
+    parts = [head, meta, b"\0" * _pad8(len(head) + len(meta)), index.tobytes()]
+    parts.append(b"\0" * _pad8(4 * n))
+    parts += [b.tobytes() for b in blocks]
+    return b"".join(parts), len(entries)
+
+
+_FAILED = 0xFFFFFFFF
+
+
+def _spread(values: npt.NDArray[Any], take: npt.NDArray[np.int64], n: int, fill: Any) -> Any:
+    """``values`` of the scored rows placed at rows ``take`` of ``n``, ``fill`` elsewhere."""
+    out = np.full((n, *values.shape[1:]), fill, dtype=values.dtype)
+    out[take] = values
+    return out
 
 
 def decode_response(body: bytes) -> dict[str, Any]:
-    """A binary response as arrays (clients and tests)."""
-    import orjson
-
+    """A binary response as arrays (clients and tests); ``status[i]`` is 200 for a scored row,
+    else its error's status (the error itself: ``meta["errors"]``)."""
     magic, n, horizon, n_actual, meta_len = _HEAD.unpack_from(body)
     if magic != RESPONSE_MAGIC:
         raise ValueError("not a binary scoring response")
@@ -184,7 +277,10 @@ def decode_response(body: bytes) -> dict[str, Any]:
     rows = np.frombuffer(body, "<u4", n, pos)
     pos += 4 * n
     pos += _pad8(pos)
-    out: dict[str, Any] = {"meta": meta, "series_index": rows}
+    status = np.full(n, 200, dtype=np.uint16)
+    for err in meta.get("errors", ()):
+        status[err["row"]] = err["error"]["status"]
+    out: dict[str, Any] = {"meta": meta, "series_index": rows, "status": status}
     for name, dtype, width in (
         ("forecast", "<f4", horizon),
         ("sigma", "<f4", horizon),

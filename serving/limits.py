@@ -22,3 +22,5 @@ MAX_BATCH_THREADS = 64
 OFFLOAD_BODY_BYTES = 16 << 10
 #: Worker threads for those large requests.
 OFFLOAD_WORKERS = 2
+#: ``/readyz`` answers 503 when more than this share of the current models failed to load.
+DEFAULT_MAX_FAILED_SHARE = 0.1

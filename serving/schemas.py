@@ -58,8 +58,26 @@ class ScoreResult(_Doc):
     lineage: Lineage
 
 
+class ItemErrorDetail(_Doc):
+    status: int = Field(description="What a single request would have answered (404, 422).")
+    type: str = Field(
+        description="not_found, window_length, actual_length, finite_number or model_overflow."
+    )
+    msg: str
+    loc: list[str | int] = Field(description="The offending field, e.g. body.items.3.window.5.")
+
+
+class ItemError(_Doc):
+    """In place of a batch item the served models cannot answer (the others are scored)."""
+
+    series_id: str
+    error: ItemErrorDetail
+
+
 class BatchResult(_Doc):
-    results: list[ScoreResult]
+    results: list[ScoreResult | ItemError] = Field(
+        description="One entry per item, in order: a result, or an error for that item alone."
+    )
 
 
 class SeriesDetail(_Doc):
@@ -71,6 +89,11 @@ class SeriesDetail(_Doc):
     residual_scale: float
     served_by: str = Field(description="'bank' (shared graph) or 'sessions' (fallback).")
     lineage: Lineage
+    load_error: str | None = Field(
+        default=None,
+        description="Why the current model file failed to load, when the series is served by"
+        " its previous model (lineage names that model).",
+    )
 
 
 class ErrorItem(_Doc):
@@ -88,12 +111,18 @@ class Health(_Doc):
 
 
 class Ready(_Doc):
+    """``status`` "ready" (200), or "degraded" (503, with ``detail``): no model loaded, or more
+    than the allowed share of the current models failed to load."""
+
     status: str
+    detail: str | None = None
     generation: int
     series: int
     bank_groups: int
     session_groups: int
     bank_bytes: int
-    failures: int
+    failures: int = Field(description="Current models whose file failed to load.")
+    stale: int = Field(description="Of those, series still served by their previous model.")
+    records: int = Field(description="Current models in the registry.")
     loaded_at: str
     load_seconds: float

@@ -8,18 +8,19 @@ Loading a model file: its path must lie below the models folder and its bytes mu
 sha256 the registry recorded (:func:`mamlctl.registry.model_files.open_verified`'s rules, applied
 by :class:`~mamlctl.serving.model_reader.VerifiedReader` with the folders resolved once), its
 ``mamlctl.series_id`` metadata must name the series of the row and its input must be the
-contract's ``window [batch, L]``. Files that fail are not served (their series answer 404 with
-the reason) and are listed in :attr:`ServingState.failures`.
+contract's ``window [batch, L]``. Files that fail are listed in :attr:`ServingState.failures`
+(their records in :attr:`~ServingState.failed_records`, which the server re-tries on every poll:
+:func:`recovered`). A reload never drops a working model: when the new file of a series fails,
+the series keeps the previous state's runtime row (its entry carries ``load_error`` and the
+lineage of the file it still runs); a series with no previous model answers 404 with the reason.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from mamlctl.serving.bank import (
     template_of,
 )
 from mamlctl.serving.layout import Layout, layout_of, tail_metadata
-from mamlctl.serving.model_reader import VerifiedReader
+from mamlctl.serving.model_reader import VerifiedReader, prefetch
 from mamlctl.serving.runtime import BankRuntime, Runtime, SessionsRuntime, make_session
 
 log = logging.getLogger("mamlctl.serving")
@@ -73,6 +74,8 @@ class SeriesEntry:
     summary_json: bytes = field(repr=False)
     #: ``[row]`` as int64, ready to feed a single-row ``run``.
     row_array: npt.NDArray[np.int64] = field(repr=False)
+    #: Why the series' current file failed to load, when it is served by an older model.
+    load_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,10 +89,19 @@ class ServingState:
     loaded_at: datetime
     load_seconds: float
     failures: Mapping[str, str]
+    #: The current records whose files failed (re-tried on later polls).
+    failed_records: Mapping[str, AdaptedModelRecord] = field(default_factory=dict)
+    #: Current records in the source (served, or failed).
+    n_records: int = 0
 
     @property
     def n_series(self) -> int:
         return len(self.entries)
+
+    @property
+    def n_stale(self) -> int:
+        """Series served by the previous model because their current file failed."""
+        return sum(1 for sid in self.failures if sid in self.entries)
 
     def summary(self) -> dict[str, Any]:
         kinds = [r.kind for r in self.runtimes]
@@ -100,6 +112,8 @@ class ServingState:
             "session_groups": kinds.count("sessions"),
             "bank_bytes": sum(r.nbytes for r in self.runtimes),
             "failures": len(self.failures),
+            "stale": self.n_stale,
+            "records": self.n_records,
             "loaded_at": self.loaded_at.isoformat(),
             "load_seconds": round(self.load_seconds, 4),
         }
@@ -132,43 +146,6 @@ def _window_of(model: onnx.ModelProto) -> int:
     if len(dims) != 2 or not dims[1].HasField("dim_value"):
         raise MamlctlError("model input 'window' is not [batch, L] with a fixed L")
     return int(dims[1].dim_value)
-
-
-def _read_verified(reader: VerifiedReader, record: AdaptedModelRecord) -> bytes | MamlctlError:
-    try:
-        return reader.read(record.path, record.sha256)
-    except MamlctlError as err:
-        return err
-
-
-def _read_chunk(
-    reader: VerifiedReader, records: list[AdaptedModelRecord]
-) -> list[bytes | MamlctlError]:
-    return [_read_verified(reader, record) for record in records]
-
-
-def _prefetch(
-    models_dir: Path, records: list[AdaptedModelRecord], *, chunk: int = 64, ahead: int = 4
-) -> Iterator[tuple[AdaptedModelRecord, bytes | MamlctlError]]:
-    """Verified file bytes in record order, read by two threads in chunks of ``chunk`` files at
-    most ``ahead`` chunks ahead (reading and hashing release the GIL; chunks keep the thread
-    hand-offs rare, the bound keeps memory flat)."""
-    chunks = [records[i : i + chunk] for i in range(0, len(records), chunk)]
-    reader = VerifiedReader(models_dir)
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="mamlctl-load") as pool:
-        pending: deque[tuple[list[AdaptedModelRecord], Future[list[bytes | MamlctlError]]]]
-        pending = deque()
-        feed = iter(chunks)
-        for part in feed:
-            pending.append((part, pool.submit(_read_chunk, reader, part)))
-            if len(pending) >= ahead:
-                break
-        while pending:
-            part, future = pending.popleft()
-            nxt = next(feed, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(_read_chunk, reader, nxt)))
-            yield from zip(part, future.result(), strict=True)
 
 
 def _load_one(record: AdaptedModelRecord, data: bytes) -> tuple[_Loaded, onnx.ModelProto]:
@@ -268,13 +245,14 @@ def _entry(item: _Loaded, *, group: int, row: int, generation: int) -> SeriesEnt
         sha256=rec.sha256,
         lineage=lineage,
         lineage_json=orjson.Fragment(_exact(orjson.dumps(lineage))),
-        summary_json=_exact(
-            orjson.dumps(
-                {"series_id": rec.series_id, "threshold": float(rec.threshold), "lineage": lineage}
-            )
-        ),
+        summary_json=_summary(rec.series_id, float(rec.threshold), lineage),
         row_array=np.array([row], dtype=np.int64),
     )
+
+
+def _summary(series_id: str, threshold: float, lineage: dict[str, Any]) -> bytes:
+    doc = {"series_id": series_id, "threshold": threshold, "lineage": lineage}
+    return _exact(orjson.dumps(doc))
 
 
 def build_state(
@@ -284,18 +262,21 @@ def build_state(
     fingerprint: str,
     generation: int,
     batch_threads: int = 1,
+    previous: ServingState | None = None,
 ) -> ServingState:
     """Load, verify and bank every record's model file; see the module docstring.
 
     ``batch_threads`` > 1 gives each bank a second session with that many intra-op threads
-    for large batches (:class:`BankRuntime`)."""
+    for large batches (:class:`BankRuntime`). A series whose file fails keeps its entry (and
+    runtime) from ``previous``, the state being replaced."""
     start = time.perf_counter()
     records = list(records)
     builders: dict[Any, BankBuilder] = {}
     groups: dict[Any, list[_Loaded]] = {}
     failures: dict[str, str] = {}
+    failed_records: dict[str, AdaptedModelRecord] = {}
     layouts: list[Layout] = []  # byte layouts of the structures met (see serving.layout)
-    for record, data in _prefetch(models_dir, records):
+    for record, data in prefetch(models_dir, records):
         try:
             if isinstance(data, MamlctlError):
                 raise data
@@ -309,7 +290,8 @@ def build_state(
             item, model = _load_one(record, data)
         except MamlctlError as err:
             failures[record.series_id] = str(err)
-            log.error("not serving series %s: %s", record.series_id, err)
+            failed_records[record.series_id] = record
+            log.error("series %s: its model file failed to load: %s", record.series_id, err)
             continue
         template_id = item.meta.get(f"{META_PREFIX}template_id")
         key = _group_key(model, template_id)
@@ -336,6 +318,8 @@ def build_state(
             entries[item.record.series_id] = _entry(
                 item, group=group, row=row, generation=generation
             )
+    if previous is not None:
+        _keep_previous(previous, failures, entries, runtimes, generation=generation)
     _release_free_memory()
     return ServingState(
         entries=entries,
@@ -345,7 +329,55 @@ def build_state(
         loaded_at=datetime.now(UTC),
         load_seconds=time.perf_counter() - start,
         failures=failures,
+        failed_records=failed_records,
+        n_records=len(records),
     )
+
+
+def _keep_previous(
+    previous: ServingState,
+    failures: Mapping[str, str],
+    entries: dict[str, SeriesEntry],
+    runtimes: list[Runtime],
+    *,
+    generation: int,
+) -> None:
+    """Failed series that ``previous`` served keep its model: its runtime joins the new state
+    (once, whatever the number of series kept), the entry points at its new group number."""
+    moved: dict[int, int] = {}
+    for sid, why in failures.items():
+        old = previous.entries.get(sid)
+        if old is None:
+            continue
+        group = moved.get(old.group)
+        if group is None:
+            group = moved[old.group] = len(runtimes)
+            runtimes.append(previous.runtimes[old.group])
+        lineage = {**old.lineage, "generation": generation}
+        entries[sid] = replace(
+            old,
+            group=group,
+            lineage=lineage,
+            lineage_json=orjson.Fragment(_exact(orjson.dumps(lineage))),
+            summary_json=_summary(sid, old.threshold, lineage),
+            load_error=why,
+        )
+        log.warning("series %s: still serving its previous model (sha256 %s)", sid, old.sha256[:12])
+
+
+def recovered(state: ServingState, models_dir: Path) -> bool:
+    """Whether a failed record's file now loads (restored, or fixed in place): the poller
+    rebuilds then, although the source did not change. Reads only the failed files."""
+    if not state.failed_records:
+        return False
+    reader = VerifiedReader(models_dir)
+    for record in state.failed_records.values():
+        try:
+            _load_one(record, reader.read(record.path, record.sha256))
+        except MamlctlError:
+            continue
+        return True
+    return False
 
 
 def _release_free_memory() -> None:

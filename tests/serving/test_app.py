@@ -136,6 +136,11 @@ def test_openapi_documents_the_api(served: Served) -> None:
     assert "ScoreItem" in refs and "ScoreBatch" in refs
     assert {"200", "404", "413", "422"} <= set(post["responses"])
     assert {"/v1/series/{series_id}", "/healthz", "/readyz", "/metrics"} <= set(doc["paths"])
+    schemas_doc = doc["components"]["schemas"]
+    item = orjson.dumps(schemas_doc["BatchResult"]["properties"]["results"]).decode()
+    assert "ItemError" in item and "ScoreResult" in item  # a batch answers per item
+    assert "load_error" in schemas_doc["SeriesDetail"]["properties"]
+    assert "per item" in post["description"]
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -224,31 +229,10 @@ BAD: list[tuple[str, bytes, int, list[Any]]] = [
         ["body", "items", 1],
     ),
     (
-        "bad value in batch",
-        orjson.dumps(
-            {
-                "items": [
-                    {"series_id": "m0", "window": W12},
-                    {"series_id": "m1", "window": [*W12[:5], 1e39, *W12[6:]]},
-                ]
-            }
-        ),
-        422,
-        ["body", "items", 1, "window", 5],
-    ),
-    (
         "unknown series",
         orjson.dumps({"series_id": "zz", "window": W12}),
         404,
         ["body", "series_id"],
-    ),
-    (
-        "unknown series in batch",
-        orjson.dumps(
-            {"items": [{"series_id": "m0", "window": W12}, {"series_id": "zz", "window": W12}]}
-        ),
-        404,
-        ["body", "items", 1, "series_id"],
     ),
 ]
 
@@ -261,6 +245,55 @@ def test_bad_input_is_a_4xx_naming_the_field(
     assert r.status_code == status, r.text
     detail = schemas.ErrorBody.model_validate(r.json()).detail
     assert isinstance(detail, list) and detail[0].loc[: len(loc)] == loc
+
+
+def test_a_batch_answers_per_item_and_the_valid_items_as_alone(
+    make_served: Callable[..., Served], tmp_path: Any
+) -> None:
+    """Oracle: the same batch without its failing items (array_equal, whole result objects)."""
+    models = tmp_path / "home" / "models"
+    broken = write_series(models, MLP, ["broken"], seed=9)[0]
+    (models / broken.path).write_bytes(b"not onnx")  # its model fails to load
+    s = make_served(extra=[broken])
+    good = [
+        {"series_id": "m1", "window": _window(s, "m1", 1)},
+        {"series_id": "c0", "window": _window(s, "c0", 2), "actual": [1.0, 2.0]},
+        {"series_id": "m1", "window": _window(s, "m1", 3), "actual": [3.0]},
+    ]
+    bad = [
+        ({"series_id": "zz", "window": W12}, 404, "not_found", ["series_id"]),
+        ({"series_id": "broken", "window": W12}, 404, "not_found", ["series_id"]),
+        ({"series_id": "m0", "window": [1.0] * 11}, 422, "window_length", ["window"]),
+        ({"series_id": "m0", "window": W12, "actual": [1.0] * 5}, 422, "actual_length", ["actual"]),
+        ({"series_id": "m2", "window": [*W12[:5], 1e39, *W12[6:]]}, 422, "finite_number",
+         ["window", 5]),
+        ({"series_id": "c1", "window": [-1e300] * 16}, 422, "finite_number", ["window", 0]),
+        ({"series_id": "m2", "window": W12, "actual": [0.0, 1e39]}, 422, "finite_number",
+         ["actual", 1]),
+    ]  # fmt: skip
+    items = [good[0], bad[0][0], bad[1][0], good[1], *(b[0] for b in bad[2:]), good[2]]
+    r = s.client.post("/v1/score", content=orjson.dumps({"items": items}))
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    schemas.BatchResult.model_validate(r.json())
+    alone = s.client.post("/v1/score", json={"items": good}).json()["results"]
+    assert [results[0], results[3], results[-1]] == alone
+    for k, res in zip((0, 3, -1), alone, strict=True):
+        assert np.array_equal(
+            np.array(results[k]["forecast"], np.float32), np.array(res["forecast"], np.float32)
+        )
+    failed = [results[1], results[2], *results[4:-1]]
+    for pos, res, (item, status, kind, loc) in zip((1, 2, 4, 5, 6, 7, 8), failed, bad, strict=True):
+        assert res["series_id"] == item["series_id"] and set(res) == {"series_id", "error"}
+        err = res["error"]
+        assert (err["status"], err["type"]) == (status, kind), err
+        assert err["loc"] == ["body", "items", pos, *loc]
+    assert "not loaded" in results[2]["error"]["msg"]
+    # every item failing is still a 200 answered per item
+    r = s.client.post("/v1/score", json={"items": [bad[0][0], bad[2][0]]})
+    assert r.status_code == 200 and all("error" in res for res in r.json()["results"])
+    text = s.client.get("/metrics").text
+    assert "mamlctl_scored_rows_total 6.0" in text  # only scored rows count (3 + 3 alone)
 
 
 def test_batch_over_the_limit_is_422(make_served: Callable[..., Served]) -> None:
@@ -375,3 +408,89 @@ def test_a_failing_reload_keeps_serving_the_last_state(served: Served) -> None:
     del served.source.current  # back to the class method
     assert served.app.holder.reload() is True
     assert served.client.get("/readyz").json()["series"] == 7
+
+
+# ----------------------------------------------------------------------------- hostile input
+
+OVERFLOW = [3e38, -3e38] * (CONV.window // 2)  # finite float32; the conv model overflows
+
+
+def test_a_deeply_nested_window_is_a_422_not_a_500(served: Served) -> None:
+    """Regression: repr() of a ~1000-deep list in the error message raised RecursionError."""
+    deep = "[" * 1000 + "1" + "]" * 1000
+    single = '{"series_id": "m0", "window": [' + deep + "]}"
+    batch = '{"items": [{"series_id": "m0", "window": [' + deep + "]}]}"
+    for body, loc in ((single, ["body", "window", 0]), (batch, ["body", "items", 0, "window", 0])):
+        r = served.client.post("/v1/score", content=body.encode())
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"] == loc and len(r.text) < 400
+    too_deep = '{"series_id": "m0", "window": ' + "[" * 2000 + "]" * 2000 + "}"
+    r = served.client.post("/v1/score", content=too_deep.encode())
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_a_window_that_overflows_the_model_is_a_422_never_null(served: Served) -> None:
+    """Regression: finite float32 windows near 3e38 gave ``null`` forecasts (inf in JSON)."""
+    r = served.client.post("/v1/score", json={"series_id": "c0", "window": OVERFLOW})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"][0]
+    assert detail["type"] == "model_overflow" and detail["loc"] == ["body", "window"]
+    good = {"series_id": "c1", "window": _window(served, "c1")}
+    r = served.client.post(
+        "/v1/score", json={"items": [good, {"series_id": "c0", "window": OVERFLOW}]}
+    )
+    assert r.status_code == 200, r.text
+    first, second = r.json()["results"]
+    assert first == served.client.post("/v1/score", json={"items": [good]}).json()["results"][0]
+    assert None not in first["forecast"] and None not in first["sigma"]
+    assert second["error"]["type"] == "model_overflow"
+    assert second["error"]["loc"] == ["body", "items", 1, "window"]
+
+
+def test_a_binary_row_that_overflows_the_model_is_answered_in_its_place(served: Served) -> None:
+    from mamlctl.serving.binary import decode_response, encode_request
+
+    good = _window(served, "c1")
+    body = encode_request(["c1", "c0"], np.array([good, OVERFLOW], dtype=np.float32))
+    r = served.client.post(
+        "/v1/score", content=body, headers={"Content-Type": "application/octet-stream"}
+    )
+    assert r.status_code == 200, r.text
+    got = decode_response(r.content)
+    assert got["status"].tolist() == [200, 422]
+    assert got["meta"]["errors"][0]["error"]["type"] == "model_overflow"
+    assert np.isfinite(got["forecast"][0]).all() and np.isnan(got["forecast"][1]).all()
+
+
+def test_head_on_the_open_paths_is_200(served: Served) -> None:
+    """Regression: HEAD /healthz answered 405."""
+    for path in ("/healthz", "/readyz"):
+        r = served.client.request("HEAD", path)
+        assert r.status_code == 200 and r.content == b""
+        assert int(r.headers["content-length"]) == len(served.client.get(path).content)
+
+
+def test_the_bearer_scheme_is_case_insensitive(make_served: Callable[..., Served]) -> None:
+    s = make_served(token="s3cret")
+    body = {"series_id": "m0", "window": W12}
+    for header, status in (
+        ("bearer s3cret", 200),
+        ("BEARER s3cret", 200),
+        ("Bearer  s3cret", 200),
+        ("Basic s3cret", 401),
+        ("Bearers3cret", 401),
+        ("bearer S3cret", 401),
+    ):
+        client = Client(s.app, {"Authorization": header})
+        assert client.post("/v1/score", json=body).status_code == status, header
+        assert client.get("/v1/series/m0").status_code == status, header
+
+
+def test_an_empty_token_refuses_to_start(make_served: Callable[..., Served]) -> None:
+    """Regression: MAMLCTL_API_TOKEN="" turned auth off without a word."""
+    from mamlctl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="MAMLCTL_API_TOKEN is set but empty"):
+        make_served(token="")
+    with pytest.raises(ConfigError):
+        make_served(token="  ")

@@ -35,6 +35,24 @@ def test_serve_runs_uvicorn_with_the_factory(
     assert os.environ["MAMLCTL_SERVE_RELOAD_INTERVAL"] == "0.5"
     assert float(os.environ["MAMLCTL_SERVE_BUSY_POLL"]) == pytest.approx(250e-6)
     assert os.environ["MAMLCTL_SERVE_BATCH_THREADS"] == "3"
+    assert os.environ["MAMLCTL_SERVE_MAX_FAILED_SHARE"] == "0.1"
+    assert os.environ["MAMLCTL_SERVE_ALLOW_EMPTY"] == "0"
+
+
+def test_an_empty_api_token_refuses_to_serve(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Regression: an empty MAMLCTL_API_TOKEN used to turn auth off without a word."""
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: pytest.fail("server started"))
+    monkeypatch.setenv("MAMLCTL_HOME", str(tmp_path))
+    monkeypatch.setenv("MAMLCTL_API_TOKEN", "")
+    (tmp_path / "models").mkdir()
+    result = CliRunner().invoke(app, ["serve"])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "MAMLCTL_API_TOKEN is set but empty" in lines[0]
 
 
 def test_busy_poll_zero_turns_it_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -79,7 +97,10 @@ def test_the_factory_reads_the_serve_options(
     monkeypatch.setenv("MAMLCTL_SERVE_RELOAD_INTERVAL", "0.5")
     monkeypatch.setenv("MAMLCTL_SERVE_BUSY_POLL", "0.00025")
     monkeypatch.setenv("MAMLCTL_SERVE_BATCH_THREADS", "3")
+    monkeypatch.setenv("MAMLCTL_SERVE_MAX_FAILED_SHARE", "0.25")
+    monkeypatch.setenv("MAMLCTL_SERVE_ALLOW_EMPTY", "1")
     scoring = app_from_env()
     options = scoring.options
     assert (options.reload_interval, options.busy_poll, options.batch_threads) == (0.5, 0.00025, 3)
+    assert (options.max_failed_share, options.allow_empty) == (0.25, True)
     assert scoring.holder.batch_threads == 3 and scoring.busy_poll.window == 0.00025

@@ -106,12 +106,7 @@ BAD_BINARY: list[tuple[str, Callable[[], bytes], int, list[Any], str]] = [
     ("magic", lambda: b"XXXX" + bytes(_raw(["m0"]))[4:], 422, ["body"], "binary_header"),
     ("empty", lambda: encode_request([], np.zeros((0, 12))), 422, IT, "too_short"),
     ("truncated", lambda: bytes(_raw(["m0", "m1"]))[:-4], 422, ["body"], "binary_length"),
-    ("unknown", lambda: bytes(_raw(["m0", "zz"])), 404, [*IT, 1, "series_id"], "not_found"),
-    ("width", lambda: bytes(_raw(["m0"], width=11)), 422, [*IT, 0, "window"], "window_length"),
-    ("actual", lambda: bytes(_raw(["m0"], n_actual=5)), 422, [*IT, 0, "actual"], "actual_length"),
-    ("nan", lambda: _nan_at(_raw(["m0", "m1"]), 1, 7, 5), 422, [*IT, 1, "window", 7], NAN),
     ("utf8", lambda: bytes(_raw(["m0"]).replace(b"m0", b"\xff\xfe")), 422, ["body", "ids"], "string_type"),  # noqa: E501
-    ("mixed", lambda: encode_request(["m0", "c0"], np.zeros((2, 12))), 422, [*IT, 1, "window"], "window_length"),  # noqa: E501
 ]  # fmt: skip
 
 
@@ -124,6 +119,92 @@ def test_bad_binary_bodies_are_4xx_naming_the_field(
     detail = r.json()["detail"][0]
     assert detail["type"] == kind
     assert detail["loc"][: len(loc)] == loc
+
+
+PER_ROW: list[tuple[str, Callable[[], bytes], int, int, list[Any], str]] = [
+    ("unknown", lambda: bytes(_raw(["m0", "zz"])), 1, 404, [*IT, 1, "series_id"], "not_found"),
+    ("width", lambda: bytes(_raw(["m0"], width=11)), 0, 422, [*IT, 0, "window"], "window_length"),
+    ("actual", lambda: bytes(_raw(["m0"], n_actual=5)), 0, 422, [*IT, 0, "actual"], "actual_length"),  # noqa: E501
+    ("nan", lambda: _nan_at(_raw(["m0", "m1"]), 1, 7, 5), 1, 422, [*IT, 1, "window", 7], NAN),
+    ("mixed", lambda: encode_request(["m0", "c0"], np.zeros((2, 12))), 1, 422, [*IT, 1, "window"], "window_length"),  # noqa: E501
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,make,row,status,loc,kind", PER_ROW, ids=[p[0] for p in PER_ROW])
+def test_a_bad_binary_row_is_answered_in_its_place(
+    served: Served,
+    name: str,
+    make: Callable[[], bytes],
+    row: int,
+    status: int,
+    loc: list[Any],
+    kind: str,
+) -> None:
+    r = served.client.post("/v1/score", content=make(), headers=BIN)
+    assert r.status_code == 200, r.text
+    got = decode_response(r.content)
+    (error,) = got["meta"]["errors"]
+    assert error["row"] == row and error["error"]["type"] == kind
+    assert error["error"]["loc"] == loc and got["status"][row] == status
+    assert got["series_index"][row] == 0xFFFFFFFF
+    assert np.isnan(got["forecast"][row]).all() and np.isnan(got["sigma"][row]).all()
+
+
+def test_a_binary_batch_with_bad_rows_scores_the_others_as_alone(served: Served) -> None:
+    """Oracle: the binary batch of only the valid rows (array_equal, every block)."""
+    ids = ["m0", "zz", "m1", "m2", "m3", "m4", "m1"]
+    windows = _windows(served, ids[:1] + ids[2:], seed=5)
+    windows = np.insert(windows, 1, np.zeros(12, np.float32), axis=0)
+    windows[3, 4] = np.inf  # m2: a non-finite window value
+    actual = windows[:, -2:].astype(np.float64) + np.array([0.25, -30.0])
+    actual[5, 1] = 1e39  # m4: an actual value beyond float32
+    r = served.client.post("/v1/score", content=encode_request(ids, windows, actual), headers=BIN)
+    assert r.status_code == 200, r.text
+    got = decode_response(r.content)
+    valid = [0, 2, 4, 6]
+    alone_r = served.client.post(
+        "/v1/score",
+        content=encode_request([ids[i] for i in valid], windows[valid], actual[valid]),
+        headers=BIN,
+    )
+    alone = decode_response(alone_r.content)
+    for name in ("forecast", "sigma", "residual", "anomaly_score", "is_anomaly"):
+        assert np.array_equal(got[name][valid], alone[name]), name
+    failed = [1, 3, 5]
+    assert got["status"].tolist() == [200, 404, 200, 422, 200, 422, 200]
+    assert (got["series_index"][failed] == 0xFFFFFFFF).all()
+    for name in ("forecast", "sigma", "residual", "anomaly_score"):
+        assert np.isnan(got[name][failed]).all(), name
+    assert not got["is_anomaly"][failed].any()
+    described = [got["meta"]["series"][k]["series_id"] for k in got["series_index"][valid]]
+    assert described == [ids[i] for i in valid]
+    locs = [e["error"]["loc"] for e in got["meta"]["errors"]]
+    assert locs == [[*IT, 1, "series_id"], [*IT, 3, "window", 4], [*IT, 5, "actual", 1]]
+    assert "errors" not in alone["meta"]  # all-valid batches: the layout without errors
+    assert alone_r.content == _documented_layout(served, alone_r.content)
+
+
+def _documented_layout(served: Served, body: bytes) -> bytes:
+    """An all-valid response re-encoded from its decoded parts by the layout the format had
+    before per-row errors (oracle: the docstring's table)."""
+    import struct
+
+    got = decode_response(body)
+    meta = got["meta"]
+    meta_bytes = b'{"generation":%d,"series":[%s]}' % (
+        meta["generation"],
+        b",".join(orjson.dumps(m) for m in meta["series"]),
+    )
+    n, horizon = got["forecast"].shape
+    n_actual = 0 if got["residual"] is None else got["residual"].shape[1]
+    head = struct.pack("<4sIIII", b"MLR1", n, horizon, n_actual, len(meta_bytes))
+    parts = [head, meta_bytes, b"\0" * (-(len(head) + len(meta_bytes)) % 8)]
+    parts += [got["series_index"].astype("<u4").tobytes(), b"\0" * (-(4 * n) % 8)]
+    parts += [got["forecast"].tobytes(), got["sigma"].tobytes()]
+    if n_actual:
+        parts += [got["residual"].tobytes(), got["anomaly_score"].tobytes()]
+        parts.append(got["is_anomaly"].astype(np.uint8).tobytes())
+    return b"".join(parts)
 
 
 def test_binary_batch_limits(make_served: Callable[..., Served]) -> None:

@@ -81,6 +81,8 @@ def test_an_unreachable_database_keeps_the_last_state(tmp_path) -> None:  # type
     assert app.holder.reload(force=True) is False
     ready = Client(app).get("/readyz")
     assert ready.status_code == 503 and "unreachable" in ready.json()["detail"]
+    assert "refused" not in ready.text and "5432" not in ready.text  # no driver text
+    assert "refused" in (app.holder.last_error or "")  # the log has it
     metrics = Client(app).get("/metrics").text
     assert 'mamlctl_reloads_total{outcome="error"} 1.0' in metrics
 
