@@ -9,7 +9,14 @@
   ``.csv``/``.csv.gz``.
 
 A folder stands for every data file below it (``.csv``, ``.csv.gz``, ``.parquet``, ``.pq``),
-recursively, in sorted order. Readers raise :class:`~mamlctl.errors.IngestError` naming the
+recursively, in sorted order.
+
+Parsing is strict: no index inference (a row with more fields than the header is an error
+naming its line, never a shifted row), lines are at most :data:`MAX_LINE_BYTES` long (checked
+by a streaming scan before the parser allocates anything), a NUL byte anywhere in a CSV is an
+error, and series ids are text without NUL (Parquet bytes ids are decoded as UTF-8).
+
+Readers raise :class:`~mamlctl.errors.IngestError` naming the
 file (and series, row) for malformed input; values are returned as float64 with NaN where a
 cell was empty, for :mod:`mamlctl.timeseries.validation` to reject or fill.
 """
@@ -30,6 +37,9 @@ from mamlctl.domain import Series
 from mamlctl.errors import IngestError, NotFoundError
 
 FileFormat = Literal["auto", "long", "m4", "nab"]
+#: Longest CSV line accepted (bytes, newline excluded): the widest M4 row is ~80 KB.
+MAX_LINE_BYTES = 1 << 20
+_SCAN_BLOCK = 1 << 20
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".txt", ".txt.gz")
 
 #: Sampling interval implied by an M4 file name (M4 has no timestamps).
@@ -98,13 +108,19 @@ def _is_parquet(path: Path) -> bool:
     return path.name.lower().endswith((".parquet", ".pq"))
 
 
+def _open_binary(path: Path) -> Any:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
 def _header(path: Path) -> list[str]:
     try:
-        opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-            line = fh.readline()
-    except (OSError, EOFError) as err:
+        with _open_binary(path) as fh:
+            raw = fh.readline(MAX_LINE_BYTES + 1)
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
         raise IngestError(f"{path}: cannot read file: {err}") from None
+    if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+        raise IngestError(f"{path}: line 1 is longer than {MAX_LINE_BYTES >> 20} MiB")
+    line = raw.decode("utf-8", errors="replace")
     return [c.strip().strip('"').strip().lower() for c in line.rstrip("\r\n").split(",")]
 
 
@@ -149,14 +165,90 @@ def read_paths(paths: Iterable[Path], *, fmt: FileFormat = "auto") -> Iterator[S
 # --- parsing --------------------------------------------------------------------------------
 
 
+def _scan_lines(path: Path) -> None:
+    """Stream the raw bytes once: every line at most MAX_LINE_BYTES, no NUL byte anywhere.
+
+    Runs before the parser, so a one-line file of millions of fields fails within the first
+    couple of blocks instead of being tokenised into gigabytes.
+    """
+
+    def too_long(line: int) -> IngestError:
+        return IngestError(
+            f"{path}: line {line} is longer than {MAX_LINE_BYTES >> 20} MiB; is this a CSV file?"
+        )
+
+    line = 1  # number of the line the current block starts in
+    run = 0  # bytes of that line seen before the current block
+    try:
+        with _open_binary(path) as fh:
+            while block := fh.read(_SCAN_BLOCK):
+                arr = np.frombuffer(block, dtype=np.uint8)
+                nul = np.flatnonzero(arr == 0)
+                nl = np.flatnonzero(arr == 10)
+                if nul.size:
+                    at = line + int(np.searchsorted(nl, nul[0]))
+                    raise IngestError(f"{path}: line {at} contains a NUL byte")
+                if nl.size == 0:
+                    run += len(block)
+                else:
+                    if run + int(nl[0]) > MAX_LINE_BYTES:
+                        raise too_long(line)
+                    if nl.size > 1:
+                        gaps = np.diff(nl) - 1
+                        k = int(np.argmax(gaps))
+                        if int(gaps[k]) > MAX_LINE_BYTES:
+                            raise too_long(line + k + 1)
+                    line += int(nl.size)
+                    run = len(block) - int(nl[-1]) - 1
+                if run > MAX_LINE_BYTES:
+                    raise too_long(line)
+    except (OSError, EOFError) as err:
+        raise IngestError(f"{path}: cannot read file: {' '.join(str(err).split())}") from None
+
+
+def _field_count_error(path: Path) -> IngestError | None:
+    """The first record whose field count differs from the header's (csv module, quotes
+    honoured), as an error naming its line; None when every record agrees."""
+    import csv
+    import io
+
+    with _open_binary(path) as fh:
+        text = io.TextIOWrapper(fh, encoding="utf-8", errors="replace", newline="")
+        reader = csv.reader(text)
+        header = next(reader, None)
+        if header is None:
+            return None
+        for row in reader:
+            if row and len(row) > len(header):
+                return IngestError(
+                    f"{path}: line {reader.line_num} has {len(row)} fields, the header has "
+                    f"{len(header)}"
+                )
+    return None
+
+
 def _read_csv(path: Path, **kwargs: Any) -> Any:
+    """``pandas.read_csv`` without index inference, after the line scan; a row with more
+    fields than the header is an error naming its line."""
+    import warnings
+
     import pandas as pd
 
+    _scan_lines(path)
     try:
-        return pd.read_csv(path, **kwargs)
+        with warnings.catch_warnings():
+            # index_col=False: pandas warns (and drops data) where it would have inferred an index
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, index_col=False, **kwargs)
     except pd.errors.EmptyDataError:
         raise IngestError(f"{path}: file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError, EOFError) as err:
+    except (pd.errors.ParserWarning, pd.errors.ParserError) as err:
+        located = _field_count_error(path)
+        if located is not None:
+            raise located from None
+        msg = " ".join(str(err).split())[:200]
+        raise IngestError(f"{path}: malformed CSV: {msg}") from None
+    except (UnicodeDecodeError, ValueError, OSError, EOFError) as err:
         msg = " ".join(str(err).split())[:200]
         raise IngestError(f"{path}: malformed CSV: {msg}") from None
 
@@ -176,7 +268,14 @@ def _numeric(path: Path, series_id: str, raw: Any, where: Where) -> npt.NDArray[
         return np.asarray(raw, dtype=np.float64)
     if raw.dtype.kind == "b":
         raise IngestError(f"{path}: series {series_id}: values are booleans, not numbers")
-    num = pd.to_numeric(raw, errors="coerce")
+    if raw.dtype.kind in "Mm" or isinstance(raw.dtype, pd.DatetimeTZDtype):
+        raise IngestError(f"{path}: series {series_id}: values are datetimes, not numbers")
+    try:
+        num = pd.to_numeric(raw, errors="coerce")
+    except (TypeError, ValueError):
+        raise IngestError(
+            f"{path}: series {series_id}: values of type {raw.dtype} are not numbers"
+        ) from None
     bad = np.flatnonzero(num.isna().to_numpy() & raw.notna().to_numpy())
     if bad.size:
         i = int(bad[0])
@@ -214,8 +313,14 @@ def _timestamps(path: Path, series_id: str, raw: Any, where: Where) -> npt.NDArr
 
 
 def _read_m4(path: Path) -> tuple[Series, ...]:
-    df = _read_csv(path, index_col=0, dtype={0: str})
-    ids = [str(i) for i in df.index]
+    df = _read_csv(path, dtype={0: str})
+    if df.shape[1] < 2:
+        raise IngestError(f"{path}: M4 file needs an id column and at least one value column")
+    if df.iloc[:, 0].isna().any():
+        i = int(np.flatnonzero(df.iloc[:, 0].isna().to_numpy())[0])
+        raise IngestError(f"{path}: empty series id at line {i + 2}")
+    ids = [str(i) for i in df.iloc[:, 0]]
+    df = df.iloc[:, 1:]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise IngestError(f"{path}: series {dup}: id appears twice in the file")
@@ -254,6 +359,28 @@ def _read_nab(path: Path) -> Series:
     return Series(series_id=sid, values=values, timestamps=ts)
 
 
+def _text_ids(path: Path, ids: Any) -> Any:
+    """Series ids as text: bytes (Parquet binary columns) decode as UTF-8; NUL is refused."""
+    if ids.dtype == object:
+        decoded = []
+        for row, v in enumerate(ids.tolist(), 1):
+            if isinstance(v, bytes | bytearray):
+                try:
+                    v = bytes(v).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise IngestError(
+                        f"{path}: series id at row {row} is not UTF-8 text: {bytes(v)[:40]!r}"
+                    ) from None
+            decoded.append(v)
+        ids = ids.__class__(decoded, index=ids.index, dtype=object)
+    texts = ids[ids.notna()].astype(str)
+    has_nul = texts.str.contains("\x00", regex=False)
+    if has_nul.any():
+        bad = str(texts[has_nul].iloc[0])
+        raise IngestError(f"{path}: series id {bad[:40]!r} contains a NUL character")
+    return ids
+
+
 def _read_long(path: Path) -> tuple[Series, ...]:
     import pandas as pd
 
@@ -274,7 +401,7 @@ def _read_long(path: Path) -> tuple[Series, ...]:
         )
     if len(df) == 0:
         raise IngestError(f"{path}: file holds no rows")
-    ids = df["series_id"]
+    ids = _text_ids(path, df["series_id"])
     if ids.isna().any():
         i = int(np.flatnonzero(ids.isna().to_numpy())[0])
         raise IngestError(f"{path}: empty series_id at line {i + 2}")
