@@ -208,11 +208,12 @@ def create(
 ) -> None:
     """Create a family, or change an existing one's P/L/H/K."""
     from mamlctl.cli.output import emit_json, load_settings
-    from mamlctl.domain import Family
+    from mamlctl.domain import Family, validate_family_name
     from mamlctl.registry import queries as q
     from mamlctl.registry.db import transaction
     from mamlctl.timeseries.periodicity import parse_interval
 
+    validate_family_name(name)
     settings = load_settings()
     k = support if support is not None else window + horizon + (period or horizon) - 1
     fam = Family(
