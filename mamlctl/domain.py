@@ -68,9 +68,13 @@ def validate_series_id(series_id: str) -> str:
     return series_id
 
 
+#: Prefix of every family's MLflow registered-model (and experiment) name.
+MODEL_NAME_PREFIX = "maml-"
+
+
 def registered_model_name(family: str) -> str:
     """The MLflow registered-model name of a family's initializers (name validated)."""
-    return f"maml-{validate_family_name(family)}"
+    return f"{MODEL_NAME_PREFIX}{validate_family_name(family)}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
