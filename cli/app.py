@@ -42,6 +42,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     # per-series adaptation and ONNX export
     "adapt",
     "export",
+    "gc",
     "serve",
     # promotion follows the MLflow alias into live scoring
     "watch",
