@@ -35,11 +35,14 @@ import numpy.typing as npt
 
 from mamlctl.domain import Series
 from mamlctl.errors import IngestError, NotFoundError
+from mamlctl.timeseries.csv_guard import (
+    MAX_LINE_BYTES,
+    field_count_error,
+    open_binary,
+    scan_lines,
+)
 
 FileFormat = Literal["auto", "long", "m4", "nab"]
-#: Longest CSV line accepted (bytes, newline excluded): the widest M4 row is ~80 KB.
-MAX_LINE_BYTES = 1 << 20
-_SCAN_BLOCK = 1 << 20
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".txt", ".txt.gz")
 
 #: Sampling interval implied by an M4 file name (M4 has no timestamps).
@@ -108,13 +111,9 @@ def _is_parquet(path: Path) -> bool:
     return path.name.lower().endswith((".parquet", ".pq"))
 
 
-def _open_binary(path: Path) -> Any:
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
-
-
 def _header(path: Path) -> list[str]:
     try:
-        with _open_binary(path) as fh:
+        with open_binary(path) as fh:
             raw = fh.readline(MAX_LINE_BYTES + 1)
     except (OSError, EOFError, gzip.BadGzipFile) as err:
         raise IngestError(f"{path}: cannot read file: {err}") from None
@@ -165,68 +164,6 @@ def read_paths(paths: Iterable[Path], *, fmt: FileFormat = "auto") -> Iterator[S
 # --- parsing --------------------------------------------------------------------------------
 
 
-def _scan_lines(path: Path) -> None:
-    """Stream the raw bytes once: every line at most MAX_LINE_BYTES, no NUL byte anywhere.
-
-    Runs before the parser, so a one-line file of millions of fields fails within the first
-    couple of blocks instead of being tokenised into gigabytes.
-    """
-
-    def too_long(line: int) -> IngestError:
-        return IngestError(
-            f"{path}: line {line} is longer than {MAX_LINE_BYTES >> 20} MiB; is this a CSV file?"
-        )
-
-    line = 1  # number of the line the current block starts in
-    run = 0  # bytes of that line seen before the current block
-    try:
-        with _open_binary(path) as fh:
-            while block := fh.read(_SCAN_BLOCK):
-                arr = np.frombuffer(block, dtype=np.uint8)
-                nul = np.flatnonzero(arr == 0)
-                nl = np.flatnonzero(arr == 10)
-                if nul.size:
-                    at = line + int(np.searchsorted(nl, nul[0]))
-                    raise IngestError(f"{path}: line {at} contains a NUL byte")
-                if nl.size == 0:
-                    run += len(block)
-                else:
-                    if run + int(nl[0]) > MAX_LINE_BYTES:
-                        raise too_long(line)
-                    if nl.size > 1:
-                        gaps = np.diff(nl) - 1
-                        k = int(np.argmax(gaps))
-                        if int(gaps[k]) > MAX_LINE_BYTES:
-                            raise too_long(line + k + 1)
-                    line += int(nl.size)
-                    run = len(block) - int(nl[-1]) - 1
-                if run > MAX_LINE_BYTES:
-                    raise too_long(line)
-    except (OSError, EOFError) as err:
-        raise IngestError(f"{path}: cannot read file: {' '.join(str(err).split())}") from None
-
-
-def _field_count_error(path: Path) -> IngestError | None:
-    """The first record whose field count differs from the header's (csv module, quotes
-    honoured), as an error naming its line; None when every record agrees."""
-    import csv
-    import io
-
-    with _open_binary(path) as fh:
-        text = io.TextIOWrapper(fh, encoding="utf-8", errors="replace", newline="")
-        reader = csv.reader(text)
-        header = next(reader, None)
-        if header is None:
-            return None
-        for row in reader:
-            if row and len(row) > len(header):
-                return IngestError(
-                    f"{path}: line {reader.line_num} has {len(row)} fields, the header has "
-                    f"{len(header)}"
-                )
-    return None
-
-
 def _read_csv(path: Path, **kwargs: Any) -> Any:
     """``pandas.read_csv`` without index inference, after the line scan; a row with more
     fields than the header is an error naming its line."""
@@ -234,7 +171,7 @@ def _read_csv(path: Path, **kwargs: Any) -> Any:
 
     import pandas as pd
 
-    _scan_lines(path)
+    scan_lines(path)
     try:
         with warnings.catch_warnings():
             # index_col=False: pandas warns (and drops data) where it would have inferred an index
@@ -243,7 +180,7 @@ def _read_csv(path: Path, **kwargs: Any) -> Any:
     except pd.errors.EmptyDataError:
         raise IngestError(f"{path}: file is empty") from None
     except (pd.errors.ParserWarning, pd.errors.ParserError) as err:
-        located = _field_count_error(path)
+        located = field_count_error(path)
         if located is not None:
             raise located from None
         msg = " ".join(str(err).split())[:200]
