@@ -6,7 +6,8 @@ imported inside the command functions that need them.
 
 Each command module exposes ``register(app: typer.Typer) -> None``. Domain errors
 (:class:`mamlctl.errors.MamlctlError`) become one line on stderr and exit code 1 here, and only
-here.
+here. Exit code 2 is click's, for usage errors alone; an unexpected bug is one line and exit 1
+too.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     # per-series adaptation and ONNX export
     "adapt",
     "export",
+    "gc",
     "serve",
     # promotion follows the MLflow alias into live scoring
     "watch",
@@ -100,7 +102,8 @@ app = build_app()
 
 
 def main() -> None:
-    """Console-script entry point. Unexpected bugs print one line unless MAMLCTL_DEBUG=1."""
+    """Console-script entry point. Unexpected bugs print one line (exit 1; 2 is for usage
+    errors) unless MAMLCTL_DEBUG=1."""
     try:
         app()
     except SystemExit:
@@ -113,4 +116,4 @@ def main() -> None:
             "(set MAMLCTL_DEBUG=1 for a traceback)",
             err=True,
         )
-        sys.exit(2)
+        sys.exit(1)

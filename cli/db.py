@@ -25,14 +25,23 @@ def upgrade(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Create or upgrade the registry schema (MAMLCTL_DATABASE_URL, else the embedded SQLite)."""
+    from contextlib import nullcontext
+
     from mamlctl.cli.output import emit_json, load_settings
     from mamlctl.registry.db import current_revision, upgrade_schema
+    from mamlctl.registry.locks import file_lock
 
     settings = load_settings()
     if settings.is_embedded_database:
         settings.ensure_home()
-    before = current_revision(settings)
-    after = upgrade_schema(settings, revision)
+    lock = (
+        file_lock(settings.migration_lock_path, purpose="registry database migration")
+        if settings.is_embedded_database
+        else nullcontext()
+    )
+    with lock:
+        before = current_revision(settings)
+        after = upgrade_schema(settings, revision)
     url = _redacted(settings.resolved_database_url)
     if json_out:
         emit_json({"database": url, "from": before, "to": after})
@@ -46,7 +55,7 @@ def current(
 ) -> None:
     """Show the database's schema revision and whether it is at this mamlctl's head."""
     from mamlctl.cli.output import emit_json, load_settings
-    from mamlctl.registry.db import current_revision, head_revision
+    from mamlctl.registry.db import current_revision, head_revision, revision_state
 
     settings = load_settings()
     url = _redacted(settings.resolved_database_url)
@@ -55,10 +64,22 @@ def current(
     else:
         rev = current_revision(settings)
     head = head_revision()
+    state = revision_state(rev)
     if json_out:
-        emit_json({"database": url, "revision": rev, "head": head, "up_to_date": rev == head})
+        emit_json(
+            {
+                "database": url,
+                "revision": rev,
+                "head": head,
+                "up_to_date": rev == head,
+                "state": state,
+            }
+        )
         return
-    state = "up to date" if rev == head else "behind: run `mamlctl db upgrade`"
+    state = {
+        "up to date": "up to date",
+        "newer": "newer than this mamlctl: upgrade mamlctl",
+    }.get(state, "behind: run `mamlctl db upgrade`")
     typer.echo(f"registry database {url}: revision {rev or '(empty)'}, head {head} ({state})")
 
 

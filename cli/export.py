@@ -33,24 +33,35 @@ def register(app: typer.Typer) -> None:
         from mamlctl.registry.model_files import open_verified, sha256_hex
 
         settings = load_settings()
-        with open_registry(settings) as factory, factory() as session:
+        target = output.expanduser()
+        if target.is_dir():
+            raise InputError(f"--output {target} is a folder; give a file name ending in .onnx")
+        try:  # check the destination before any work: a bad path is the user's, one line
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(
+                f"cannot write --output {target}: {err.strerror or err} ({err.filename})"
+            ) from None
+        with open_registry(settings, create=False) as factory, factory() as session:
             record = q.current_adapted_model(session, series)
         if record is None:
             raise NotFoundError(
                 f"series {series!r} has no adapted model; run `mamlctl adapt --family FAMILY`"
             )
         data = open_verified(settings.models_dir, record.path, sha256=record.sha256)
-        target = output.expanduser()
-        if target.is_dir():
-            raise InputError(f"--output {target} is a folder; give a file name ending in .onnx")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        except OSError as err:
+            raise InputError(f"cannot write --output {target}: {err.strerror or err}") from None
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
+        except OSError as err:
+            Path(tmp).unlink(missing_ok=True)
+            raise InputError(f"cannot write --output {target}: {err.strerror or err}") from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -99,7 +99,7 @@ def list_(json_out: JsonOpt = False) -> None:
     from mamlctl.registry.db import transaction
 
     settings = load_settings()
-    with transaction(settings) as session:
+    with transaction(settings, create=False) as session:
         fams = q.list_families(session)
         counts = {s.family: s.series for s in q.registry_status(session)}
     if json_out:
@@ -144,7 +144,7 @@ def show(
     from mamlctl.registry.db import transaction
 
     settings = load_settings()
-    with transaction(settings) as session:
+    with transaction(settings, create=False) as session:
         fam = q.get_family(session, name)
         ids = q.series_ids_in_family(session, name)
         versions = q.list_initializer_versions(session, name)
@@ -208,11 +208,12 @@ def create(
 ) -> None:
     """Create a family, or change an existing one's P/L/H/K."""
     from mamlctl.cli.output import emit_json, load_settings
-    from mamlctl.domain import Family
+    from mamlctl.domain import Family, validate_family_name
     from mamlctl.registry import queries as q
     from mamlctl.registry.db import transaction
     from mamlctl.timeseries.periodicity import parse_interval
 
+    validate_family_name(name)
     settings = load_settings()
     k = support if support is not None else window + horizon + (period or horizon) - 1
     fam = Family(

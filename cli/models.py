@@ -52,6 +52,8 @@ def register(app: typer.Typer) -> None:
         from mamlctl.registry.mlflow_store import open_store
 
         settings = load_settings()
+        if settings.is_embedded_tracking:
+            settings.require_home()  # read-only: a missing home is an error, not "no models"
         settings.ensure_home()
         store = open_store(settings)
         versions = store.list_versions(family=family)

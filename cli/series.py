@@ -28,7 +28,7 @@ def list_(
     from mamlctl.registry.db import transaction
 
     settings = load_settings()
-    with transaction(settings) as session:
+    with transaction(settings, create=False) as session:
         infos = q.list_series(session, family=family, unassigned=unassigned, limit=limit)
     if json_out:
         emit_json(infos)
@@ -63,7 +63,7 @@ def show(
     from mamlctl.registry.db import transaction
 
     settings = load_settings()
-    with transaction(settings) as session:
+    with transaction(settings, create=False) as session:
         info = q.get_series(session, series_id)
         fam = q.get_family(session, info.family) if info.family else None
         current = q.current_adapted_model(session, series_id)

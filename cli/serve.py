@@ -32,6 +32,31 @@ def parse_duration(text: str, *, allow_zero: bool = False) -> float:
     return seconds
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Bind (and release) ``host:port`` the way uvicorn will, so that a busy port is a one-line
+    error with exit 1 instead of uvicorn's log line and exit 3."""
+    import socket
+
+    from mamlctl.errors import ConfigError
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as err:
+        raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as err:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {err.strerror or err} (another server? "
+                "pick another --port)"
+            ) from None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
@@ -110,6 +135,7 @@ def register(app: typer.Typer) -> None:
             raise NotFoundError(
                 f"models folder {settings.models_dir} does not exist: run `mamlctl adapt` first"
             )
+        _check_port_free(host, port)
         import uvicorn
 
         try:  # the fast path subclasses uvicorn internals; plain httptools if they moved

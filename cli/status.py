@@ -18,7 +18,7 @@ def status_command(
     from mamlctl.registry.db import current_revision, transaction
 
     settings = load_settings()
-    with transaction(settings) as session:
+    with transaction(settings, create=False) as session:
         rows = q.registry_status(session)
     from sqlalchemy.engine import make_url
 

@@ -113,8 +113,11 @@ def load_subset(data_dir: str | Path, subset: str) -> M4Data:
             f"or {base / 'm4'}"
         )
     try:
-        train = pd.read_csv(train_path, index_col=0)
-        test = pd.read_csv(test_path, index_col=0)
+        # index_col=False: never infer an index from a row longer than the header
+        train = pd.read_csv(train_path, index_col=False)
+        test = pd.read_csv(test_path, index_col=False)
+        train = train.set_index(train.columns[0])
+        test = test.set_index(test.columns[0])
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read M4 {spec.file_stem} files in {root}: {exc}") from exc
     if list(train.index) != list(test.index):

@@ -126,7 +126,7 @@ def read_file(nab_file: NabFile, windows: list[tuple[str, str]]) -> NabSeries:
     import pandas as pd
 
     try:
-        frame = pd.read_csv(nab_file.path)
+        frame = pd.read_csv(nab_file.path, index_col=False)
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read NAB file {nab_file.path}: {exc}") from exc
     if list(frame.columns[:2]) != ["timestamp", "value"]:
@@ -215,7 +215,7 @@ def read_results(out_dir: str | Path, detector: str, key: str) -> npt.NDArray[np
     path = results_path(out_dir, detector, key)
     if not path.is_file():
         raise NotFoundError(f"no results for {key} at {path}; run the detector first")
-    frame = pd.read_csv(path)
+    frame = pd.read_csv(path, index_col=False)
     if "anomaly_score" not in frame.columns:
         raise InputError(f"{path} has no anomaly_score column")
     scores: npt.NDArray[np.float64] = frame["anomaly_score"].to_numpy(dtype=np.float64)

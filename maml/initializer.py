@@ -5,13 +5,21 @@ Layout of an initializer folder::
     weights.safetensors   θ under the module's parameter names; Meta-SGD rates as
                           ``inner_lr.<name>``
     initializer.json      {"format": 1, "model": <model config>, "task": <task spec>,
-                           "train": <train config>, "metrics": {...}}
+                           "train": <train config>, "metrics": {...},
+                           "weights_sha256": <hex digest of weights.safetensors>}
+
+Load reads the weights' bytes once, checks them against ``weights_sha256`` and parses those
+same bytes, so a flipped bit (which safetensors would parse happily) is an
+:class:`~mamlctl.errors.IntegrityError` naming the file. Initializers saved before the digest
+existed (no ``weights_sha256``) load unchecked.
 
 The same JSON goes into MLflow params and ONNX metadata downstream.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mamlctl.errors import ConfigError, NotFoundError
+from mamlctl.errors import ConfigError, IntegrityError, NotFoundError
 from mamlctl.maml.models import ConvConfig, MLPConfig, build_model, config_from_dict, config_to_dict
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -81,6 +89,7 @@ def save_initializer(
             }
         )
     save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": str(FORMAT_VERSION)})
+    digest = hashlib.sha256((out / WEIGHTS_FILE).read_bytes()).hexdigest()
     doc = {
         "format": FORMAT_VERSION,
         "model": config_to_dict(model_config),
@@ -88,6 +97,7 @@ def save_initializer(
         "train": dict(train_config),
         "metrics": {k: float(v) for k, v in (metrics or {}).items()},
         "meta_sgd": inner_lrs is not None,
+        "weights_sha256": digest,
     }
     (out / CONFIG_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return out
@@ -96,7 +106,7 @@ def save_initializer(
 def load_initializer(path_dir: str | Path) -> Initializer:
     """Read a folder written by :func:`save_initializer`."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     root = Path(path_dir)
     weights, conf = root / WEIGHTS_FILE, root / CONFIG_FILE
@@ -110,8 +120,17 @@ def load_initializer(path_dir: str | Path) -> Initializer:
     if doc.get("format") != FORMAT_VERSION:
         raise ConfigError(f"{conf}: unsupported initializer format {doc.get('format')!r}")
     model_config = config_from_dict(doc["model"])
+    data = weights.read_bytes()
+    recorded = doc.get("weights_sha256")
+    if recorded is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if not isinstance(recorded, str) or not hmac.compare_digest(actual, recorded.lower()):
+            raise IntegrityError(
+                f"initializer file {weights} has sha256 {actual[:16]}… but {CONFIG_FILE} "
+                f"recorded {str(recorded)[:16]}…; the artifact is corrupt, re-train or restore it"
+            )
     try:
-        tensors = load_file(str(weights))
+        tensors = load(data)
     except SafetensorError as err:
         raise ConfigError(f"{weights} is not a safetensors file: {err}") from None
     params = {k: v for k, v in tensors.items() if not k.startswith(_LR_PREFIX)}

@@ -13,6 +13,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from mamlctl.errors import InputError
+
 FloatArray = npt.NDArray[np.float64]
 
 #: Which parameters adaptation moves per series: every one, or the last layer only (ANIL).
@@ -26,9 +28,53 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
+#: Longest family name (the column's width) and series id.
+FAMILY_NAME_MAX = 128
+SERIES_ID_MAX = 255
+#: Pieces a family name may not hold: it names MLflow experiments, folders and model files.
+_FAMILY_FORBIDDEN = ("/", "\\", ":", "\x00", "..")
+
+
+def validate_family_name(name: str) -> str:
+    """``name`` when it is a valid family name, else :class:`InputError`.
+
+    The one check, used by the CLI and the registry: 1-128 printable characters, no
+    whitespace, no ``/``, ``\\``, ``:``, ``..`` or NUL, not starting with a dot. A family name
+    becomes part of paths (the MLflow experiment's artifact folder) and URIs
+    (``models:/maml-<family>@champion``), so anything that could leave a folder is refused.
+    """
+    bad = (
+        not name
+        or len(name) > FAMILY_NAME_MAX
+        or name.startswith(".")
+        or any(piece in name for piece in _FAMILY_FORBIDDEN)
+        or any(c.isspace() or not c.isprintable() for c in name)
+    )
+    if bad:
+        raise InputError(
+            f"invalid family name {name[:80]!r}: 1-{FAMILY_NAME_MAX} printable characters, no "
+            "spaces, '/', '\\', ':', '..' or NUL, not starting with '.'"
+        )
+    return name
+
+
+def validate_series_id(series_id: str) -> str:
+    """``series_id`` when it is valid, else :class:`InputError`: 1-255 characters of text, no
+    NUL. (Where a series id becomes part of a file name it is slugged, so ``/`` is allowed.)"""
+    if not series_id or len(series_id) > SERIES_ID_MAX or "\x00" in series_id:
+        raise InputError(
+            f"invalid series id {series_id[:80]!r}: 1-{SERIES_ID_MAX} characters, no NUL"
+        )
+    return series_id
+
+
+#: Prefix of every family's MLflow registered-model (and experiment) name.
+MODEL_NAME_PREFIX = "maml-"
+
+
 def registered_model_name(family: str) -> str:
-    """The MLflow registered-model name of a family's initializers."""
-    return f"maml-{family}"
+    """The MLflow registered-model name of a family's initializers (name validated)."""
+    return f"{MODEL_NAME_PREFIX}{validate_family_name(family)}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

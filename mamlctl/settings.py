@@ -14,6 +14,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mamlctl.errors import ConfigError, NotFoundError
+
 
 def _default_home() -> Path:
     return Path("~/.mamlctl").expanduser()
@@ -71,6 +73,11 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
 
     @property
+    def is_embedded_tracking(self) -> bool:
+        """True when MLflow runs on the SQLite file under the home (no URI configured)."""
+        return not (self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+
+    @property
     def resolved_registry_uri(self) -> str:
         return self.registry_uri or self.resolved_tracking_uri
 
@@ -79,7 +86,27 @@ class Settings(BaseSettings):
         """Adapted per-series ONNX files live here; the server opens files only below it."""
         return self.home / "models"
 
+    @property
+    def migration_lock_path(self) -> Path:
+        """Lock file serialising the implicit upgrade of the embedded database."""
+        return self.home / ".registry.db.lock"
+
     def ensure_home(self) -> None:
         """Create the embedded folders. Called by commands that write, never at import."""
         for path in (self.home, self.mlflow_dir, self.artifact_root, self.models_dir):
-            path.mkdir(parents=True, exist_ok=True)
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ConfigError(
+                    f"cannot create mamlctl home folder {path}: {err.strerror or err}; "
+                    "set MAMLCTL_HOME to a writable folder"
+                ) from None
+
+    def require_home(self) -> None:
+        """Raise :class:`NotFoundError` when the home does not exist (read-only commands call
+        this so that a mistyped MAMLCTL_HOME is an error, not an empty registry)."""
+        if not self.home.is_dir():
+            raise NotFoundError(
+                f"no mamlctl home at {self.home}: check MAMLCTL_HOME, or start with "
+                "`mamlctl ingest PATH`"
+            )

@@ -187,7 +187,7 @@ def run_adaptation(
         selected = select_series(
             current, candidates, initializer=ref, stale_after=request.stale_after, now=now
         )
-        remove_temporaries(settings.models_dir)
+        remove_temporaries(settings.models_dir, family=family.name)
 
         run_ctx = (
             store.start_run(

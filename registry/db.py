@@ -7,7 +7,13 @@ command or request::
         family = get_family(session, "hourly")
 
 The embedded SQLite default is created and upgraded to the latest Alembic revision on first
-use. A server database (``MAMLCTL_DATABASE_URL``) is never migrated implicitly: it must be at
+use, under a file lock in the home so that commands started together on a fresh home do not
+race the migration. Read-only commands pass ``create=False`` and get a
+:class:`~mamlctl.errors.NotFoundError` for a home that does not exist. A database at a revision
+this mamlctl does not know (migrated by a newer mamlctl) is refused with a
+:class:`~mamlctl.errors.StoreError` saying so, never "upgraded".
+
+A server database (``MAMLCTL_DATABASE_URL``) is never migrated implicitly: it must be at
 head (``mamlctl db upgrade``), else a :class:`~mamlctl.errors.StoreError` says so.
 """
 
@@ -16,14 +22,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mamlctl.errors import ConfigError, StoreError
+from mamlctl.errors import ConfigError, NotFoundError, StoreError
 from mamlctl.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -58,7 +64,13 @@ def make_engine(target: Settings | str, *, echo: bool = False) -> Engine:
             "or postgresql+psycopg://user@host/db"
         ) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(parsed.database).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(
+                f"cannot create the database folder {folder} (mamlctl home?): {err.strerror or err}"
+            ) from None
     try:
         engine = create_engine(parsed, echo=echo)
     except (SQLAlchemyError, ImportError) as err:
@@ -77,16 +89,46 @@ def _alembic_config(engine: Engine) -> Any:
     return cfg
 
 
-def head_revision() -> str:
-    """The newest migration revision shipped with this package."""
+def _scripts() -> Any:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    head = ScriptDirectory.from_config(cfg).get_current_head()
+    return ScriptDirectory.from_config(cfg)
+
+
+def head_revision() -> str:
+    """The newest migration revision shipped with this package."""
+    head = _scripts().get_current_head()
     assert head is not None
-    return head
+    return str(head)
+
+
+RevisionState = Literal["empty", "up to date", "behind", "newer"]
+
+
+def revision_state(revision: str | None) -> RevisionState:
+    """Where a database revision stands against this package's migrations: ``newer`` is a
+    revision this mamlctl does not ship (a newer mamlctl migrated the database)."""
+    from alembic.util import CommandError
+
+    if revision is None:
+        return "empty"
+    if revision == head_revision():
+        return "up to date"
+    try:
+        known = _scripts().get_revision(revision) is not None
+    except CommandError:
+        known = False
+    return "behind" if known else "newer"
+
+
+def _newer_error(url: str, revision: str) -> StoreError:
+    return StoreError(
+        f"registry database {url} is at revision {revision}, newer than this mamlctl "
+        f"(head {head_revision()}): upgrade mamlctl, or point MAMLCTL_HOME elsewhere"
+    )
 
 
 def current_revision(target: Settings | str | Engine) -> str | None:
@@ -97,9 +139,10 @@ def current_revision(target: Settings | str | Engine) -> str | None:
     try:
         with engine.connect() as conn:
             return MigrationContext.configure(conn).get_current_revision()
-    except OperationalError as err:
+    except SQLAlchemyError as err:  # unreachable server, or a file that is not a database
+        verb = "reach" if isinstance(err, OperationalError) else "read"
         raise StoreError(
-            f"cannot reach registry database {_redact(str(engine.url))}: {_first_line(err)}"
+            f"cannot {verb} registry database {_redact(str(engine.url))}: {_first_line(err)}"
         ) from None
     finally:
         if owned:
@@ -109,14 +152,19 @@ def current_revision(target: Settings | str | Engine) -> str | None:
 def upgrade_schema(target: Settings | str | Engine, revision: str = "head") -> str:
     """Run Alembic ``upgrade`` to ``revision`` programmatically; returns the new revision."""
     from alembic import command
+    from alembic.util import CommandError
 
     engine, owned = _engine_of(target)
     try:
+        before = current_revision(engine)
+        if revision_state(before) == "newer":
+            assert before is not None
+            raise _newer_error(_redact(str(engine.url)), before)
         command.upgrade(_alembic_config(engine), revision)
         rev = current_revision(engine)
         assert rev is not None
         return rev
-    except OperationalError as err:
+    except (SQLAlchemyError, CommandError) as err:
         raise StoreError(
             f"cannot migrate registry database {_redact(str(engine.url))}: {_first_line(err)}"
         ) from None
@@ -125,14 +173,28 @@ def upgrade_schema(target: Settings | str | Engine, revision: str = "head") -> s
             engine.dispose()
 
 
-def ensure_schema(engine: Engine, *, embedded: bool) -> None:
-    """Upgrade an embedded database to head; require a server database to be at head."""
+def ensure_schema(engine: Engine, *, embedded: bool, lock_path: Path | None = None) -> None:
+    """Upgrade an embedded database to head; require a server database to be at head.
+
+    ``lock_path``: a file lock held around the implicit upgrade (the state is read again
+    under it), so concurrent first uses migrate once.
+    """
     current = current_revision(engine)
     head = head_revision()
     if current == head:
         return
+    if revision_state(current) == "newer":
+        assert current is not None
+        raise _newer_error(_redact(str(engine.url)), current)
     if embedded:
-        upgrade_schema(engine)
+        if lock_path is None:
+            upgrade_schema(engine)
+            return
+        from mamlctl.registry.locks import file_lock
+
+        with file_lock(lock_path, purpose="registry database migration"):
+            if current_revision(engine) != head:
+                upgrade_schema(engine)
         return
     if current is None:
         raise StoreError(
@@ -146,18 +208,29 @@ def ensure_schema(engine: Engine, *, embedded: bool) -> None:
 
 @contextmanager
 def open_registry(
-    settings: Settings, *, migrate: bool | None = None
+    settings: Settings, *, migrate: bool | None = None, create: bool = True
 ) -> Iterator[sessionmaker[Session]]:
     """Yield a session factory on a database at head; dispose the engine afterwards.
 
     ``migrate``: upgrade when behind. Default: only for the embedded SQLite database.
+    ``create``: False for read-only commands: a missing home or embedded database is a
+    :class:`NotFoundError` instead of a new, empty registry.
     """
     if settings.is_embedded_database:
-        settings.ensure_home()
+        if create:
+            settings.ensure_home()
+        else:
+            settings.require_home()
+            if not settings.database_path.is_file():
+                raise NotFoundError(
+                    f"no registry database at {settings.database_path}: start with "
+                    "`mamlctl ingest PATH` (or check MAMLCTL_HOME)"
+                )
     engine = make_engine(settings)
     try:
         embedded = settings.is_embedded_database if migrate is None else migrate
-        ensure_schema(engine, embedded=embedded)
+        lock = settings.migration_lock_path if settings.is_embedded_database else None
+        ensure_schema(engine, embedded=embedded, lock_path=lock)
         yield sessionmaker(engine, expire_on_commit=False)
     finally:
         engine.dispose()
@@ -179,14 +252,16 @@ def _first_line(err: BaseException) -> str:
 
 
 @contextmanager
-def transaction(settings: Settings, *, migrate: bool | None = None) -> Iterator[Session]:
+def transaction(
+    settings: Settings, *, migrate: bool | None = None, create: bool = True
+) -> Iterator[Session]:
     """One command = one transaction: commit on success, roll back on any error.
 
     Database failures surface as :class:`StoreError` with one line; domain errors pass through.
     """
     from mamlctl.errors import MamlctlError
 
-    with open_registry(settings, migrate=migrate) as factory:
+    with open_registry(settings, migrate=migrate, create=create) as factory:
         try:
             with factory.begin() as session:
                 yield session

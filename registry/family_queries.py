@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mamlctl.domain import Family
+from mamlctl.domain import Family, validate_family_name
 from mamlctl.errors import InputError, NotFoundError
 from mamlctl.registry.tables import FamilyRow
 
@@ -50,8 +50,7 @@ def list_families(session: Session) -> list[Family]:
 
 def validate_family(family: Family) -> None:
     """Reject a family whose period, window, horizon or support cannot work."""
-    if not family.name or len(family.name) > 128 or any(c.isspace() for c in family.name):
-        raise InputError(f"invalid family name {family.name!r}: 1-128 characters, no spaces")
+    validate_family_name(family.name)
     if family.period is not None and family.period < 2:
         raise InputError(f"family {family.name}: period must be >= 2 or none, got {family.period}")
     if family.window < 1 or family.horizon < 1:

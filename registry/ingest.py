@@ -25,7 +25,7 @@ import numpy.typing as npt
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from mamlctl.domain import Series
+from mamlctl.domain import Series, validate_series_id
 from mamlctl.errors import IngestError
 from mamlctl.registry.series_queries import IN_CHUNK, raw_point_values
 from mamlctl.registry.tables import PointRow, SeriesRow, utcnow
@@ -164,7 +164,7 @@ def store_series(
     """
     seen: dict[str, str] = {}
     for item in batch:
-        sid = item.series.series_id
+        sid = validate_series_id(item.series.series_id)
         if sid in seen:
             raise _fail(item, f"appears twice in this ingest (also in {seen[sid]})")
         seen[sid] = item.source

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mamlctl.errors import NotFoundError, StoreError, TrackingUnavailableError
+from mamlctl.errors import InputError, NotFoundError, StoreError, TrackingUnavailableError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -67,7 +67,11 @@ class TrackingTarget:
         """The artifact location to give a new experiment (None: the server's default)."""
         if self.artifact_root is None:
             return None
-        return (self.artifact_root / experiment_name).resolve().as_uri()
+        root = self.artifact_root.resolve()
+        location = (root / experiment_name).resolve()
+        if location.parent != root:  # names are validated upstream; never leave the root
+            raise InputError(f"experiment name {experiment_name!r} would leave {root}")
+        return location.as_uri()
 
 
 def apply_fast_fail_defaults() -> None:

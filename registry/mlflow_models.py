@@ -11,7 +11,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mamlctl.domain import CHALLENGER, CHAMPION, InitializerRef, registered_model_name
+from mamlctl.domain import (
+    CHALLENGER,
+    CHAMPION,
+    MODEL_NAME_PREFIX,
+    InitializerRef,
+    registered_model_name,
+)
 from mamlctl.errors import ConfigError, NotFoundError, StoreError
 from mamlctl.registry.mlflow_client import translate_errors
 from mamlctl.registry.mlflow_runs import FINISHED
@@ -21,7 +27,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 #: Registered models of mamlctl families start with this; ``models list`` shows only these.
-MODEL_PREFIX = registered_model_name("")
+MODEL_PREFIX = MODEL_NAME_PREFIX
 #: Run metrics whose name starts with this are the validation metrics shown by ``models list``.
 VALIDATION_PREFIX = "val_"
 _ALIAS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$")

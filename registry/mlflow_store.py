@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mamlctl.domain import CHAMPION, InitializerRef, registered_model_name
-from mamlctl.errors import StoreError
+from mamlctl.errors import IntegrityError, StoreError
 from mamlctl.ports import INITIALIZER_ARTIFACT, InitializerStore
 from mamlctl.registry.mlflow_client import TrackingTarget, connect, translate_errors
 from mamlctl.registry.mlflow_models import InitializerVersion, ModelRegistry, models_uri
@@ -162,9 +162,20 @@ class MlflowStore:
         """Download into a temporary folder, call ``loader(dir)`` and clean up.
 
         ``loader`` must read everything it needs into memory (e.g. ``maml.load_initializer``).
+        An :class:`~mamlctl.errors.IntegrityError` from the loader (a digest mismatch) is
+        raised again naming the model version and run, not the temporary folder.
         """
+        ref = self.resolve(model)
         with tempfile.TemporaryDirectory(prefix="mamlctl-init-") as tmp:
-            return loader(self.download(model, Path(tmp)))
+            folder = self.download(ref, Path(tmp))
+            try:
+                return loader(folder)
+            except IntegrityError as err:
+                detail = str(err).replace(str(folder) + "/", "")
+                raise IntegrityError(
+                    f"initializer {ref.registered_model} v{ref.version} (run {ref.run_id}, "
+                    f"{INITIALIZER_ARTIFACT}/): {detail}"
+                ) from None
 
 
 def open_store(settings: Settings, *, probe_timeout_s: float = 3.0) -> MlflowStore:

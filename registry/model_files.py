@@ -264,20 +264,60 @@ def iter_model_files(models_dir: Path) -> Iterable[str]:
             yield path.relative_to(root).as_posix()
 
 
-def remove_temporaries(models_dir: Path) -> list[str]:
-    """Delete leftover temporary files (from a killed writer); returns their relative paths.
+#: Folder (below the models folder) of the per-family lock files; hidden, so never listed.
+LOCKS_DIR = ".locks"
 
-    Only call this when no writer is running (e.g. at the start of an adaptation job that holds
-    the family's lock): a live writer's temporary would be removed under it.
+
+def family_lock_path(models_dir: Path, family: str) -> Path:
+    """The lock file serialising clean-ups of one family's folder."""
+    return Path(models_dir) / LOCKS_DIR / f"{slug(family)}.lock"
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process that named temporary ``name`` (``...tmp-<pid>-<token>``) still runs.
+    Unparsable names count as alive (kept)."""
+    m = re.search(re.escape(_TMP_MARK) + r"(\d+)-", name)
+    if m is None:
+        return True
+    pid = int(m.group(1))
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def remove_temporaries(models_dir: Path, *, family: str, timeout_s: float = 120.0) -> list[str]:
+    """Delete one family's leftover temporary files (from a killed writer); returns their
+    relative paths.
+
+    Runs under the family's ``fcntl`` lock (:func:`family_lock_path`; waits up to
+    ``timeout_s``, then :class:`~mamlctl.errors.StoreError`) and touches only the family's own
+    folder, so an adaptation of another family writing at the same time is never disturbed.
+    A temporary whose writer process is still alive is kept, even in this family.
     """
+    from mamlctl.registry.locks import file_lock
+
     root = Path(models_dir)
+    folder = root / slug(family)
     removed: list[str] = []
-    if not root.is_dir():
+    if not folder.is_dir():
         return removed
-    for path in sorted(root.rglob(f".*{_TMP_MARK}*")):
-        if path.is_file():
-            path.unlink(missing_ok=True)
-            removed.append(path.relative_to(root).as_posix())
+    with file_lock(
+        family_lock_path(root, family),
+        timeout_s=timeout_s,
+        purpose=f"clean-up of family {family}'s model files",
+    ):
+        for path in sorted(folder.glob(f".*{_TMP_MARK}*")):
+            if path.is_file() and not _writer_alive(path.name):
+                path.unlink(missing_ok=True)
+                removed.append(path.relative_to(root).as_posix())
     return removed
 
 

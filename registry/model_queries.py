@@ -313,3 +313,9 @@ def adapted_model_history(session: Session, series_id: str) -> list[AdaptedModel
         .order_by(AdaptedModelRow.adapted_at, AdaptedModelRow.id)
     )
     return [_record_of(r) for r in session.execute(stmt).all()]
+
+
+def referenced_model_paths(session: Session) -> set[str]:
+    """Relative paths of every model file an ``adapted_models`` row points at (current and
+    history): the files garbage collection must keep."""
+    return set(session.scalars(select(AdaptedModelRow.path).distinct()))

@@ -9,7 +9,14 @@
   ``.csv``/``.csv.gz``.
 
 A folder stands for every data file below it (``.csv``, ``.csv.gz``, ``.parquet``, ``.pq``),
-recursively, in sorted order. Readers raise :class:`~mamlctl.errors.IngestError` naming the
+recursively, in sorted order.
+
+Parsing is strict: no index inference (a row with more fields than the header is an error
+naming its line, never a shifted row), lines are at most :data:`MAX_LINE_BYTES` long (checked
+by a streaming scan before the parser allocates anything), a NUL byte anywhere in a CSV is an
+error, and series ids are text without NUL (Parquet bytes ids are decoded as UTF-8).
+
+Readers raise :class:`~mamlctl.errors.IngestError` naming the
 file (and series, row) for malformed input; values are returned as float64 with NaN where a
 cell was empty, for :mod:`mamlctl.timeseries.validation` to reject or fill.
 """
@@ -28,6 +35,12 @@ import numpy.typing as npt
 
 from mamlctl.domain import Series
 from mamlctl.errors import IngestError, NotFoundError
+from mamlctl.timeseries.csv_guard import (
+    MAX_LINE_BYTES,
+    field_count_error,
+    open_binary,
+    scan_lines,
+)
 
 FileFormat = Literal["auto", "long", "m4", "nab"]
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".txt", ".txt.gz")
@@ -100,11 +113,13 @@ def _is_parquet(path: Path) -> bool:
 
 def _header(path: Path) -> list[str]:
     try:
-        opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-            line = fh.readline()
-    except (OSError, EOFError) as err:
+        with open_binary(path) as fh:
+            raw = fh.readline(MAX_LINE_BYTES + 1)
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
         raise IngestError(f"{path}: cannot read file: {err}") from None
+    if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+        raise IngestError(f"{path}: line 1 is longer than {MAX_LINE_BYTES >> 20} MiB")
+    line = raw.decode("utf-8", errors="replace")
     return [c.strip().strip('"').strip().lower() for c in line.rstrip("\r\n").split(",")]
 
 
@@ -150,13 +165,27 @@ def read_paths(paths: Iterable[Path], *, fmt: FileFormat = "auto") -> Iterator[S
 
 
 def _read_csv(path: Path, **kwargs: Any) -> Any:
+    """``pandas.read_csv`` without index inference, after the line scan; a row with more
+    fields than the header is an error naming its line."""
+    import warnings
+
     import pandas as pd
 
+    scan_lines(path)
     try:
-        return pd.read_csv(path, **kwargs)
+        with warnings.catch_warnings():
+            # index_col=False: pandas warns (and drops data) where it would have inferred an index
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, index_col=False, **kwargs)
     except pd.errors.EmptyDataError:
         raise IngestError(f"{path}: file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError, EOFError) as err:
+    except (pd.errors.ParserWarning, pd.errors.ParserError) as err:
+        located = field_count_error(path)
+        if located is not None:
+            raise located from None
+        msg = " ".join(str(err).split())[:200]
+        raise IngestError(f"{path}: malformed CSV: {msg}") from None
+    except (UnicodeDecodeError, ValueError, OSError, EOFError) as err:
         msg = " ".join(str(err).split())[:200]
         raise IngestError(f"{path}: malformed CSV: {msg}") from None
 
@@ -176,7 +205,14 @@ def _numeric(path: Path, series_id: str, raw: Any, where: Where) -> npt.NDArray[
         return np.asarray(raw, dtype=np.float64)
     if raw.dtype.kind == "b":
         raise IngestError(f"{path}: series {series_id}: values are booleans, not numbers")
-    num = pd.to_numeric(raw, errors="coerce")
+    if raw.dtype.kind in "Mm" or isinstance(raw.dtype, pd.DatetimeTZDtype):
+        raise IngestError(f"{path}: series {series_id}: values are datetimes, not numbers")
+    try:
+        num = pd.to_numeric(raw, errors="coerce")
+    except (TypeError, ValueError):
+        raise IngestError(
+            f"{path}: series {series_id}: values of type {raw.dtype} are not numbers"
+        ) from None
     bad = np.flatnonzero(num.isna().to_numpy() & raw.notna().to_numpy())
     if bad.size:
         i = int(bad[0])
@@ -214,8 +250,14 @@ def _timestamps(path: Path, series_id: str, raw: Any, where: Where) -> npt.NDArr
 
 
 def _read_m4(path: Path) -> tuple[Series, ...]:
-    df = _read_csv(path, index_col=0, dtype={0: str})
-    ids = [str(i) for i in df.index]
+    df = _read_csv(path, dtype={0: str})
+    if df.shape[1] < 2:
+        raise IngestError(f"{path}: M4 file needs an id column and at least one value column")
+    if df.iloc[:, 0].isna().any():
+        i = int(np.flatnonzero(df.iloc[:, 0].isna().to_numpy())[0])
+        raise IngestError(f"{path}: empty series id at line {i + 2}")
+    ids = [str(i) for i in df.iloc[:, 0]]
+    df = df.iloc[:, 1:]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise IngestError(f"{path}: series {dup}: id appears twice in the file")
@@ -254,6 +296,28 @@ def _read_nab(path: Path) -> Series:
     return Series(series_id=sid, values=values, timestamps=ts)
 
 
+def _text_ids(path: Path, ids: Any) -> Any:
+    """Series ids as text: bytes (Parquet binary columns) decode as UTF-8; NUL is refused."""
+    if ids.dtype == object:
+        decoded = []
+        for row, v in enumerate(ids.tolist(), 1):
+            if isinstance(v, bytes | bytearray):
+                try:
+                    v = bytes(v).decode("utf-8")
+                except UnicodeDecodeError:
+                    raise IngestError(
+                        f"{path}: series id at row {row} is not UTF-8 text: {bytes(v)[:40]!r}"
+                    ) from None
+            decoded.append(v)
+        ids = ids.__class__(decoded, index=ids.index, dtype=object)
+    texts = ids[ids.notna()].astype(str)
+    has_nul = texts.str.contains("\x00", regex=False)
+    if has_nul.any():
+        bad = str(texts[has_nul].iloc[0])
+        raise IngestError(f"{path}: series id {bad[:40]!r} contains a NUL character")
+    return ids
+
+
 def _read_long(path: Path) -> tuple[Series, ...]:
     import pandas as pd
 
@@ -274,7 +338,7 @@ def _read_long(path: Path) -> tuple[Series, ...]:
         )
     if len(df) == 0:
         raise IngestError(f"{path}: file holds no rows")
-    ids = df["series_id"]
+    ids = _text_ids(path, df["series_id"])
     if ids.isna().any():
         i = int(np.flatnonzero(ids.isna().to_numpy())[0])
         raise IngestError(f"{path}: empty series_id at line {i + 2}")

@@ -166,3 +166,15 @@ def test_real_m4_hourly_and_nab_folder(sqlite_url: str, tmp_settings: Settings) 
     rows = json.loads(out)["families"]
     assert sum(r["series"] for r in rows) == 414 + 58
     assert sum(r["points"] for r in rows) == 353_500 + 365_558
+
+
+def test_extra_field_in_first_row_is_one_line_exit_1(
+    tmp_settings: Settings, tmp_path: Path
+) -> None:
+    # Oracle: the header has two fields; this row used to be stored as series "1" = 2.
+    f = tmp_path / "extra.csv"
+    f.write_text("series_id,value\nA,1,2\nA,3\n")
+    code, _, err = run("ingest", str(f))
+    assert code == 1
+    assert err.count("\n") == 1 and "extra.csv: line 2 has 3 fields, the header has 2" in err
+    assert not tmp_settings.database_path.exists() or dump(tmp_settings) == []

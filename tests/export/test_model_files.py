@@ -104,7 +104,7 @@ def test_failure_in_one_of_many_keeps_only_complete_files(
     for rel in names:
         blob = (tmp_path / rel).read_bytes()
         assert rel.endswith(f"--{hashlib.sha256(blob).hexdigest()}.onnx")
-    assert mf.remove_temporaries(tmp_path) == []
+    assert mf.remove_temporaries(tmp_path, family="f") == []
 
 
 def test_rewriting_identical_content_is_idempotent(tmp_path: Path) -> None:
@@ -131,12 +131,45 @@ def test_pool_writes_many_files_in_input_order(tmp_path: Path) -> None:
         assert (tmp_path / rec.relpath).read_bytes() == data
 
 
+#: A pid above Linux's largest pid_max (2**22): never a live process.
+DEAD_PID = 2**22 + 1
+
+
 def test_leftover_temporaries_are_removed_and_never_listed(tmp_path: Path) -> None:
-    folder = tmp_path / "f"
+    folder = tmp_path / mf.slug("f")
     folder.mkdir()
-    (folder / ".x.onnx.tmp-123-abcd").write_bytes(b"partial")
+    (folder / f".x.onnx.tmp-{DEAD_PID}-abcd").write_bytes(b"partial")
     assert list(mf.iter_model_files(tmp_path)) == []
-    assert mf.remove_temporaries(tmp_path) == ["f/.x.onnx.tmp-123-abcd"]
+    assert mf.remove_temporaries(tmp_path, family="f") == [
+        f"{mf.slug('f')}/.x.onnx.tmp-{DEAD_PID}-abcd"
+    ]
+
+
+def test_temporaries_clean_up_is_per_family_and_locked(tmp_path: Path) -> None:
+    # Oracle: another family's in-flight temporary (its adapt writing right now) and a live
+    # writer's temporary of the same family survive; only the dead writer's one goes. Before,
+    # the clean-up removed every family's temporaries without any lock.
+    from mamlctl.errors import StoreError
+    from mamlctl.registry.locks import file_lock
+
+    a, b = tmp_path / mf.slug("a"), tmp_path / mf.slug("b")
+    a.mkdir()
+    b.mkdir()
+    dead_a = a / f".x.onnx.tmp-{DEAD_PID}-0001"
+    live_a = a / f".y.onnx.tmp-{os.getpid()}-0002"
+    other_b = b / f".z.onnx.tmp-{DEAD_PID}-0003"
+    for f in (dead_a, live_a, other_b):
+        f.write_bytes(b"partial")
+    assert mf.remove_temporaries(tmp_path, family="a") == [f"{a.name}/{dead_a.name}"]
+    assert live_a.exists() and other_b.exists()
+    # while family b's lock is held (b's adapt cleaning up), b waits and a goes ahead
+    with file_lock(mf.family_lock_path(tmp_path, "b")):
+        with pytest.raises(StoreError, match="clean-up of family b"):
+            mf.remove_temporaries(tmp_path, family="b", timeout_s=0.2)
+        assert mf.remove_temporaries(tmp_path, family="a") == []
+    assert other_b.exists()
+    assert mf.remove_temporaries(tmp_path, family="b") == [f"{b.name}/{other_b.name}"]
+    assert list(mf.iter_model_files(tmp_path)) == []
 
 
 @settings(max_examples=200, deadline=None)

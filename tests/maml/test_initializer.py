@@ -77,3 +77,31 @@ def test_save_refuses_params_of_another_model(tmp_path: Path) -> None:
             task_spec={},
             train_config={},
         )
+
+
+def test_a_bit_flip_in_the_weights_is_caught_at_load(tmp_path: Path) -> None:
+    # Oracle: the sha256 written at save. The flipped byte sits in the tensor data (after the
+    # safetensors header), so the file still parses: before the digest, load returned other
+    # weights silently.
+    from mamlctl.errors import IntegrityError
+
+    _save(tmp_path)
+    doc = json.loads((tmp_path / CONFIG_FILE).read_text())
+    assert len(doc["weights_sha256"]) == 64
+    raw = bytearray((tmp_path / WEIGHTS_FILE).read_bytes())
+    header_len = int.from_bytes(raw[:8], "little")
+    raw[8 + header_len + 5] ^= 0x01
+    (tmp_path / WEIGHTS_FILE).write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match=r"weights.safetensors has sha256 .* but") as err:
+        load_initializer(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_initializer_without_a_digest_still_loads(tmp_path: Path) -> None:
+    # Initializers saved before the digest existed carry no weights_sha256.
+    model, _ = _save(tmp_path)
+    doc = json.loads((tmp_path / CONFIG_FILE).read_text())
+    doc.pop("weights_sha256")
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(doc))
+    x = torch.randn(3, 12)
+    assert torch.equal(load_initializer(tmp_path).model()(x), model(x))

@@ -208,3 +208,39 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
+
+
+def test_corrupted_initializer_artifact_is_one_line_naming_the_version(
+    store: MlflowStore, family: str, tmp_path: Path
+) -> None:
+    # Oracle: the weights' sha256 recorded at save; one bit flipped before logging.
+    import json
+
+    from mamlctl.errors import IntegrityError
+    from mamlctl.maml.initializer import (
+        CONFIG_FILE,
+        WEIGHTS_FILE,
+        load_initializer,
+        save_initializer,
+    )
+    from mamlctl.maml.models import MLPConfig, build_model
+
+    config = MLPConfig(input_size=8, output_size=2, hidden=(4,))
+    folder = tmp_path / "init"
+    save_initializer(
+        folder,
+        model_config=config,
+        params=dict(build_model(config).named_parameters()),
+        task_spec={"window": 8, "horizon": 2},
+        train_config={},
+    )
+    raw = bytearray((folder / WEIGHTS_FILE).read_bytes())
+    raw[-1] ^= 0x01
+    (folder / WEIGHTS_FILE).write_bytes(bytes(raw))
+    assert json.loads((folder / CONFIG_FILE).read_text())["weights_sha256"]
+    with store.start_run(family=family) as run:
+        run.log_artifacts(folder, artifact_path=INITIALIZER_ARTIFACT)
+    store.register_initializer(family=family, run_id=run.run_id, tags={}, description="flip")
+    with pytest.raises(IntegrityError, match=rf"initializer maml-{family} v1 .*weights") as err:
+        store.load(models_uri(family), loader=load_initializer)
+    assert "\n" not in str(err.value)

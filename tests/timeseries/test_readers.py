@@ -141,3 +141,71 @@ def test_real_m4_hourly_counts_match_the_data_readme() -> None:
     src = read_file(M4_HOURLY)
     lengths = [len(s) for s in src.series]
     assert (len(lengths), sum(lengths), min(lengths), max(lengths)) == (414, 353_500, 700, 960)
+
+
+# --- strict parsing (regressions: each of these was silently mis-read or ran away) ----------
+
+
+def test_extra_field_in_first_data_row_is_an_error_naming_the_line(tmp_path: Path) -> None:
+    # Oracle: the header declares two fields; pandas' index inference used to store
+    # series "1" with value 2 from the row "A,1,2".
+    f = _write(tmp_path / "extra.csv", "series_id,value\nA,1,2\nA,3\n")
+    with pytest.raises(IngestError, match=r"extra.csv: line 2 has 3 fields, the header has 2"):
+        read_file(f)
+    nab = _write(tmp_path / "n.csv", "timestamp,value\n2024-01-01,1,9\n2024-01-02,2\n")
+    with pytest.raises(IngestError, match=r"n.csv: line 2 has 3 fields, the header has 2"):
+        read_file(nab)
+
+
+def test_extra_field_in_every_row_is_an_error(tmp_path: Path) -> None:
+    f = _write(tmp_path / "extra.csv", "series_id,value\nA,1,2\nA,3,4\n")
+    with pytest.raises(IngestError, match=r"line 2 has 3 fields"):
+        read_file(f)
+
+
+def test_overlong_line_fails_fast(tmp_path: Path) -> None:
+    # Oracle: the 1 MiB line bound; one line of 10^7 fields used to take minutes and GBs.
+    import time
+
+    f = tmp_path / "wide.csv"
+    with open(f, "w") as fh:
+        fh.write("series_id,value\nA,1\nB,")
+        fh.write("1," * 10_000_000)
+        fh.write("1\n")
+    started = time.perf_counter()
+    with pytest.raises(IngestError, match=r"wide.csv: line 3 is longer than 1 MiB"):
+        read_file(f)
+    assert time.perf_counter() - started < 10
+    gz = _write(tmp_path / "wide.csv.gz", "series_id,value\n" + "A," + "1" * (2 << 20) + "\n")
+    with pytest.raises(IngestError, match=r"line 2 is longer than 1 MiB"):
+        read_file(gz)
+
+
+def test_nul_in_series_id_is_rejected(tmp_path: Path) -> None:
+    f = tmp_path / "nul.csv"
+    f.write_bytes(b"series_id,value\nA\x00B,1\nA,2\n")
+    with pytest.raises(IngestError, match=r"NUL"):
+        read_file(f)
+    p = tmp_path / "nul.parquet"
+    pd.DataFrame({"series_id": ["a\x00b", "a"], "value": [1.0, 2.0]}).to_parquet(p)
+    with pytest.raises(IngestError, match=r"nul.parquet: series id .* NUL"):
+        read_file(p)
+
+
+def test_datetime_value_column_is_rejected(tmp_path: Path) -> None:
+    p = tmp_path / "dt.parquet"
+    pd.DataFrame(
+        {"series_id": ["a", "a"], "value": pd.to_datetime(["2024-01-01", "2024-01-02"])}
+    ).to_parquet(p)
+    with pytest.raises(IngestError, match=r"dt.parquet: series a: values are datetimes"):
+        read_file(p)
+
+
+def test_parquet_bytes_ids_decode_as_utf8(tmp_path: Path) -> None:
+    p = tmp_path / "b.parquet"
+    pd.DataFrame({"series_id": [b"caf\xc3\xa9", b"x"], "value": [1.0, 2.0]}).to_parquet(p)
+    assert [s.series_id for s in read_file(p).series] == ["café", "x"]
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"series_id": [b"\xff", b"x"], "value": [1.0, 2.0]}).to_parquet(bad)
+    with pytest.raises(IngestError, match=r"bad.parquet: series id at row 1 is not UTF-8"):
+        read_file(bad)
