@@ -1,8 +1,8 @@
 """Masked losses (NaN targets unobserved) and a masked inner step.
 
 Oracles: the mean over the observed entries computed by hand in float64; one inner step equals
-θ − α∇L with ∇L written by hand for a linear model on the observed entries only; with no NaN the
-masked losses equal the unmasked ones exactly.
+theta - alpha * grad L with grad L written by hand for a linear model on the observed entries
+only; with no NaN the masked losses equal the unmasked ones exactly.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def test_masked_loss_is_the_mean_over_observed_entries(name: str) -> None:
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 6), h=st.integers(1, 5))
-def test_with_no_nan_the_masked_losses_equal_the_unmasked_exactly(seed: int, n: int, h: int) -> None:
+def test_with_no_nan_the_masked_losses_equal_the_unmasked_exactly(
+    seed: int, n: int, h: int
+) -> None:
     g = torch.Generator().manual_seed(seed)
     pred, target = torch.randn(4, n, h, generator=g), torch.randn(4, n, h, generator=g)
     for name, plain in (("mse", mse_loss), ("mae", mae_loss)):
