@@ -4,6 +4,18 @@ Pure (no I/O): the training config with per-family defaults, the deterministic h
 split, the data fingerprint and the validation set (adapt on the K most recent points of each
 held-out series' history, forecast its last H points).
 
+**Partial support pairs** (the default for new initializers, ``partial``): K raw support points
+give ``K - L`` pairs whose horizons are cut at the support end (masked loss), and a task's query
+forecasts the points after the support, so a task needs only K + 1 points and K only
+``>= L + 1``; see :mod:`mamlctl.timeseries.windows`. ``partial=False`` is the older full-pair
+form (K >= L + H).
+
+**Held out by series or in time.** With at least :data:`MIN_SERIES` usable series, whole series
+are held out (below). With fewer (a family of 1-3 series) the hold-out is *in time*: the last H
+points of every series are its validation target (adapted on the K points before them), and
+training draws tasks only from the points before those last H, so no validation target is ever
+trained on (``holdout = "time"``, recorded with the initializer).
+
 The default recipe (the one :mod:`mamlctl.evaluation.m4_maml` showed beats seasonal naive on M4
 Hourly and Weekly): the network predicts the residual to the seasonal-naive forecast of its own
 window (``season_skip`` = the period when it fits the window, else 1 = naive), it is trained
@@ -87,6 +99,10 @@ class FamilyTrainConfig(BaseModel):
     adapt_scope: AdaptScope = Field(
         default="all", description="Parameters adapted per series: all, or the last layer (ANIL)."
     )
+    partial: bool = Field(
+        default=True,
+        description="Partial-horizon support pairs (K >= L + 1; False: full pairs, K >= L + H).",
+    )
 
 
 def make_config(**values: Any) -> FamilyTrainConfig:
@@ -108,23 +124,32 @@ class ResolvedPlan:
     window: int
     horizon: int
     support_points: int  # K raw points (the family's K unless overridden)
-    support_pairs: int  # K - L - H + 1
+    support_pairs: int  # K - L (partial) or K - L - H + 1
     query: int
     hidden: tuple[int, ...]
     season: int  # m for seasonal naive / MASE (1 without a cycle)
     season_skip: int  # m of the model's seasonal-naive skip (0 = off)
     nonnegative: bool | None = None  # resolved from the training series by prepare()
     floor_fraction: float | None = None  # None: chosen on the held-out series by train
+    partial: bool = False  # partial-horizon support pairs and masked losses
+    holdout: Literal["series", "time"] = "series"  # resolved by prepare()
+    calibration_prior: dict[str, float] | None = None  # computed by train on held-out series
 
     @property
     def loss(self) -> str:
-        """The loss meta-training and adaptation use."""
+        """The loss meta-training and adaptation use (masked for partial pairs)."""
         return "gaussian_nll" if self.config.head == "gaussian" else self.config.loss
 
     @property
+    def time_holdout_span(self) -> int:
+        """Raw points a series needs when held out in time: a task before the last H points,
+        and the validation span."""
+        return max(self.task_span + self.horizon, self.validation_span)
+
+    @property
     def task_span(self) -> int:
-        """Raw points one meta-training task needs."""
-        return self.support_pairs + self.horizon - 1 + self.query + self.window + self.horizon - 1
+        """Raw points one meta-training task needs (partial: K support points + 1 query)."""
+        return int(self.task_spec().span)
 
     @property
     def validation_span(self) -> int:
@@ -185,19 +210,30 @@ class ResolvedPlan:
 
     def initializer_train_config(self) -> dict[str, Any]:
         """What ``adapt`` needs from training, stored in the initializer's JSON: the meta-training
-        config (inner steps, rate, loss) plus the non-negative clip."""
-        return {
+        config (inner steps, rate, loss) plus the non-negative clip; for partial initializers
+        also the hold-out and the calibration prior (see :mod:`mamlctl.maml.calibration`)."""
+        out: dict[str, Any] = {
             **self.meta_config().model_dump(mode="json"),
             "nonnegative": bool(self.nonnegative),
             "floor_fraction": self.bound_fraction,
             "adapt_scope": self.config.adapt_scope,
         }
+        if self.partial:
+            out["partial"] = True
+            out["holdout"] = self.holdout
+        if self.calibration_prior is not None:
+            out["calibration_prior"] = dict(self.calibration_prior)
+        return out
 
     def task_spec(self) -> Any:
         from mamlctl.timeseries.windows import WindowTaskSpec
 
         return WindowTaskSpec(
-            window=self.window, horizon=self.horizon, support=self.support_pairs, query=self.query
+            window=self.window,
+            horizon=self.horizon,
+            support=self.support_pairs,
+            query=self.query,
+            partial=self.partial,
         )
 
     def as_params(self) -> dict[str, Any]:
@@ -210,7 +246,12 @@ class ResolvedPlan:
                 "horizon": self.horizon,
                 "support_points": self.support_points,
             },
-            "task": {"support_pairs": self.support_pairs, "query": self.query},
+            "task": {
+                "support_pairs": self.support_pairs,
+                "query": self.query,
+                "partial": self.partial,
+                "holdout": self.holdout,
+            },
             "model": {
                 "architecture": self.config.architecture,
                 "hidden": list(self.hidden),
@@ -227,12 +268,20 @@ def resolve(family: Family, config: FamilyTrainConfig) -> ResolvedPlan:
     """Fill per-family defaults (from L, H, K and the period) and check they fit together."""
     window, horizon = family.window, family.horizon
     k = config.support or family.support
-    pairs = k - window - horizon + 1
-    if pairs < 1:
-        raise ConfigError(
-            f"support K={k} is too short for family {family.name} (L={window}, H={horizon}): "
-            f"K must be >= L + H = {window + horizon}"
-        )
+    if config.partial:
+        pairs = k - window
+        if pairs < 1:
+            raise ConfigError(
+                f"support K={k} is too short for family {family.name} (L={window}): K counts "
+                f"the window, so K must be >= L + 1 = {window + 1}"
+            )
+    else:
+        pairs = k - window - horizon + 1
+        if pairs < 1:
+            raise ConfigError(
+                f"support K={k} is too short for family {family.name} (L={window}, H={horizon}) "
+                f"with full pairs: K must be >= L + H = {window + horizon}"
+            )
     period = family.period
     query = config.query or max(horizon, period or 0, 8)
     hidden = config.hidden or ((64, 64) if window >= 64 else (40, 40))
@@ -260,6 +309,7 @@ def resolve(family: Family, config: FamilyTrainConfig) -> ResolvedPlan:
         season_skip=season_skip,
         nonnegative=config.nonnegative,
         floor_fraction=config.floor_fraction,
+        partial=config.partial,
     )
 
 
@@ -278,7 +328,8 @@ def _holdout_key(series_id: str) -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ValidationSet:
-    """Held-out series, adapted on their history's K newest points, forecasting the last H."""
+    """Held-out series, adapted on their history's K newest points, forecasting the last H
+    (partial plans: ``K - L`` pairs with NaN targets past the history's end)."""
 
     series_ids: tuple[str, ...]
     histories: tuple[FloatArray, ...]  # raw values before the forecast origin
@@ -300,18 +351,17 @@ class FamilyData:
 
 
 def prepare(family: Family, series: Sequence[Series], plan: ResolvedPlan) -> FamilyData:
-    """Split the family's series into training and held-out sets; TrainingError if too few.
+    """Split the family's series into training and held-out sets; TrainingError if impossible.
 
-    The held-out subset is deterministic: the series whose sha256(id) sort first (independent
-    of the seed and of ingest order), ``holdout_fraction`` of them, at most ``max_holdout``.
+    With at least :data:`MIN_SERIES` usable series the held-out subset is deterministic: the
+    series whose sha256(id) sort first (independent of the seed and of ingest order),
+    ``holdout_fraction`` of them, at most ``max_holdout``. With fewer, every series is held out
+    in time (see the module doc).
     """
-    usable = [s for s in series if len(s) >= max(plan.task_span, plan.validation_span)]
+    need = max(plan.task_span, plan.validation_span)
+    usable = [s for s in series if len(s) >= need]
     if len(usable) < MIN_SERIES:
-        raise TrainingError(
-            f"family {family.name} has {len(usable)} series with the "
-            f"{max(plan.task_span, plan.validation_span)} points training needs "
-            f"({len(series)} in total); it needs at least {MIN_SERIES}"
-        )
+        return _prepare_in_time(family, series, plan)
     ranked = sorted(usable, key=lambda s: _holdout_key(s.series_id))
     n_hold = min(plan.config.max_holdout, max(1, round(plan.config.holdout_fraction * len(ranked))))
     n_hold = min(n_hold, len(ranked) - (MIN_SERIES - 1))
@@ -329,6 +379,33 @@ def prepare(family: Family, series: Sequence[Series], plan: ResolvedPlan) -> Fam
     )
 
 
+def _prepare_in_time(family: Family, series: Sequence[Series], plan: ResolvedPlan) -> FamilyData:
+    """Fewer than MIN_SERIES usable series: hold out the last H points of every series."""
+    need, h = plan.time_holdout_span, plan.horizon
+    usable = [s for s in series if len(s) >= need]
+    if not usable:
+        longest = max((len(s) for s in series), default=0)
+        raise TrainingError(
+            f"family {family.name} has no series with the {need} points training needs "
+            f"(K={plan.support_points} support points, then a query point, then the last "
+            f"H={h} held out; {len(series)} series, the longest has {longest} points)"
+        )
+    train = tuple(
+        Series(series_id=s.series_id, values=np.asarray(s.values)[:-h], timestamps=None)
+        for s in usable
+    )
+    plan = replace(plan, holdout="time")
+    if plan.nonnegative is None:
+        plan = replace(plan, nonnegative=all(float(np.min(s.values)) >= 0 for s in train))
+    return FamilyData(
+        plan=plan,
+        train=train,
+        validation=validation_set(usable, plan),
+        fingerprint=fingerprint(usable),
+        skipped_short=len(series) - len(usable),
+    )
+
+
 def validation_set(series: Sequence[Series], plan: ResolvedPlan) -> ValidationSet:
     from mamlctl.maml.adaptation import support_tasks
 
@@ -336,7 +413,7 @@ def validation_set(series: Sequence[Series], plan: ResolvedPlan) -> ValidationSe
     histories = tuple(np.asarray(s.values[:-h], dtype=np.float64) for s in series)
     actual = np.stack([np.asarray(s.values[-h:], dtype=np.float64) for s in series])
     stretches = np.stack([hist[-k:] for hist in histories])
-    sx, sy, loc, scale = support_tasks(stretches, window=window, horizon=h)
+    sx, sy, loc, scale = support_tasks(stretches, window=window, horizon=h, partial=plan.partial)
     last = np.stack([hist[-window:] for hist in histories])
     qx = ((last - loc[:, None]) / scale[:, None]).astype(np.float32)[:, None, :]
     return ValidationSet(
