@@ -46,7 +46,10 @@ def heldout_one_step_residuals(
     )
     h, window = plan.horizon, plan.window
     padded = np.stack(
-        [np.concatenate([hist[-window:], act]) for hist, act in zip(val.histories, val.actual)]
+        [
+            np.concatenate([hist[-window:], act])
+            for hist, act in zip(val.histories, val.actual, strict=True)
+        ]
     )
     n = padded.shape[0]
     raw, actual, _ = one_step_windows(

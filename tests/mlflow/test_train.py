@@ -190,10 +190,9 @@ def test_bad_input_fails_before_any_run(embedded_settings: Settings, seeded_regi
 def test_family_of_three_series_holds_out_in_time_and_too_short_is_refused(
     embedded_settings: Settings, seeded_registry: Any
 ) -> None:
+    from mamlctl.domain import Series
     from mamlctl.registry.db import transaction
     from mamlctl.registry.series_queries import load_family_series
-
-    from mamlctl.domain import Series
 
     with transaction(Settings()) as session:
         series = load_family_series(session, "sines")[:3]
