@@ -29,7 +29,7 @@ def long_csv(path: Path, n: int = 480) -> Path:
         "sine_a": 10 + np.sin(2 * np.pi * t / 24) + 0.1 * rng.standard_normal(n),
         "sine_b": 5 + 2 * np.cos(2 * np.pi * t / 24) + 0.1 * rng.standard_normal(n),
         "noise": rng.standard_normal(n),
-        "short": (10 + np.sin(2 * np.pi * t / 24))[:100],
+        "short": (10 + np.sin(2 * np.pi * t / 24))[:95],  # < L = 96: no family
     }
     lines = ["series_id,timestamp,value"]
     for sid, vals in series.items():
@@ -75,7 +75,7 @@ def test_assign_errors_leave_families_unchanged(db_settings: Settings, tmp_path:
     code, _, err = run("families", "assign", "hourly", "sine_a", "short")
     assert (
         code == 1
-        and "series short has 100 points, fewer than family hourly's window + horizon = 144" in err
+        and "series short has 95 points, fewer than family hourly's window + horizon = 144" in err
     )
     code, _, err = run("families", "assign", "hourly", "ghost")
     assert code == 1 and "unknown series 'ghost'" in err
