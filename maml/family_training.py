@@ -32,15 +32,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mamlctl.domain import CHAMPION, Family, InitializerRef, Series
-from mamlctl.maml.family_data import (
-    FLOOR_CANDIDATES,
-    FamilyData,
-    FamilyTrainConfig,
-    ResolvedPlan,
-    ValidationSet,
-    prepare,
-    resolve,
-)
+from mamlctl.maml.family_data import FLOOR_CANDIDATES, FamilyTrainConfig, ResolvedPlan, resolve
+from mamlctl.maml.family_split import FamilyData, ValidationSet, prepare
 from mamlctl.maml.heldout_prior import heldout_prior
 from mamlctl.maml.onnx_contract import apply_floor
 

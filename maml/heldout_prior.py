@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mamlctl.maml.calibration import CalibrationPrior, one_step_windows, prior_from_residuals
-from mamlctl.maml.family_data import ResolvedPlan, ValidationSet
+from mamlctl.maml.family_data import ResolvedPlan
+from mamlctl.maml.family_split import ValidationSet
 from mamlctl.maml.onnx_contract import apply_floor
 
 if TYPE_CHECKING:

@@ -305,11 +305,15 @@ def loss_by_name(name: str, *, masked: bool = False) -> Any:
     ``masked=True`` gives the variant that ignores NaN targets (partial-horizon pairs, see
     :func:`masked_mse_loss`); the unmasked functions stay the path of fully observed tasks (and
     the engine's fused ``F.mse_loss`` recognises only :func:`mse_loss`)."""
-    losses = MASKED_LOSSES if masked else {
-        "mse": mse_loss,
-        "mae": mae_loss,
-        "gaussian_nll": gaussian_nll_loss,
-    }
+    losses = (
+        MASKED_LOSSES
+        if masked
+        else {
+            "mse": mse_loss,
+            "mae": mae_loss,
+            "gaussian_nll": gaussian_nll_loss,
+        }
+    )
     if name not in losses:
         raise ConfigError(f"unknown loss {name!r}; expected one of {sorted(losses)}")
     return losses[name]

@@ -16,7 +16,8 @@ from mamlctl.domain import Family, Series
 from mamlctl.maml import adaptation as ad
 from mamlctl.maml.calibration import prior_from_residuals
 from mamlctl.maml.engine import adapt
-from mamlctl.maml.family_data import make_config, prepare, resolve
+from mamlctl.maml.family_data import make_config, resolve
+from mamlctl.maml.family_split import prepare
 from mamlctl.maml.family_training import train_family
 from mamlctl.maml.heldout_prior import heldout_one_step_residuals
 from mamlctl.maml.initializer import Initializer

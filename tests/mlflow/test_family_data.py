@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from mamlctl.domain import Family, Series
 from mamlctl.errors import ConfigError, TrainingError
-from mamlctl.maml.family_data import MIN_SERIES, fingerprint, make_config, prepare, resolve
+from mamlctl.maml.family_data import MIN_SERIES, make_config, resolve
+from mamlctl.maml.family_split import fingerprint, prepare
 
 FAMILY = Family(name="syn", period=6, interval_seconds=3600.0, window=8, horizon=3, support=20)
 
