@@ -175,7 +175,8 @@ def assign(
 ) -> None:
     """Put series into a family explicitly (detection will not move them back).
 
-    Every series must hold at least the family's L + H points; otherwise nothing changes.
+    Every series must hold at least one window (the family's L points); otherwise nothing
+    changes. A series with fewer than K points is served zero-shot after `adapt`.
     """
     from mamlctl.cli.output import emit_json, load_settings
     from mamlctl.registry import queries as q
@@ -196,7 +197,10 @@ def create(
     window: Annotated[int, typer.Option("--window", "-L", help="Input window L.")],
     horizon: Annotated[int, typer.Option("--horizon", "-H", help="Forecast horizon H.")],
     support: Annotated[
-        int | None, typer.Option("--support", "-K", help="Support points K (default L+H+P-1).")
+        int | None,
+        typer.Option(
+            "--support", "-K", help="Support points K, window included (default L+P, or L+H)."
+        ),
     ] = None,
     period: Annotated[
         int | None, typer.Option("--period", "-P", help="Period P (omit for no cycle).")
@@ -215,7 +219,7 @@ def create(
 
     validate_family_name(name)
     settings = load_settings()
-    k = support if support is not None else window + horizon + (period or horizon) - 1
+    k = support if support is not None else window + (period or horizon)
     fam = Family(
         name=name,
         period=period,

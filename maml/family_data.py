@@ -1,8 +1,13 @@
 """What one family's meta-training needs, checked before anything is created anywhere.
 
-Pure (no I/O): the training config with per-family defaults, the deterministic held-out
-split, the data fingerprint and the validation set (adapt on the K most recent points of each
-held-out series' history, forecast its last H points).
+Pure (no I/O): the training config with per-family defaults (:func:`resolve`); the held-out
+split, the data fingerprint and the validation set are in :mod:`mamlctl.maml.family_split`.
+
+**Partial support pairs** (the default for new initializers, ``partial``): K raw support points
+give ``K - L`` pairs whose horizons are cut at the support end (masked loss), and a task's query
+forecasts the points after the support, so a task needs only K + 1 points and K only
+``>= L + 1``; see :mod:`mamlctl.timeseries.windows`. ``partial=False`` is the older full-pair
+form (K >= L + H).
 
 The default recipe (the one :mod:`mamlctl.evaluation.m4_maml` showed beats seasonal naive on M4
 Hourly and Weekly): the network predicts the residual to the seasonal-naive forecast of its own
@@ -17,17 +22,15 @@ which zeroed the forecasts of low-count series.
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mamlctl.domain import AdaptScope, Family, Series
-from mamlctl.errors import ConfigError, TrainingError
+from mamlctl.domain import AdaptScope, Family
+from mamlctl.errors import ConfigError
 
 FloatArray = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
@@ -87,6 +90,10 @@ class FamilyTrainConfig(BaseModel):
     adapt_scope: AdaptScope = Field(
         default="all", description="Parameters adapted per series: all, or the last layer (ANIL)."
     )
+    partial: bool = Field(
+        default=True,
+        description="Partial-horizon support pairs (K >= L + 1; False: full pairs, K >= L + H).",
+    )
 
 
 def make_config(**values: Any) -> FamilyTrainConfig:
@@ -108,23 +115,32 @@ class ResolvedPlan:
     window: int
     horizon: int
     support_points: int  # K raw points (the family's K unless overridden)
-    support_pairs: int  # K - L - H + 1
+    support_pairs: int  # K - L (partial) or K - L - H + 1
     query: int
     hidden: tuple[int, ...]
     season: int  # m for seasonal naive / MASE (1 without a cycle)
     season_skip: int  # m of the model's seasonal-naive skip (0 = off)
     nonnegative: bool | None = None  # resolved from the training series by prepare()
     floor_fraction: float | None = None  # None: chosen on the held-out series by train
+    partial: bool = False  # partial-horizon support pairs and masked losses
+    holdout: Literal["series", "time"] = "series"  # resolved by prepare()
+    calibration_prior: dict[str, float] | None = None  # computed by train on held-out series
 
     @property
     def loss(self) -> str:
-        """The loss meta-training and adaptation use."""
+        """The loss meta-training and adaptation use (masked for partial pairs)."""
         return "gaussian_nll" if self.config.head == "gaussian" else self.config.loss
 
     @property
+    def time_holdout_span(self) -> int:
+        """Raw points a series needs when held out in time: a task before the last H points,
+        and the validation span."""
+        return max(self.task_span + self.horizon, self.validation_span)
+
+    @property
     def task_span(self) -> int:
-        """Raw points one meta-training task needs."""
-        return self.support_pairs + self.horizon - 1 + self.query + self.window + self.horizon - 1
+        """Raw points one meta-training task needs (partial: K support points + 1 query)."""
+        return int(self.task_spec().span)
 
     @property
     def validation_span(self) -> int:
@@ -185,19 +201,30 @@ class ResolvedPlan:
 
     def initializer_train_config(self) -> dict[str, Any]:
         """What ``adapt`` needs from training, stored in the initializer's JSON: the meta-training
-        config (inner steps, rate, loss) plus the non-negative clip."""
-        return {
+        config (inner steps, rate, loss) plus the non-negative clip; for partial initializers
+        also the hold-out and the calibration prior (see :mod:`mamlctl.maml.calibration`)."""
+        out: dict[str, Any] = {
             **self.meta_config().model_dump(mode="json"),
             "nonnegative": bool(self.nonnegative),
             "floor_fraction": self.bound_fraction,
             "adapt_scope": self.config.adapt_scope,
         }
+        if self.partial:
+            out["partial"] = True
+            out["holdout"] = self.holdout
+        if self.calibration_prior is not None:
+            out["calibration_prior"] = dict(self.calibration_prior)
+        return out
 
     def task_spec(self) -> Any:
         from mamlctl.timeseries.windows import WindowTaskSpec
 
         return WindowTaskSpec(
-            window=self.window, horizon=self.horizon, support=self.support_pairs, query=self.query
+            window=self.window,
+            horizon=self.horizon,
+            support=self.support_pairs,
+            query=self.query,
+            partial=self.partial,
         )
 
     def as_params(self) -> dict[str, Any]:
@@ -210,7 +237,12 @@ class ResolvedPlan:
                 "horizon": self.horizon,
                 "support_points": self.support_points,
             },
-            "task": {"support_pairs": self.support_pairs, "query": self.query},
+            "task": {
+                "support_pairs": self.support_pairs,
+                "query": self.query,
+                "partial": self.partial,
+                "holdout": self.holdout,
+            },
             "model": {
                 "architecture": self.config.architecture,
                 "hidden": list(self.hidden),
@@ -227,12 +259,20 @@ def resolve(family: Family, config: FamilyTrainConfig) -> ResolvedPlan:
     """Fill per-family defaults (from L, H, K and the period) and check they fit together."""
     window, horizon = family.window, family.horizon
     k = config.support or family.support
-    pairs = k - window - horizon + 1
-    if pairs < 1:
-        raise ConfigError(
-            f"support K={k} is too short for family {family.name} (L={window}, H={horizon}): "
-            f"K must be >= L + H = {window + horizon}"
-        )
+    if config.partial:
+        pairs = k - window
+        if pairs < 1:
+            raise ConfigError(
+                f"support K={k} is too short for family {family.name} (L={window}): K counts "
+                f"the window, so K must be >= L + 1 = {window + 1}"
+            )
+    else:
+        pairs = k - window - horizon + 1
+        if pairs < 1:
+            raise ConfigError(
+                f"support K={k} is too short for family {family.name} (L={window}, H={horizon}) "
+                f"with full pairs: K must be >= L + H = {window + horizon}"
+            )
     period = family.period
     query = config.query or max(horizon, period or 0, 8)
     hidden = config.hidden or ((64, 64) if window >= 64 else (40, 40))
@@ -260,92 +300,5 @@ def resolve(family: Family, config: FamilyTrainConfig) -> ResolvedPlan:
         season_skip=season_skip,
         nonnegative=config.nonnegative,
         floor_fraction=config.floor_fraction,
-    )
-
-
-def fingerprint(series: Sequence[Series]) -> str:
-    """sha256 (16 hex) over the series ids and their exact float64 values, in id order."""
-    digest = hashlib.sha256()
-    for s in sorted(series, key=lambda s: s.series_id):
-        digest.update(s.series_id.encode())
-        digest.update(np.ascontiguousarray(s.values, dtype="<f8").tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _holdout_key(series_id: str) -> str:
-    return hashlib.sha256(series_id.encode()).hexdigest()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ValidationSet:
-    """Held-out series, adapted on their history's K newest points, forecasting the last H."""
-
-    series_ids: tuple[str, ...]
-    histories: tuple[FloatArray, ...]  # raw values before the forecast origin
-    actual: FloatArray  # [N, H] raw
-    support_x: F32  # [N, P, L] normalised
-    support_y: F32  # [N, P, H]
-    query_x: F32  # [N, 1, L] the last L history values, normalised
-    loc: FloatArray  # [N]
-    scale: FloatArray  # [N]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FamilyData:
-    plan: ResolvedPlan
-    train: tuple[Series, ...]
-    validation: ValidationSet
-    fingerprint: str
-    skipped_short: int
-
-
-def prepare(family: Family, series: Sequence[Series], plan: ResolvedPlan) -> FamilyData:
-    """Split the family's series into training and held-out sets; TrainingError if too few.
-
-    The held-out subset is deterministic: the series whose sha256(id) sort first (independent
-    of the seed and of ingest order), ``holdout_fraction`` of them, at most ``max_holdout``.
-    """
-    usable = [s for s in series if len(s) >= max(plan.task_span, plan.validation_span)]
-    if len(usable) < MIN_SERIES:
-        raise TrainingError(
-            f"family {family.name} has {len(usable)} series with the "
-            f"{max(plan.task_span, plan.validation_span)} points training needs "
-            f"({len(series)} in total); it needs at least {MIN_SERIES}"
-        )
-    ranked = sorted(usable, key=lambda s: _holdout_key(s.series_id))
-    n_hold = min(plan.config.max_holdout, max(1, round(plan.config.holdout_fraction * len(ranked))))
-    n_hold = min(n_hold, len(ranked) - (MIN_SERIES - 1))
-    held = {s.series_id for s in ranked[:n_hold]}
-    train = tuple(s for s in usable if s.series_id not in held)
-    if plan.nonnegative is None:
-        plan = replace(plan, nonnegative=all(float(np.min(s.values)) >= 0 for s in train))
-    validation = validation_set([s for s in usable if s.series_id in held], plan)
-    return FamilyData(
-        plan=plan,
-        train=train,
-        validation=validation,
-        fingerprint=fingerprint(usable),
-        skipped_short=len(series) - len(usable),
-    )
-
-
-def validation_set(series: Sequence[Series], plan: ResolvedPlan) -> ValidationSet:
-    from mamlctl.maml.adaptation import support_tasks
-
-    h, k, window = plan.horizon, plan.support_points, plan.window
-    histories = tuple(np.asarray(s.values[:-h], dtype=np.float64) for s in series)
-    actual = np.stack([np.asarray(s.values[-h:], dtype=np.float64) for s in series])
-    stretches = np.stack([hist[-k:] for hist in histories])
-    sx, sy, loc, scale = support_tasks(stretches, window=window, horizon=h)
-    last = np.stack([hist[-window:] for hist in histories])
-    qx = ((last - loc[:, None]) / scale[:, None]).astype(np.float32)[:, None, :]
-    return ValidationSet(
-        series_ids=tuple(s.series_id for s in series),
-        histories=histories,
-        actual=actual,
-        support_x=sx,
-        support_y=sy,
-        query_x=qx,
-        loc=loc,
-        scale=scale,
+        partial=config.partial,
     )

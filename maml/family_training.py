@@ -4,15 +4,18 @@ The stage that logs, registers and records the result is :mod:`mamlctl.stages.tr
 
 ::
 
-    family + series (registry DB) -> plan + held-out split      (maml.family_data, pure)
+    plan + held-out split                                   (maml.family_data, family_split)
       -> meta_train (MAML) with a callback: loss + periodic held-out validation
       -> pretrained baseline (same tasks, same budget share), final validation vs seasonal naive
-      -> artifacts (initializer, ONNX, PNG, series ids)         (maml.family_artifacts)
-      -> MLflow run FINISHED -> registered version + alias -> registry DB row
+      -> the calibration prior of short series              (maml.heldout_prior)
 
-Everything that can be wrong with the input is checked before a run is created. Validation is
+Validation is
 what the product does daily: adapt on the K newest points of a held-out series' history and
 forecast its last H points; errors are MASE (m = period) and sMAPE in raw units.
+
+Training also computes the family's calibration prior on the held-out series (their one-step
+out-of-sample residuals, :mod:`mamlctl.maml.heldout_prior`), stored in the initializer's
+``calibration_prior`` for series too short to calibrate on their own points.
 
 Periodic validation needs θ mid-training, which ``meta_train``'s progress callback does not
 carry, so training runs in ``validations`` segments continued from the previous θ (the task
@@ -29,12 +32,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mamlctl.maml.family_data import (
-    FLOOR_CANDIDATES,
-    FamilyData,
-    ResolvedPlan,
-    ValidationSet,
-)
+from mamlctl.maml.family_data import FLOOR_CANDIDATES, ResolvedPlan
+from mamlctl.maml.family_split import FamilyData, ValidationSet
+from mamlctl.maml.heldout_prior import heldout_prior
 from mamlctl.maml.onnx_contract import apply_floor
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def forecast_heldout(
             sy,
             steps=steps,
             inner_lr=plan.config.inner_lr,
-            loss_fn=loss_by_name(plan.loss),
+            loss_fn=loss_by_name(plan.loss, masked=plan.partial),
             adapt_names=plan.adapt_names,
         )
     else:
@@ -242,6 +242,11 @@ def train_family(
         )
         pretrained = pre.params
 
+    # the calibration prior of series too short to calibrate themselves (maml.calibration)
+    prior = heldout_prior(plan, params, val, steps=cfg.inner_steps)
+    plan = replace(plan, calibration_prior=prior.to_dict())
+    data = replace(data, plan=plan)
+
     forecasts = Forecasts(
         adapted=forecast_heldout(plan, params, val, steps=cfg.inner_steps),
         initial=forecast_heldout(plan, params, val, steps=0),
@@ -261,6 +266,7 @@ def train_family(
         final.update(_prefixed("val_pretrained_", score(plan, val, forecasts.pretrained)))
     final.update(floor_metrics)
     final["floor_fraction"] = plan.bound_fraction
+    final.update(_prefixed("calibration_prior_", prior.to_dict()))
     final["train_seconds"] = elapsed
     final["iterations"] = float(done)
     emit(done, final)

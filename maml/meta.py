@@ -100,19 +100,28 @@ class MetaTrainResult:
 Callback = Callable[[MetaTrainProgress], bool | None]
 
 
-def resolve_loss(config: MetaTrainConfig, model_config: MLPConfig | ConvConfig) -> LossFn:
-    from mamlctl.maml.models import gaussian_nll_loss, mae_loss, mse_loss
+def resolve_loss(
+    config: MetaTrainConfig, model_config: MLPConfig | ConvConfig, *, masked: bool = False
+) -> LossFn:
+    """The loss of ``config`` (``auto``: the head's natural loss); ``masked`` gives the variant
+    that ignores NaN targets (tasks of a partial window spec)."""
+    from mamlctl.maml.models import loss_by_name
 
-    if config.loss == "mse":
-        return mse_loss
-    if config.loss == "mae":
-        return mae_loss
-    if config.loss == "gaussian_nll":
-        if model_config.head != "gaussian":
-            raise TrainingError("loss gaussian_nll needs a model with head='gaussian'")
-        return gaussian_nll_loss
-    loss: LossFn = loss_for_head(model_config.head)
-    return loss
+    name = config.loss
+    if name == "gaussian_nll" and model_config.head != "gaussian":
+        raise TrainingError("loss gaussian_nll needs a model with head='gaussian'")
+    if name == "auto":
+        if not masked:
+            loss: LossFn = loss_for_head(model_config.head)
+            return loss
+        name = "mse" if model_config.head == "mean" else "gaussian_nll"
+    fn: LossFn = loss_by_name(name, masked=masked)
+    return fn
+
+
+def sampler_is_masked(task_sampler: TaskSampler) -> bool:
+    """Whether the sampler's tasks carry NaN (unobserved) targets: a partial window spec."""
+    return bool(task_sampler.spec().get("partial", False))
 
 
 class FlatParams:
@@ -279,7 +288,7 @@ def meta_train(
     """Meta-train an initializer with ``config.method`` (``pretrained`` = joint baseline)."""
     model = _seeded_model(model_config, config.seed)
     start = dict(init_params) if init_params is not None else dict(model.named_parameters())
-    loss_fn = resolve_loss(config, model_config)
+    loss_fn = resolve_loss(config, model_config, masked=sampler_is_masked(task_sampler))
     if config.method == "pretrained":
         return _pretrain(model, model_config, task_sampler, config, start, loss_fn, callback)
     learn_lr = config.method == "metasgd"

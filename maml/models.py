@@ -299,9 +299,21 @@ def mae_loss(pred: Tensor, target: Tensor) -> Tensor:
     return (pred - target).abs().mean(dim=(-2, -1))
 
 
-def loss_by_name(name: str) -> Any:
-    """``mse`` | ``mae`` | ``gaussian_nll`` -> the loss function; ConfigError otherwise."""
-    losses = {"mse": mse_loss, "mae": mae_loss, "gaussian_nll": gaussian_nll_loss}
+def loss_by_name(name: str, *, masked: bool = False) -> Any:
+    """``mse`` | ``mae`` | ``gaussian_nll`` -> the loss function; ConfigError otherwise.
+
+    ``masked=True`` gives the variant that ignores NaN targets (partial-horizon pairs, see
+    :func:`masked_mse_loss`); the unmasked functions stay the path of fully observed tasks (and
+    the engine's fused ``F.mse_loss`` recognises only :func:`mse_loss`)."""
+    losses = (
+        MASKED_LOSSES
+        if masked
+        else {
+            "mse": mse_loss,
+            "mae": mae_loss,
+            "gaussian_nll": gaussian_nll_loss,
+        }
+    )
     if name not in losses:
         raise ConfigError(f"unknown loss {name!r}; expected one of {sorted(losses)}")
     return losses[name]
@@ -320,6 +332,50 @@ def gaussian_nll_loss(pred: Tensor, target: Tensor) -> Tensor:
     logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
     nll = 0.5 * (logvar + (target - mean).pow(2) * torch.exp(-logvar) + math.log(2 * math.pi))
     return nll.mean(dim=(-2, -1))
+
+
+# Masked losses: targets that are NaN (horizon steps past the end of a support stretch or of a
+# series) are not observed. Each averages over the OBSERVED entries of the last two axes only
+# (a task with none gives 0). The NaN are replaced by the prediction's own value before any
+# subtraction, and the per-entry terms multiplied by the 0/1 mask, so no NaN reaches a value or
+# a gradient. With no NaN they equal the unmasked losses.
+
+
+def _observed(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(safe target, 0/1 mask, observed count clamped at 1)`` of a target with NaN holes."""
+    mask = ~torch.isnan(target)
+    safe = torch.where(mask, target, torch.zeros((), dtype=target.dtype))
+    weight = mask.to(pred.dtype)
+    count = weight.sum(dim=(-2, -1)).clamp(min=1.0)
+    return safe, weight, count
+
+
+def masked_mse_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """:func:`mse_loss` over the observed (non-NaN) targets only."""
+    safe, weight, count = _observed(pred, target)
+    return ((pred - safe).pow(2) * weight).sum(dim=(-2, -1)) / count
+
+
+def masked_mae_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """:func:`mae_loss` over the observed (non-NaN) targets only."""
+    safe, weight, count = _observed(pred, target)
+    return ((pred - safe).abs() * weight).sum(dim=(-2, -1)) / count
+
+
+def masked_gaussian_nll_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """:func:`gaussian_nll_loss` over the observed (non-NaN) targets only."""
+    mean, logvar = split_gaussian(pred)
+    safe, weight, count = _observed(mean, target)
+    logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+    nll = 0.5 * (logvar + (safe - mean).pow(2) * torch.exp(-logvar) + math.log(2 * math.pi))
+    return (nll * weight).sum(dim=(-2, -1)) / count
+
+
+MASKED_LOSSES = {
+    "mse": masked_mse_loss,
+    "mae": masked_mae_loss,
+    "gaussian_nll": masked_gaussian_nll_loss,
+}
 
 
 def loss_for_head(head: Head) -> Any:

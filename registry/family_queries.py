@@ -58,10 +58,10 @@ def validate_family(family: Family) -> None:
             f"family {family.name}: window and horizon must be >= 1, "
             f"got window={family.window} horizon={family.horizon}"
         )
-    if family.support < family.window + family.horizon:
+    if family.support < family.window + 1:
         raise InputError(
-            f"family {family.name}: support K={family.support} must be >= window + horizon "
-            f"= {family.window + family.horizon} (one support window at least)"
+            f"family {family.name}: support K={family.support} counts the window, so it must "
+            f"be >= window + 1 = {family.window + 1}"
         )
     if family.interval_seconds is not None and not family.interval_seconds > 0:
         raise InputError(f"family {family.name}: interval must be positive")

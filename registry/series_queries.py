@@ -234,13 +234,14 @@ def load_family_series(
 def assign_family(
     session: Session, family: str, series_ids: Sequence[str], *, origin: str = "assigned"
 ) -> int:
-    """Put series into an existing family; every series must hold at least L + H points.
+    """Put series into an existing family; every series must hold at least one window (L
+    points): with fewer than K it is served zero-shot by the family's initializer.
 
     Raises :class:`NotFoundError` (unknown family or series) or :class:`InputError` (too short)
     before changing anything. Returns the number of series assigned.
     """
     fam = family_row(session, family)
-    need = fam.window + fam.horizon
+    need = fam.window
     rows: list[SeriesRow] = []
     for i in range(0, len(series_ids), IN_CHUNK):
         chunk = list(series_ids[i : i + IN_CHUNK])
@@ -255,7 +256,7 @@ def assign_family(
         if r.n_points < need:
             raise InputError(
                 f"series {r.series_id} has {r.n_points} points, fewer than family {fam.name}'s "
-                f"window + horizon = {need}: ingest more points or pick another family"
+                f"window L = {need}: ingest more points or pick another family"
             )
     pks = [r.id for r in rows]
     for i in range(0, len(pks), IN_CHUNK):

@@ -21,7 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mamlctl.domain import CHAMPION, Family, InitializerRef, Series
-from mamlctl.maml.family_data import FamilyData, FamilyTrainConfig, prepare, resolve
+from mamlctl.maml.family_data import FamilyTrainConfig, resolve
+from mamlctl.maml.family_split import FamilyData, prepare
 from mamlctl.maml.family_training import FamilyTrainingResult, ProgressFn, train_family
 from mamlctl.ports import INITIALIZER_ARTIFACT, InitializerStore, RunLog, SeriesStore
 

@@ -21,11 +21,20 @@ detector saw (~13% of M4 Weekly show a 52 hill; the detection is still stored pe
   quarterly 8, yearly 6); else one hour's worth of a day cycle, ``max(1, P // 24)``; else 8;
 * window L: ``max(2P, 2H)`` (two cycles, at least twice the horizon), capped at 512 by
   falling back to ``max(P, 2H)`` then 512; weekly 52 (a year); no cycle ``max(2H, 32)``;
-* support K: ``L + H + P - 1`` so the K support points hold P window origins, one full cycle
-  of phases (no cycle: H in place of P).
+* support K: ``L + P`` raw points, one window plus one period of origins: with partial-horizon
+  support pairs (:mod:`mamlctl.timeseries.windows`) they hold P window origins, one full cycle
+  of phases (no cycle: ``L + H``). Initializers trained with the older full pairs needed
+  ``L + H + P - 1``.
 
-So hourly is P=24, L=96, H=48, K=167; 5min is P=288, L=288, H=12, K=587; weekly is P=None,
-L=52, H=13, K=77 (M4 weekly series have >= 80 points).
+So hourly is P=24, L=96, H=48, K=120; 5min is P=288, L=288, H=12, K=576; weekly is P=None,
+L=52, H=13, K=65.
+
+**Detection never files a series into a family its data cannot serve.** A series shorter than
+its family's window L gets no family (the note says what it would need). A series whose
+detected period is not its interval's calendar cycle would found or join an odd family
+(``hourly-p116``) that it must be able to train alone: when it has fewer points than
+:func:`training_need` of that family (K + 1 + H, held out in time), it is filed under the
+calendar family instead (no calendar cycle: the no-cycle family) and the note says why.
 """
 
 from __future__ import annotations
@@ -85,7 +94,7 @@ def family_defaults(name: str, *, period: int | None, interval_seconds: float | 
         window = min(window, MAX_WINDOW)
     else:
         window = max(2 * horizon, 32)
-    support = window + horizon + (period if period is not None else horizon) - 1
+    support = window + (period if period is not None else horizon)
     return Family(
         name=name,
         period=period,
@@ -139,35 +148,54 @@ def max_period_for(n: int, interval_seconds: float | None) -> int:
     return max(2, min(n // 2, 1000))
 
 
+def training_need(family: Family) -> int:
+    """Points one series needs to train ``family`` alone with its default K (partial pairs,
+    held out in time): K support points and one query point before the last H, and more than
+    P points before them for the MASE scale."""
+    return max(family.support + 1, (family.period or 1) + 1) + family.horizon
+
+
 def detect_family(
     series_id: str, values: FloatArray, *, interval_seconds: float | None
 ) -> Detection:
     """Detect the period of one series (calendar cycle as a hint) and name its family."""
     x = np.asarray(values, dtype=np.float64)
+    n = int(x.shape[0])
     cal = calendar_period(interval_seconds)
     est = detect_period(
         x,
-        max_period=max_period_for(x.shape[0], interval_seconds),
+        max_period=max_period_for(n, interval_seconds),
         hints=(cal,) if cal is not None else (),
     )
     fam = family_for(est.period, interval_seconds)
-    need = fam.window + fam.horizon
-    if x.shape[0] < need:
+    note = est.reason
+    if fam.period is not None and fam.period != cal and n < training_need(fam):
+        fallback = family_for(cal, interval_seconds)
+        note = (
+            f"period {fam.period} detected, but family {fam.name} needs {training_need(fam)} "
+            f"points to train (K={fam.support} + 1 + H={fam.horizon}); {n} here, so filed "
+            f"under {fallback.name}"
+        )
+        fam = fallback
+    if n < fam.window:
         return Detection(
             series_id=series_id,
-            n_points=int(x.shape[0]),
+            n_points=n,
             interval_seconds=interval_seconds,
             estimate=est,
             family=None,
-            note=f"too short for {fam.name} ({x.shape[0]} < L + H = {need})",
+            note=(
+                f"too short for {fam.name} ({n} < L = {fam.window} points for one window; "
+                f"adapting needs K = {fam.support})"
+            ),
         )
     return Detection(
         series_id=series_id,
-        n_points=int(x.shape[0]),
+        n_points=n,
         interval_seconds=interval_seconds,
         estimate=est,
         family=fam,
-        note=est.reason,
+        note=note,
     )
 
 

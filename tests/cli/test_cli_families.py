@@ -29,7 +29,7 @@ def long_csv(path: Path, n: int = 480) -> Path:
         "sine_a": 10 + np.sin(2 * np.pi * t / 24) + 0.1 * rng.standard_normal(n),
         "sine_b": 5 + 2 * np.cos(2 * np.pi * t / 24) + 0.1 * rng.standard_normal(n),
         "noise": rng.standard_normal(n),
-        "short": (10 + np.sin(2 * np.pi * t / 24))[:100],
+        "short": (10 + np.sin(2 * np.pi * t / 24))[:95],  # < L = 96: no family
     }
     lines = ["series_id,timestamp,value"]
     for sid, vals in series.items():
@@ -74,8 +74,7 @@ def test_assign_errors_leave_families_unchanged(db_settings: Settings, tmp_path:
     assert code == 1 and "unknown family 'nosuch'" in err
     code, _, err = run("families", "assign", "hourly", "sine_a", "short")
     assert (
-        code == 1
-        and "series short has 100 points, fewer than family hourly's window + horizon = 144" in err
+        code == 1 and "series short has 95 points, fewer than family hourly's window L = 96" in err
     )
     code, _, err = run("families", "assign", "hourly", "ghost")
     assert code == 1 and "unknown series 'ghost'" in err
@@ -99,10 +98,10 @@ def test_create_family_then_assign_short_series(db_settings: Settings, tmp_path:
         "--json",
     )
     assert code == 0, err
-    assert json.loads(out)["support"] == 24 + 6 + 24 - 1
+    assert json.loads(out)["support"] == 24 + 24
     assert run("families", "assign", "tiny", "short")[0] == 0
     code, _, err = run("families", "create", "bad", "-L", "24", "-H", "6", "-K", "5")
-    assert code == 1 and "support K=5 must be >= window + horizon = 30" in err
+    assert code == 1 and "support K=5 counts the window, so it must be >= window + 1 = 25" in err
 
 
 def test_status_and_lineage(db_settings: Settings, tmp_path: Path) -> None:

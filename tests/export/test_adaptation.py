@@ -270,8 +270,9 @@ def test_gaussian_head_adapts_and_calibrates_on_predicted_sigma() -> None:
 def test_too_short_and_non_finite_histories_are_input_errors() -> None:
     init = _initializer()
     plan = _plan(init)
-    with pytest.raises(InputError, match="needs K \\+ C"):
-        ad.adapt_histories(init, [np.ones(50)], plan=plan)
+    assert plan.min_points == K  # what adaptation strictly needs; calibration takes what is left
+    with pytest.raises(InputError, match=f"adapting needs K = {K}"):
+        ad.adapt_histories(init, [np.ones(K - 1)], plan=plan)
     bad = _histories(1)[0].copy()
     bad[-3] = np.nan
     with pytest.raises(InputError, match="NaN"):

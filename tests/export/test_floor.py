@@ -19,7 +19,8 @@ import torch
 from mamlctl.domain import Family, InitializerRef
 from mamlctl.errors import ConfigError
 from mamlctl.maml import export as ex
-from mamlctl.maml.family_data import ValidationSet, make_config, resolve
+from mamlctl.maml.family_data import make_config, resolve
+from mamlctl.maml.family_split import ValidationSet
 from mamlctl.maml.family_training import choose_floor, score
 from mamlctl.maml.models import build_model, config_from_dict
 from mamlctl.maml.onnx_contract import apply_floor

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from mamlctl.domain import Family, Series
 from mamlctl.errors import ConfigError, TrainingError
-from mamlctl.maml.family_data import MIN_SERIES, fingerprint, make_config, prepare, resolve
+from mamlctl.maml.family_data import MIN_SERIES, make_config, resolve
+from mamlctl.maml.family_split import fingerprint, prepare
 
 FAMILY = Family(name="syn", period=6, interval_seconds=3600.0, window=8, horizon=3, support=20)
 
@@ -30,7 +31,12 @@ def _series(n_series: int, n_points: int = 80) -> list[Series]:
 def test_defaults_come_from_the_family() -> None:
     plan = resolve(FAMILY, make_config())
     assert (plan.window, plan.horizon, plan.support_points) == (8, 3, 20)
-    assert plan.support_pairs == 20 - 8 - 3 + 1
+    assert plan.partial and plan.support_pairs == 20 - 8  # partial pairs: K - L origins
+    assert plan.task_span == 20 + 1  # K support points + the first query target
+    assert plan.task_spec().partial
+    full = resolve(FAMILY, make_config(partial=False))  # the older full-pair form
+    assert not full.partial and full.support_pairs == 20 - 8 - 3 + 1
+    assert full.task_span == (20 - 8 - 3 + 1) + 3 - 1 + 8 + 8 + 3 - 1
     assert plan.query == max(3, 6, 8)
     assert plan.season == 6
     assert plan.hidden == (40, 40)
@@ -90,17 +96,36 @@ def test_invalid_hyperparameters_are_one_line_config_errors(
     assert "\n" not in str(info.value)
 
 
-def test_support_shorter_than_window_plus_horizon_is_rejected() -> None:
-    with pytest.raises(ConfigError, match="K must be >= L \\+ H = 11"):
-        resolve(FAMILY, make_config(support=10))
+def test_support_must_hold_the_window_plus_one_point() -> None:
+    with pytest.raises(ConfigError, match="K counts the window, so K must be >= L \\+ 1 = 9"):
+        resolve(FAMILY, make_config(support=8))
+    assert resolve(FAMILY, make_config(support=9)).support_pairs == 1
+    with pytest.raises(ConfigError, match="full pairs: K must be >= L \\+ H = 11"):
+        resolve(FAMILY, make_config(support=10, partial=False))
 
 
-def test_too_few_or_too_short_series_are_training_errors() -> None:
+def test_fewer_than_min_series_hold_out_in_time_and_too_short_is_a_training_error() -> None:
+    """1-3 series: every series' last H points are validation targets, training sees only the
+    points before them; impossible even so: one line saying how many points are needed."""
     plan = resolve(FAMILY, make_config())
-    with pytest.raises(TrainingError, match=f"at least {MIN_SERIES}"):
-        prepare(FAMILY, _series(MIN_SERIES - 1), plan)
-    with pytest.raises(TrainingError, match="0 series with the"):
-        prepare(FAMILY, _series(6, n_points=plan.task_span - 1), plan)
+    series = _series(MIN_SERIES - 1, n_points=40)
+    data = prepare(FAMILY, series, plan)
+    assert data.plan.holdout == "time"
+    assert data.plan.initializer_train_config()["holdout"] == "time"
+    assert data.validation.series_ids == tuple(s.series_id for s in series)
+    for s, t, actual in zip(series, data.train, data.validation.actual, strict=True):
+        np.testing.assert_array_equal(t.values, s.values[:-3])  # never the validation targets
+        np.testing.assert_array_equal(actual, s.values[-3:])
+    # by series as before from MIN_SERIES on
+    assert prepare(FAMILY, _series(MIN_SERIES), plan).plan.holdout == "series"
+    # need: max(K + 1 + H, max(K, m + 1) + H) = 24 points
+    assert plan.time_holdout_span == 24
+    assert prepare(FAMILY, _series(1, n_points=24), plan).plan.holdout == "time"
+    # by series needs max(K + 1, K + H) = 23 points a series: 6 series of 22 have neither
+    assert max(plan.task_span, plan.validation_span) == 23
+    with pytest.raises(TrainingError, match="no series with the 24 points training needs") as e:
+        prepare(FAMILY, _series(6, n_points=22), plan)
+    assert "\n" not in str(e.value) and "longest has 22 points" in str(e.value)
 
 
 @settings(max_examples=25, deadline=None)
@@ -137,7 +162,16 @@ def test_validation_set_forecasts_the_last_h_points_from_k_newest_history_points
         stretch = values[:-3][-20:]
         loc, scale = stretch.mean(), stretch.std()
         assert val.loc[i] == pytest.approx(loc) and val.scale[i] == pytest.approx(scale)
-        # last support pair: x = stretch[-11:-3], y = stretch[-3:] (normalised)
-        np.testing.assert_allclose(val.support_x[i, -1], (stretch[-11:-3] - loc) / scale, 1e-5)
-        np.testing.assert_allclose(val.support_y[i, -1], (stretch[-3:] - loc) / scale, 1e-5)
+        # partial pairs: 12 origins; the last: x = stretch[-9:-1], y = (stretch[-1], NaN, NaN)
+        assert val.support_x.shape[1] == 12
+        np.testing.assert_allclose(val.support_x[i, -1], (stretch[-9:-1] - loc) / scale, 1e-5)
+        assert val.support_y[i, -1, 0] == pytest.approx((stretch[-1] - loc) / scale, rel=1e-5)
+        assert np.isnan(val.support_y[i, -1, 1:]).all()
+        np.testing.assert_allclose(val.support_y[i, -3], (stretch[-3:] - loc) / scale, 1e-5)
         np.testing.assert_allclose(val.query_x[i, 0], (values[:-3][-8:] - loc) / scale, 1e-5)
+    # full pairs (older initializers): the last pair is x = stretch[-11:-3], y = stretch[-3:]
+    full = prepare(FAMILY, series, resolve(FAMILY, make_config(partial=False))).validation
+    stretch = by_id[full.series_ids[0]][:-3][-20:]
+    loc, scale = stretch.mean(), stretch.std()
+    np.testing.assert_allclose(full.support_x[0, -1], (stretch[-11:-3] - loc) / scale, 1e-5)
+    np.testing.assert_allclose(full.support_y[0, -1], (stretch[-3:] - loc) / scale, 1e-5)

@@ -187,7 +187,7 @@ def test_bad_input_fails_before_any_run(embedded_settings: Settings, seeded_regi
     cases = {
         ("--family", "nope"): "unknown family 'nope'",
         ("--family", "sines", "--inner-lr", "-1"): "invalid training option inner_lr",
-        ("--family", "sines", "--support", "20"): "K must be >= L + H = 30",
+        ("--family", "sines", "--support", "20"): "K counts the window, so K must be >= L + 1 = 25",
         ("--family", "sines", "--hidden", "a,b"): "invalid --hidden 'a,b'",
     }
     for args, message in cases.items():
@@ -198,16 +198,22 @@ def test_bad_input_fails_before_any_run(embedded_settings: Settings, seeded_regi
     assert _stage_runs(open_store(Settings())) == []
 
 
-def test_family_with_too_few_series_is_refused(
+def test_family_of_three_series_holds_out_in_time_and_too_short_is_refused(
     embedded_settings: Settings, seeded_registry: Any
 ) -> None:
+    from mamlctl.domain import Series
     from mamlctl.registry.db import transaction
     from mamlctl.registry.series_queries import load_family_series
 
     with transaction(Settings()) as session:
         series = load_family_series(session, "sines")[:3]
-    with pytest.raises(TrainingError, match="at least 4"):
-        plan_training(seeded_registry.family, series, make_config())
+    # 1-3 series are held out in time (their last H points) instead of refused
+    data = plan_training(seeded_registry.family, series, make_config())
+    assert data.plan.holdout == "time" and len(data.train) == 3
+    need = data.plan.time_holdout_span
+    short = [Series(series_id=s.series_id, values=s.values[: need - 1]) for s in series]
+    with pytest.raises(TrainingError, match=f"no series with the {need} points training needs"):
+        plan_training(seeded_registry.family, short, make_config())
 
 
 def test_server_down_fails_fast_and_records_nothing(
