@@ -1,0 +1,125 @@
+"""Zero-shot models (the family initializer, un-adapted) for series too short to adapt.
+
+Oracles: the support statistics by hand (``np.mean`` / ``np.std`` of the last ``min(n, K)``
+points, floored), the initializer's own tensors, and the calibration prior's documented rule.
+The job, file and server side are in ``test_zero_shot_job.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from mamlctl.errors import InputError, TrainingError
+from mamlctl.maml import adaptation as ad
+from mamlctl.maml import zero_shot as zs
+from mamlctl.maml.initializer import Initializer
+from mamlctl.maml.models import MLPConfig, build_model
+from mamlctl.timeseries.anomaly import score_from_z
+
+L, H, K = 24, 6, 60
+
+
+def _initializer(**train: Any) -> Initializer:
+    config = MLPConfig(input_size=L, output_size=H, hidden=(16, 16))
+    torch.manual_seed(0)
+    model = build_model(config)
+    return Initializer(
+        model_config=config,
+        params={k: v.detach() for k, v in model.state_dict().items()},
+        task_spec={"kind": "window", "window": L, "horizon": H, "support": K - L - H + 1},
+        train_config={"inner_steps": 2, "inner_lr": 0.05, **train},
+    )
+
+
+def _plan(init: Initializer) -> ad.AdaptPlan:
+    return ad.plan_adaptation(
+        init, window=L, horizon=H, support=K, period=24, config=ad.AdaptConfig()
+    )
+
+
+def _by_hand(values: np.ndarray) -> tuple[float, float]:
+    s = values[-min(len(values), K) :]
+    loc = float(np.mean(s))
+    return loc, max(float(np.std(s)), 1e-3 * max(1.0, abs(loc)))
+
+
+def test_zero_shot_is_theta_with_the_series_support_statistics() -> None:
+    init = _initializer(calibration_prior={"residual_scale_rel": 0.4, "threshold": 0.995})
+    plan = _plan(init)
+    assert (plan.window, plan.min_points) == (L, K + 24)  # C = max(2H, P, 24) = 24
+    rng = np.random.default_rng(3)
+    # one window exactly, shorter than K, exactly K, longer than K, one point short of K + C
+    lengths = [L, 40, 40, K, 70, plan.min_points - 1]
+    histories = [100.0 * i + rng.normal(0, 1 + i, n) for i, n in enumerate(lengths)]
+    out = zs.zero_shot_histories(init, histories, plan=plan)
+    assert len(out) == len(lengths)
+    assert list(out.support_points) == [min(n, K) for n in lengths]
+    for i, values in enumerate(histories):
+        loc, scale = _by_hand(values)
+        assert out.loc[i] == pytest.approx(loc, rel=1e-12)
+        assert out.scale[i] == pytest.approx(scale, rel=1e-12)
+        assert out.residual_scale[i] == pytest.approx(0.4 * scale, rel=1e-12)
+    assert np.all(out.threshold == 0.995)
+    assert out.prior == zs.CalibrationPrior(
+        residual_scale_rel=0.4, threshold=0.995, source="initializer"
+    )
+    # params: theta itself for every series, as stride-0 views (no copy per series)
+    assert set(out.params) == set(init.params)
+    for name, p in out.params.items():
+        assert p.shape == (len(lengths), *init.params[name].shape)
+        assert p.strides[0] == 0
+        np.testing.assert_array_equal(p[3], init.params[name].numpy())
+
+
+def test_without_a_prior_the_fallback_is_the_series_scale_and_the_min_z_score() -> None:
+    init = _initializer()
+    plan = _plan(init)
+    values = np.linspace(0.0, 10.0, 50)
+    out = zs.zero_shot_histories(init, [values], plan=plan)
+    _, scale = _by_hand(values)
+    assert out.prior.source == "fallback"
+    assert out.residual_scale[0] == pytest.approx(zs.FALLBACK_RESIDUAL_SCALE_REL * scale)
+    assert out.threshold[0] == pytest.approx(float(score_from_z(plan.min_z)))  # erf(3 / sqrt 2)
+    assert out.threshold[0] == pytest.approx(0.9973002, abs=1e-7)
+
+
+def test_a_flat_support_gets_the_floored_scale_and_residual_floor() -> None:
+    init = _initializer(calibration_prior={"residual_scale_rel": 1e-9, "threshold": 0.99})
+    out = zs.zero_shot_histories(init, [np.full(30, 7.0)], plan=_plan(init))
+    assert out.scale[0] == pytest.approx(7e-3)
+    assert out.residual_scale[0] == pytest.approx(ad.RESIDUAL_FLOOR_REL * 7e-3)
+
+
+def test_only_series_between_one_window_and_k_plus_c_points_are_zero_shot() -> None:
+    init = _initializer()
+    plan = _plan(init)
+    assert not zs.can_zero_shot(L - 1, plan)
+    assert zs.can_zero_shot(L, plan)
+    assert zs.can_zero_shot(plan.min_points - 1, plan)
+    assert not zs.can_zero_shot(plan.min_points, plan)
+    for n in (L - 1, plan.min_points):
+        with pytest.raises(InputError, match="zero-shot takes"):
+            zs.zero_shot_histories(init, [np.ones(n)], plan=plan)
+    with pytest.raises(InputError, match="NaN"):
+        zs.zero_shot_histories(init, [np.r_[np.ones(30), np.nan]], plan=plan)
+    with pytest.raises(InputError, match="no series"):
+        zs.zero_shot_histories(init, [], plan=plan)
+
+
+@pytest.mark.parametrize(
+    "prior",
+    [
+        {"threshold": 0.99},
+        {"residual_scale_rel": -1.0, "threshold": 0.99},
+        {"residual_scale_rel": 1.0, "threshold": 1.5},
+        "0.5",
+    ],
+)
+def test_a_malformed_prior_is_a_training_error(prior: Any) -> None:
+    init = _initializer(calibration_prior=prior)
+    with pytest.raises(TrainingError, match="calibration_prior"):
+        zs.zero_shot_histories(init, [np.arange(30.0)], plan=_plan(init))
