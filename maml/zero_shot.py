@@ -141,8 +141,12 @@ def zero_shot_histories(
     threshold = np.full(n, prior.threshold, dtype=np.float64)
     params = {}
     for name, p in initializer.params.items():
-        theta = np.asarray(p.detach().cpu().numpy(), dtype=np.float32)
-        params[name] = np.broadcast_to(theta, (n, *theta.shape))  # stride-0 view of theta
+        theta = np.array(p.detach().cpu().numpy(), dtype=np.float32)  # one copy per job
+        # a stride-0 view of theta (as adapt_histories' un-adapted parameters); writable like
+        # theirs, since torch warns on read-only arrays (nothing writes to it)
+        params[name] = np.lib.stride_tricks.as_strided(
+            theta, shape=(n, *theta.shape), strides=(0, *theta.strides)
+        )
     return ZeroShot(
         params=params,
         loc=loc,

@@ -18,6 +18,11 @@ previous models current; a crash inside 2 leaves at most temporaries (removed by
 No row ever points at a missing or partial file. Re-running is idempotent: a series whose current
 model came from the same initializer version, the same support points (``support_end``) and the
 same adaptation settings (``adapt_hash``) is skipped as up to date unless ``force``.
+
+Zero-shot: a series of the family that holds one input window (L points) but fewer than the
+K + C points adaptation needs gets the family initializer, un-adapted, exported and recorded the
+same way with the lineage ``zero-shot`` (:mod:`mamlctl.maml.zero_shot`); it is adapted by the
+first job that finds it with K + C points. Only a series with fewer than L points is too short.
 """
 
 from __future__ import annotations
@@ -70,12 +75,14 @@ class AdaptReport:
     selected: int
     adapted: int
     up_to_date: int
-    too_short: tuple[str, ...]
+    too_short: tuple[str, ...]  # fewer than L points: no model at all
     seconds: float
     plan: dict[str, Any]
     metrics: dict[str, float]
     parity: list[dict[str, Any]] = field(default_factory=list)
     run_id: str | None = None
+    #: Series served by the un-adapted initializer (L <= points < K + C); not in ``adapted``.
+    zero_shot: int = 0
 
 
 def parse_duration(text: str) -> timedelta:
@@ -234,6 +241,7 @@ def run_adaptation(
                     {
                         "series_adapted": float(counts["adapted"]),
                         "series_up_to_date": float(counts["up_to_date"]),
+                        "series_zero_shot": float(counts["zero_shot"]),
                         "series_too_short": float(len(job.too_short)),
                         "duration_s": time.perf_counter() - started,
                         **job.metrics(),
@@ -248,6 +256,7 @@ def run_adaptation(
         selected=len(selected),
         adapted=counts["adapted"],
         up_to_date=counts["up_to_date"],
+        zero_shot=counts["zero_shot"],
         too_short=tuple(job.too_short),
         seconds=time.perf_counter() - started,
         plan=plan_doc,
