@@ -123,3 +123,32 @@ def test_a_malformed_prior_is_a_training_error(prior: Any) -> None:
     init = _initializer(calibration_prior=prior)
     with pytest.raises(TrainingError, match="calibration_prior"):
         zs.zero_shot_histories(init, [np.arange(30.0)], plan=_plan(init))
+
+
+def test_the_file_contract_carries_the_adaptation(template_cache: Any) -> None:
+    from datetime import UTC, datetime
+
+    from mamlctl.domain import InitializerRef
+    from mamlctl.maml import export as ex
+
+    template = template_cache.get(MLPConfig(input_size=L, output_size=H, hidden=(16, 16)))
+    stamp: dict[str, Any] = {
+        "series_id": "s",
+        "initializer": InitializerRef(family="f", registered_model="maml-f", version=1, run_id="r"),
+        "adapted_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "support": K,
+        "loc": 1.0,
+        "scale": 2.0,
+        "residual_scale": 0.5,
+        "threshold": 0.99,
+    }
+    meta = ex.build_metadata(template, **stamp, adaptation=zs.ZERO_SHOT)
+    assert meta["mamlctl.adaptation"] == "zero-shot"
+    assert ex.parse_metadata(meta).adaptation == "zero-shot"
+    assert ex.build_metadata(template, **stamp)["mamlctl.adaptation"] == "adapted"
+    old = {k: v for k, v in meta.items() if k != "mamlctl.adaptation"}  # files before the key
+    assert ex.parse_metadata(old).adaptation == "adapted"
+    with pytest.raises(InputError, match="malformed"):
+        ex.parse_metadata({**meta, "mamlctl.adaptation": "fine-tuned"})
+    with pytest.raises(InputError, match="adaptation must be"):
+        ex.build_metadata(template, **stamp, adaptation="fine-tuned")
