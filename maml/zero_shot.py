@@ -11,7 +11,8 @@ points plus C calibration points) is served by the initializer's parameters as t
 
 ``(r, t)`` is the family's calibration prior, written at train time into the initializer's
 train config as ``calibration_prior = {"residual_scale_rel": r, "threshold": t}`` (the typical
-residual scale of an adapted series relative to its support scale, and the typical threshold).
+residual scale of an adapted series relative to its support scale, and the typical threshold;
+a prior without ``threshold`` takes the score of ``min_z``).
 Fallback when an initializer has none (older initializers): ``r = 1.0`` (residuals as large as
 the series' own spread: a wide, conservative band) and ``t`` = the score of
 :attr:`~mamlctl.maml.adaptation.AdaptConfig.min_z` (the floor every adapted threshold has).
@@ -77,15 +78,14 @@ def calibration_prior(train_config: Mapping[str, Any], *, min_z: float) -> Calib
     from mamlctl.timeseries.anomaly import score_from_z
 
     raw = train_config.get(PRIOR_KEY)
-    if raw is None:
+    min_z_score = float(score_from_z(min_z))
+    if not raw:
         return CalibrationPrior(
-            residual_scale_rel=FALLBACK_RESIDUAL_SCALE_REL,
-            threshold=float(score_from_z(min_z)),
-            source="fallback",
+            residual_scale_rel=FALLBACK_RESIDUAL_SCALE_REL, threshold=min_z_score, source="fallback"
         )
     try:
         r = float(raw["residual_scale_rel"])
-        t = float(raw["threshold"])
+        t = float(raw["threshold"]) if raw.get("threshold") is not None else min_z_score
     except (TypeError, KeyError, ValueError):
         raise TrainingError(
             f"initializer's {PRIOR_KEY} is malformed ({raw!r}); expected "
@@ -100,7 +100,7 @@ def calibration_prior(train_config: Mapping[str, Any], *, min_z: float) -> Calib
 
 def can_zero_shot(n_points: int, plan: AdaptPlan) -> bool:
     """True when a series of ``n_points`` is served zero-shot: one window, too few to adapt."""
-    return plan.window <= n_points < plan.min_points
+    return bool(plan.window <= n_points < plan.min_points)
 
 
 def zero_shot_histories(

@@ -110,6 +110,13 @@ def test_only_series_between_one_window_and_k_plus_c_points_are_zero_shot() -> N
         zs.zero_shot_histories(init, [], plan=plan)
 
 
+def test_a_prior_without_threshold_takes_the_min_z_score() -> None:
+    init = _initializer(calibration_prior={"residual_scale_rel": 0.5})
+    out = zs.zero_shot_histories(init, [np.arange(30.0)], plan=_plan(init))
+    assert out.prior.source == "initializer" and out.prior.residual_scale_rel == 0.5
+    assert out.threshold[0] == pytest.approx(float(score_from_z(3.0)))
+
+
 @pytest.mark.parametrize(
     "prior",
     [
