@@ -31,7 +31,8 @@ One self-contained ONNX file per series, usable without mamlctl:
   ``initializer_version``   MLflow model version (integer)
   ``initializer_run_id``    MLflow run that produced the initializer
   ``adapted_at``            ISO 8601 UTC, e.g. ``2026-11-26T15:04:05.123456+00:00``
-  ``support``               K, points the model was adapted on
+  ``support``               K, points the model was adapted on (a zero-shot file: the
+                            family's K all the same; the row records the points it saw)
   ``window``                L, input length
   ``horizon``               H, output length
   ``head``                  ``mean`` or ``gaussian``

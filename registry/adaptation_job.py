@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from mamlctl.domain import CHAMPION, AdaptedModelRecord, InitializerRef
+from mamlctl.domain import CHAMPION, ZERO_SHOT, AdaptedModelRecord, InitializerRef
 from mamlctl.errors import InputError
 
 if TYPE_CHECKING:
@@ -115,8 +115,10 @@ def select_series(
     stale_after: timedelta | None,
     now: datetime,
 ) -> list[str]:
-    """Series to (re-)adapt: no current model, another initializer version, or (with
-    ``stale_after``) a model older than that. Without ``stale_after`` every candidate."""
+    """Series to (re-)adapt: no current model, another initializer version, a zero-shot model
+    (its series may have gained enough points to adapt: the job skips it as up to date when
+    not), or (with ``stale_after``) a model older than that. Without ``stale_after`` every
+    candidate."""
     if stale_after is None:
         return list(candidates)
     out = []
@@ -127,6 +129,7 @@ def select_series(
             or rec.registered_model != initializer.registered_model
             or rec.initializer_version != initializer.version
             or rec.adapted_at < now - stale_after
+            or rec.adaptation == ZERO_SHOT
         ):
             out.append(sid)
     return out

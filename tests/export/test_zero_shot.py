@@ -159,3 +159,38 @@ def test_the_file_contract_carries_the_adaptation(template_cache: Any) -> None:
         ex.parse_metadata({**meta, "mamlctl.adaptation": "fine-tuned"})
     with pytest.raises(InputError, match="adaptation must be"):
         ex.build_metadata(template, **stamp, adaptation="fine-tuned")
+
+
+def test_stale_selection_always_rechecks_zero_shot_models() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from mamlctl.domain import AdaptedModelRecord, InitializerRef
+    from mamlctl.registry.adaptation_job import select_series
+
+    now = datetime(2026, 11, 26, tzinfo=UTC)
+    ref = InitializerRef(family="f", registered_model="maml-f", version=3, run_id="r")
+
+    def rec(sid: str, **meta: str) -> AdaptedModelRecord:
+        return AdaptedModelRecord(
+            series_id=sid,
+            family="f",
+            registered_model="maml-f",
+            initializer_version=3,
+            initializer_run_id="r",
+            path="p",
+            sha256="0" * 64,
+            adapted_at=now - timedelta(hours=1),
+            support=1,
+            window=1,
+            horizon=1,
+            residual_scale=1.0,
+            threshold=0.99,
+            metadata=meta,
+        )
+
+    current = {"fresh": rec("fresh"), "zs": rec("zs", adaptation="zero-shot")}
+    assert current["zs"].adaptation == zs.ZERO_SHOT and current["fresh"].adaptation == zs.ADAPTED
+    picked = select_series(
+        current, ["fresh", "zs"], initializer=ref, stale_after=timedelta(hours=24), now=now
+    )
+    assert picked == ["zs"]  # recent, same version, but zero-shot: the job re-checks its points

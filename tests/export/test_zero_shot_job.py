@@ -257,3 +257,15 @@ def test_every_series_with_one_window_has_a_current_model_after_adapt(
             assert int8 and all(not onnx.numpy_helper.to_array(t).any() for t in int8)
     checked = {p["series_id"]: p["adaptation"] for p in report["parity"]}
     assert ZERO_SHOT in checked.values() and report["metrics"]["parity_failed"] == 0
+
+    # z50 grows to K + C points: even a --stale-after job (which skips fresh models) adapts it
+    grown = _sine(K + C, level=70.0, seed=50)
+    grown[:50] = histories["z50"]
+    with open_registry(settings) as factory, factory.begin() as session:
+        store_series(
+            session, [IncomingSeries(series=Series(series_id="z50", values=grown), source="t")]
+        )
+    stale = _cli("adapt", "--family", "sines", "--stale-after", "24h")
+    counts = [stale[k] for k in ("selected", "adapted", "zero_shot", "up_to_date")]
+    assert counts == [3, 1, 0, 2]  # the three zero-shot series re-checked; z50 adapted
+    assert _current(settings)["z50"].adaptation == ADAPTED
