@@ -111,7 +111,8 @@ def register(app: typer.Typer) -> None:
             emit_json(report)
             return
         typer.echo(
-            f"{report.family}: {report.adapted} adapted, {report.up_to_date} up to date, "
+            f"{report.family}: {report.adapted} adapted, {report.zero_shot} zero-shot, "
+            f"{report.up_to_date} up to date, "
             f"{len(report.too_short)} too short (of {report.selected} selected) from "
             f"{report.initializer.registered_model} v{report.initializer.version} "
             f"in {report.seconds:.2f} s; MLflow run {report.run_id}"
@@ -122,9 +123,15 @@ def register(app: typer.Typer) -> None:
                 f"parity (onnxruntime vs torch, {len(report.parity)} series x 1000 windows): "
                 f"max error {worst:.2e} of scale"
             )
+        if report.zero_shot:
+            typer.echo(
+                f"zero-shot (served by the un-adapted initializer until they hold "
+                f"{report.plan['support'] + report.plan['calibration']} points): "
+                f"{report.zero_shot} series"
+            )
         if report.too_short:
             typer.echo(
-                f"too short to adapt (need {report.plan['support'] + report.plan['calibration']}"
-                f" points): {', '.join(report.too_short[:10])}"
+                f"too short for any model (need one window, {report.plan['window']} points): "
+                f"{', '.join(report.too_short[:10])}"
                 + (" ..." if len(report.too_short) > 10 else "")
             )

@@ -243,6 +243,7 @@ def _adapt(settings: Settings, family: str, stages: Stages) -> dict[str, Any]:
         note["info"] = f"{report.adapted} series from v{report.initializer.version}"
     return {
         "series": report.adapted,
+        "zero_shot": report.zero_shot,
         "too_short": list(report.too_short),
         "initializer_version": report.initializer.version,
         "run_id": report.run_id,

@@ -59,6 +59,7 @@ def show(
 ) -> None:
     """One series and its lineage: family -> current adapted model -> initializer version."""
     from mamlctl.cli.output import emit_json, load_settings
+    from mamlctl.domain import ZERO_SHOT
     from mamlctl.registry import queries as q
     from mamlctl.registry.db import transaction
 
@@ -84,6 +85,8 @@ def show(
                 "series": info,
                 "family": fam,
                 "current_adapted_model": current,
+                # "adapted", or "zero-shot": the family initializer un-adapted (too few points)
+                "adaptation": current.adaptation if current else None,
                 "initializer_version": init,
                 "adapted_models": len(history),
                 "tail": None
@@ -116,6 +119,11 @@ def show(
             f"  adapted model {current.path} sha256 {current.sha256[:12]}... at "
             f"{current.adapted_at.isoformat()} ({len(history)} in history)"
         )
+        if current.adaptation == ZERO_SHOT:
+            typer.echo(
+                "  zero-shot: the family initializer, un-adapted (too few points to adapt; "
+                "the next `mamlctl adapt` with enough points adapts it)"
+            )
         typer.echo(
             f"  initializer {current.registered_model} version {current.initializer_version} "
             f"run {current.initializer_run_id}"

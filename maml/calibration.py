@@ -53,15 +53,30 @@ class CalibrationPrior:
 
     @classmethod
     def from_train_config(cls, train: Mapping[str, Any]) -> CalibrationPrior:
-        """The initializer's ``calibration_prior``, else the documented fallback."""
+        """The initializer's ``calibration_prior``, else the documented fallback; a malformed
+        or out-of-range prior is a :class:`TrainingError` naming it."""
+        import math
+
         doc = train.get("calibration_prior")
         if not doc:
             return cls(residual_scale_rel=FALLBACK_PRIOR_REL, threshold=None)
-        thr = doc.get("threshold")
-        return cls(
-            residual_scale_rel=float(doc["residual_scale_rel"]),
-            threshold=None if thr is None else float(thr),
-        )
+        try:
+            rel = float(doc["residual_scale_rel"])
+            thr = doc.get("threshold")
+            threshold = None if thr is None else float(thr)
+        except (TypeError, KeyError, ValueError, AttributeError):
+            raise TrainingError(
+                f"initializer's calibration_prior is malformed ({doc!r}); expected "
+                '{"residual_scale_rel": r > 0, "threshold": t in (0, 1]}'
+            ) from None
+        if not (math.isfinite(rel) and rel > 0) or (
+            threshold is not None and not (math.isfinite(threshold) and 0 < threshold <= 1)
+        ):
+            raise TrainingError(
+                f"initializer's calibration_prior is out of range (residual_scale_rel={rel}, "
+                f"threshold={threshold})"
+            )
+        return cls(residual_scale_rel=rel, threshold=threshold)
 
 
 def calibrate_residuals(

@@ -31,7 +31,8 @@ One self-contained ONNX file per series, usable without mamlctl:
   ``initializer_version``   MLflow model version (integer)
   ``initializer_run_id``    MLflow run that produced the initializer
   ``adapted_at``            ISO 8601 UTC, e.g. ``2026-11-26T15:04:05.123456+00:00``
-  ``support``               K, points the model was adapted on
+  ``support``               K, points the model was adapted on (a zero-shot file: the
+                            family's K all the same; the row records the points it saw)
   ``window``                L, input length
   ``horizon``               H, output length
   ``head``                  ``mean`` or ``gaussian``
@@ -49,6 +50,13 @@ One self-contained ONNX file per series, usable without mamlctl:
                             (int8-delta files: the initializer's base weights are part of
                             the graph, so files of two initializers have different ids)
   ``series_initializers``   JSON list of initializer names holding per-series values
+  ``adaptation``            ``adapted`` (the parameters were adapted to the series) or
+                            ``zero-shot`` (the family initializer's parameters, un-adapted:
+                            the series held one window but fewer than K + C points, see
+                            :mod:`mamlctl.maml.zero_shot`; ``loc``/``scale`` are then the
+                            statistics of its last ``min(n, K)`` points and ``residual_scale``
+                            and ``threshold`` the family's calibration prior). Files without
+                            the key are adapted.
   ========================  ==============================================================
 
 Floats are written with ``repr`` (exact round trip). :func:`parse_metadata` reads them back from
@@ -75,6 +83,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from mamlctl.domain import ADAPTATION_KEY, ADAPTED, ZERO_SHOT
 from mamlctl.errors import InputError
 from mamlctl.maml.onnx_contract import OPSET, canonical_json, config_hash
 
@@ -113,6 +122,7 @@ class ModelMetadata:
     series_initializers: tuple[str, ...]
     nonnegative: bool = False
     floor_fraction: float = 0.0
+    adaptation: str = ADAPTED
 
 
 def build_metadata(
@@ -127,10 +137,13 @@ def build_metadata(
     residual_scale: float,
     threshold: float,
     loss: str | None = None,
+    adaptation: str = ADAPTED,
 ) -> dict[str, str]:
     """The ``metadata_props`` of one series' file (keys with the ``mamlctl.`` prefix)."""
     if adapted_at.tzinfo is None:
         raise InputError("adapted_at must be timezone-aware (UTC)")
+    if adaptation not in (ADAPTED, ZERO_SHOT):
+        raise InputError(f"adaptation must be {ADAPTED!r} or {ZERO_SHOT!r}, got {adaptation!r}")
     return {
         PREFIX + "contract": CONTRACT_VERSION,
         PREFIX + "series_id": series_id,
@@ -154,6 +167,7 @@ def build_metadata(
         PREFIX + "threshold": repr(float(threshold)),
         PREFIX + "template_id": template.template_id,
         PREFIX + "series_initializers": json.dumps(list(template.series_initializers)),
+        PREFIX + ADAPTATION_KEY: adaptation,
     }
 
 
@@ -190,11 +204,18 @@ def parse_metadata(props: Mapping[str, str]) -> ModelMetadata:
             series_initializers=tuple(json.loads(get("series_initializers"))),
             nonnegative=props.get(PREFIX + "nonnegative", "0") == "1",
             floor_fraction=float(props.get(PREFIX + "floor_fraction", "0.0")),
+            adaptation=_adaptation(props.get(PREFIX + ADAPTATION_KEY, ADAPTED)),
         )
     except KeyError as err:
         raise InputError(f"model file lacks metadata key {err.args[0]!r}") from None
     except ValueError as err:
         raise InputError(f"model file has malformed mamlctl metadata: {err}") from None
+
+
+def _adaptation(value: str) -> str:
+    if value not in (ADAPTED, ZERO_SHOT):
+        raise ValueError(f"adaptation is {value!r}, not {ADAPTED!r} or {ZERO_SHOT!r}")
+    return value
 
 
 def read_metadata(model: bytes | Path) -> ModelMetadata:
@@ -210,7 +231,8 @@ class SeriesBatch:
     """Adapted values of N series of one family, stacked on a leading axis.
 
     ``params[name]`` is ``[N, *param_shape]`` float32 (e.g. ``batch_adapt``'s output as numpy);
-    ``loc``, ``scale``, ``residual_scale``, ``threshold`` are ``[N]``.
+    ``loc``, ``scale``, ``residual_scale``, ``threshold`` are ``[N]``; ``adaptation`` is the
+    lineage every file of the batch records (``adapted`` or ``zero-shot``).
     """
 
     series_ids: tuple[str, ...]
@@ -219,6 +241,7 @@ class SeriesBatch:
     scale: npt.NDArray[np.float64]
     residual_scale: npt.NDArray[np.float64]
     threshold: npt.NDArray[np.float64]
+    adaptation: str = ADAPTED
 
     def __post_init__(self) -> None:
         n = len(self.series_ids)
@@ -273,6 +296,7 @@ def render_batch(
             residual_scale=rscale,
             threshold=thr,
             loss=loss,
+            adaptation=batch.adaptation,
         )
         yield (
             series_id,

@@ -23,6 +23,15 @@ AdaptScope = Literal["all", "head"]
 #: initializer's weights with a float32 scale per output row (1 byte per weight per series).
 WeightFormat = Literal["float32", "int8-delta"]
 
+#: How a served model's parameters were obtained: adapted to the series, or the family
+#: initializer as it is ("zero-shot": the series holds one window but too few points to adapt).
+#: Files carry it as metadata ``mamlctl.adaptation``, registry rows as metadata ``adaptation``;
+#: absent means adapted (files and rows written before zero-shot models existed).
+Adaptation = Literal["adapted", "zero-shot"]
+ADAPTED: Adaptation = "adapted"
+ZERO_SHOT: Adaptation = "zero-shot"
+ADAPTATION_KEY = "adaptation"
+
 #: The alias a family's scoring follows unless configured otherwise.
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -168,6 +177,11 @@ class AdaptedModelRecord:
     is_current: bool = True
     #: Position of the last support point the model was adapted on (None when unknown).
     support_end: int | None = None
+
+    @property
+    def adaptation(self) -> Adaptation:
+        """``adapted`` or ``zero-shot`` (rows without the key are adapted)."""
+        return ZERO_SHOT if self.metadata.get(ADAPTATION_KEY) == ZERO_SHOT else ADAPTED
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mamlctl.domain import AdaptedModelRecord, InitializerRef
+from mamlctl.domain import ADAPTATION_KEY, ADAPTED, ZERO_SHOT, AdaptedModelRecord, InitializerRef
 from mamlctl.errors import TrainingError
 from mamlctl.registry.adaptation_job import META_ADAPT_HASH, META_JOB_RUN, Progress
 
@@ -20,6 +20,22 @@ if TYPE_CHECKING:
 
     from mamlctl.registry.adaptation_job import AdaptRequest
     from mamlctl.settings import Settings
+
+
+class _Todo:
+    """Series of one chunk that take one path (adapted or zero-shot)."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.histories: list[np.ndarray] = []
+        self.ends: list[int] = []
+        self.positions: list[int] = []  # index in the job's selection (parity sampling)
+
+    def add(self, sid: str, values: np.ndarray, end: int, position: int) -> None:
+        self.ids.append(sid)
+        self.histories.append(values)
+        self.ends.append(end)
+        self.positions.append(position)
 
 
 class ChunkedJob:
@@ -51,6 +67,8 @@ class ChunkedJob:
         self.parity: list[dict[str, Any]] = []
         self.quantization_errors: list[float] = []
         self._based_template: Any = None  # see _based
+        self._templates: Any = None  # a TemplateCache, made on first use (see run)
+        self._zero_shot_checked = False
         self._sums: dict[str, float] = {}
         self._n = 0
 
@@ -59,7 +77,8 @@ class ChunkedJob:
 
         out = {k: v / self._n for k, v in self._sums.items()} if self._n else {}
         stats = [
-            ParityStats(**{k: v for k, v in p.items() if k != "series_id"}) for p in self.parity
+            ParityStats(**{k: v for k, v in p.items() if k not in ("series_id", "adaptation")})
+            for p in self.parity
         ]
         out.update(summarise(stats))
         if self.quantization_errors:
@@ -74,27 +93,36 @@ class ChunkedJob:
         adapt_fn: Callable[..., Any],
         progress: Progress | None,
     ) -> dict[str, int]:
-        from mamlctl.maml.export import SeriesBatch, TemplateCache
-        from mamlctl.maml.models import adapt_names_for
-        from mamlctl.registry import queries as q
-        from mamlctl.registry.bulk_models import NewModel, record_models_bulk
-        from mamlctl.stages.export import export_to_files
+        """Adapt (or serve zero-shot), export and record ``selected`` chunk by chunk.
 
-        templates = TemplateCache()  # exported on first use: a job with nothing to do skips it
-        need = self.plan.min_points
-        adapted = up_to_date = 0
+        A series with K points or more is adapted by ``adapt_fn`` (calibrated on up to C points
+        beyond its support, or with the family prior when fewer than a few are left); one with
+        ``L <= n < K`` gets a zero-shot file (the initializer un-adapted, see
+        :mod:`mamlctl.maml.zero_shot`) through the same template, recorded with the lineage
+        ``zero-shot``; only a series with fewer than L points is too short. A current model is
+        up to date when it has the same support end, the same job hash and the same lineage
+        this job would give: a zero-shot model is replaced once its series can adapt.
+        """
+        from mamlctl.maml.zero_shot import can_zero_shot, zero_shot_histories
+        from mamlctl.registry import queries as q
+
+        need = self.plan.full_points  # K + C: what calibrating on a series' own points takes
+        counts = {"adapted": 0, "zero_shot": 0, "up_to_date": 0}
         total = len(selected)
         step = max(1, self.request.chunk_series)
         parity_every = max(1, total // max(1, self.request.parity_sample)) if total else 1
         for start in range(0, total, step):
             ids = selected[start : start + step]
-            histories: list[np.ndarray] = []
-            ends: list[int] = []
-            todo: list[str] = []
+            todo = {ADAPTED: _Todo(), ZERO_SHOT: _Todo()}
             with self.factory() as session:
-                for sid in ids:
+                for offset, sid in enumerate(ids):
                     values, positions = q.last_points(session, sid, need)
-                    if values.shape[0] < need:
+                    n = int(values.shape[0])
+                    if n >= self.plan.min_points:  # K: adapted (calibrated on what is left)
+                        mode = ADAPTED
+                    elif can_zero_shot(n, self.plan):
+                        mode = ZERO_SHOT
+                    else:
                         self.too_short.append(sid)
                         continue
                     end = int(positions[-1])
@@ -104,76 +132,116 @@ class ChunkedJob:
                         and rec is not None
                         and rec.support_end == end
                         and rec.metadata.get(META_ADAPT_HASH) == self.job_hash
+                        and rec.adaptation == mode
                     ):
-                        up_to_date += 1
+                        counts["up_to_date"] += 1
                         continue
-                    histories.append(values)
-                    ends.append(end)
-                    todo.append(sid)
-            if todo:
-                config = self.initializer.model_config
-                template = templates.get(
-                    self.initializer.model_config,
-                    nonnegative=self.plan.nonnegative,
-                    floor_fraction=self.plan.floor_fraction,
-                    per_series=adapt_names_for(config, self.plan.adapt_scope),
-                    weights=self.plan.weights,
-                )
-                if template.quantized:  # int8 deltas from this initializer's weights
-                    template = self._based(template)
-                result = adapt_fn(self.initializer, histories, plan=self.plan)
-                batch = SeriesBatch(
-                    series_ids=tuple(todo),
-                    params=result.params,
-                    loc=result.loc,
-                    scale=result.scale,
-                    residual_scale=result.residual_scale,
-                    threshold=result.threshold,
-                )
-                stored = export_to_files(
-                    template,
-                    batch,
-                    models_dir=self.settings.models_dir,
-                    initializer=self.ref,
-                    support=self.plan.support,
-                    adapted_at=self.now,
-                    workers=self.request.workers,
-                    loss=self.plan.loss,
-                )
-                self._check_parity(template, batch, stored, start, parity_every)
-                self._accumulate(result)
-                entries = [
-                    NewModel(
-                        series_id=sid,
-                        path=file.relpath,
-                        sha256=file.sha256,
-                        residual_scale=float(result.residual_scale[i]),
-                        threshold=float(result.threshold[i]),
-                        support_end=ends[i],
-                        metadata={
-                            META_ADAPT_HASH: self.job_hash,
-                            META_JOB_RUN: self.run_id or "",
-                            "loc": repr(float(result.loc[i])),
-                            "scale": repr(float(result.scale[i])),
-                        },
-                    )
-                    for i, (sid, file) in enumerate(zip(todo, stored, strict=True))
-                ]
-                with self.factory.begin() as session:
-                    record_models_bulk(
-                        session,
-                        registered_model=self.ref.registered_model,
-                        initializer_version=self.ref.version,
-                        support=self.plan.support,
-                        window=self.plan.window,
-                        horizon=self.plan.horizon,
-                        adapted_at=self.now,
-                        entries=entries,
-                    )
-                adapted += len(todo)
+                    todo[mode].add(sid, values, end, start + offset)
+            for mode, work in todo.items():
+                if not work.ids:
+                    continue
+                if mode == ADAPTED:
+                    result = adapt_fn(self.initializer, work.histories, plan=self.plan)
+                    self._accumulate(result)
+                    extra: list[dict[str, str]] = [{} for _ in work.ids]
+                else:
+                    result = zero_shot_histories(self.initializer, work.histories, plan=self.plan)
+                    extra = [
+                        {
+                            ADAPTATION_KEY: ZERO_SHOT,
+                            "support_points": str(int(m)),
+                            "calibration_prior": result.prior_source,
+                        }
+                        for m in result.support_points
+                    ]
+                self._export_and_record(mode, work, result, extra, parity_every)
+                counts["adapted" if mode == ADAPTED else "zero_shot"] += len(work.ids)
             if progress is not None:
                 progress(min(start + step, total), total)
-        return {"adapted": adapted, "up_to_date": up_to_date}
+        return counts
+
+    def _template(self) -> Any:
+        """The job's template (exported on first use: a job with nothing to do skips it)."""
+        from mamlctl.maml.export import TemplateCache
+        from mamlctl.maml.models import adapt_names_for
+
+        if self._templates is None:
+            self._templates = TemplateCache()
+        config = self.initializer.model_config
+        template = self._templates.get(
+            config,
+            nonnegative=self.plan.nonnegative,
+            floor_fraction=self.plan.floor_fraction,
+            per_series=adapt_names_for(config, self.plan.adapt_scope),
+            weights=self.plan.weights,
+        )
+        if template.quantized:  # int8 deltas from this initializer's weights
+            template = self._based(template)
+        return template
+
+    def _export_and_record(
+        self,
+        mode: str,
+        work: _Todo,
+        result: Any,
+        extra: list[dict[str, str]],
+        parity_every: int,
+    ) -> None:
+        """Steps 2-3 of the consistency order for one batch: files first, then the rows."""
+        from mamlctl.maml.export import SeriesBatch
+        from mamlctl.registry.bulk_models import NewModel, record_models_bulk
+        from mamlctl.stages.export import export_to_files
+
+        template = self._template()
+        batch = SeriesBatch(
+            series_ids=tuple(work.ids),
+            params=result.params,
+            loc=result.loc,
+            scale=result.scale,
+            residual_scale=result.residual_scale,
+            threshold=result.threshold,
+            adaptation=mode,
+        )
+        stored = export_to_files(
+            template,
+            batch,
+            models_dir=self.settings.models_dir,
+            initializer=self.ref,
+            support=self.plan.support,
+            adapted_at=self.now,
+            workers=self.request.workers,
+            loss=self.plan.loss,
+        )
+        self._check_parity(template, batch, stored, work.positions, parity_every)
+        entries = [
+            NewModel(
+                series_id=sid,
+                path=file.relpath,
+                sha256=file.sha256,
+                residual_scale=float(result.residual_scale[i]),
+                threshold=float(result.threshold[i]),
+                support_end=work.ends[i],
+                metadata={
+                    META_ADAPT_HASH: self.job_hash,
+                    META_JOB_RUN: self.run_id or "",
+                    "loc": repr(float(result.loc[i])),
+                    "scale": repr(float(result.scale[i])),
+                    **extra[i],
+                },
+            )
+            for i, (sid, file) in enumerate(zip(work.ids, stored, strict=True))
+        ]
+        with self.factory.begin() as session:
+            record_models_bulk(
+                session,
+                registered_model=self.ref.registered_model,
+                initializer_version=self.ref.version,
+                support=self.plan.support,
+                window=self.plan.window,
+                horizon=self.plan.horizon,
+                adapted_at=self.now,
+                entries=entries,
+            )
 
     def _based(self, template: Any) -> Any:
         """``template.with_base`` of this job's initializer (computed once per job)."""
@@ -190,13 +258,22 @@ class ChunkedJob:
             self._sums[k] = self._sums.get(k, 0.0) + v * n
         self._n += n
 
-    def _check_parity(self, template: Any, batch: Any, stored: Any, start: int, every: int) -> None:
+    def _check_parity(
+        self, template: Any, batch: Any, stored: Any, positions: list[int], every: int
+    ) -> None:
+        """Parity of the sampled series (every ``every``-th of the selection, at most
+        ``parity_sample``), plus the job's first zero-shot file (an un-adapted model is
+        checked like an adapted one)."""
         from mamlctl.maml.onnx_parity import check_parity, template_reference
         from mamlctl.registry.model_files import open_verified
 
         for i in range(len(batch)):
-            if (start + i) % every or len(self.parity) >= self.request.parity_sample:
+            sampled = not positions[i] % every and len(self.parity) < self.request.parity_sample
+            first_zero_shot = batch.adaptation == ZERO_SHOT and not self._zero_shot_checked
+            if not (sampled or first_zero_shot):
                 continue
+            if batch.adaptation == ZERO_SHOT:
+                self._zero_shot_checked = True
             blob = open_verified(
                 self.settings.models_dir, stored[i].relpath, sha256=stored[i].sha256
             )
@@ -216,4 +293,6 @@ class ChunkedJob:
                     f"{stats.max_rel_error:.3g} of its scale (limit {stats.tolerance}); "
                     "nothing recorded for this chunk"
                 )
-            self.parity.append({"series_id": batch.series_ids[i], **stats.as_dict()})
+            self.parity.append(
+                {"series_id": batch.series_ids[i], "adaptation": batch.adaptation} | stats.as_dict()
+            )

@@ -18,6 +18,11 @@ previous models current; a crash inside 2 leaves at most temporaries (removed by
 No row ever points at a missing or partial file. Re-running is idempotent: a series whose current
 model came from the same initializer version, the same support points (``support_end``) and the
 same adaptation settings (``adapt_hash``) is skipped as up to date unless ``force``.
+
+Zero-shot: a series of the family that holds one input window (L points) but fewer than the
+K + C points adaptation needs gets the family initializer, un-adapted, exported and recorded the
+same way with the lineage ``zero-shot`` (:mod:`mamlctl.maml.zero_shot`); it is adapted by the
+first job that finds it with K + C points. Only a series with fewer than L points is too short.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from mamlctl.domain import CHAMPION, AdaptedModelRecord, InitializerRef
+from mamlctl.domain import CHAMPION, ZERO_SHOT, AdaptedModelRecord, InitializerRef
 from mamlctl.errors import InputError
 
 if TYPE_CHECKING:
@@ -70,12 +75,14 @@ class AdaptReport:
     selected: int
     adapted: int
     up_to_date: int
-    too_short: tuple[str, ...]
+    too_short: tuple[str, ...]  # fewer than L points: no model at all
     seconds: float
     plan: dict[str, Any]
     metrics: dict[str, float]
     parity: list[dict[str, Any]] = field(default_factory=list)
     run_id: str | None = None
+    #: Series served by the un-adapted initializer (L <= points < K + C); not in ``adapted``.
+    zero_shot: int = 0
 
 
 def parse_duration(text: str) -> timedelta:
@@ -108,8 +115,10 @@ def select_series(
     stale_after: timedelta | None,
     now: datetime,
 ) -> list[str]:
-    """Series to (re-)adapt: no current model, another initializer version, or (with
-    ``stale_after``) a model older than that. Without ``stale_after`` every candidate."""
+    """Series to (re-)adapt: no current model, another initializer version, a zero-shot model
+    (its series may have gained enough points to adapt: the job skips it as up to date when
+    not), or (with ``stale_after``) a model older than that. Without ``stale_after`` every
+    candidate."""
     if stale_after is None:
         return list(candidates)
     out = []
@@ -120,6 +129,7 @@ def select_series(
             or rec.registered_model != initializer.registered_model
             or rec.initializer_version != initializer.version
             or rec.adapted_at < now - stale_after
+            or rec.adaptation == ZERO_SHOT
         ):
             out.append(sid)
     return out
@@ -234,6 +244,7 @@ def run_adaptation(
                     {
                         "series_adapted": float(counts["adapted"]),
                         "series_up_to_date": float(counts["up_to_date"]),
+                        "series_zero_shot": float(counts["zero_shot"]),
                         "series_too_short": float(len(job.too_short)),
                         "duration_s": time.perf_counter() - started,
                         **job.metrics(),
@@ -248,6 +259,7 @@ def run_adaptation(
         selected=len(selected),
         adapted=counts["adapted"],
         up_to_date=counts["up_to_date"],
+        zero_shot=counts["zero_shot"],
         too_short=tuple(job.too_short),
         seconds=time.perf_counter() - started,
         plan=plan_doc,

@@ -7,7 +7,7 @@ documented contract those checks implement, and the tests validate live response
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,6 +43,11 @@ class Lineage(_Doc):
     initializer_version: int
     initializer_run_id: str
     adapted_at: str
+    adaptation: Literal["adapted", "zero-shot"] = Field(
+        default="adapted",
+        description="'adapted' to the series, or 'zero-shot': the family initializer un-adapted "
+        "(the series holds one window but too few points to adapt yet).",
+    )
     model_sha256: str
     generation: int = Field(description="Reload generation of the server state that answered.")
 

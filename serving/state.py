@@ -30,7 +30,7 @@ import numpy.typing as npt
 import onnx
 import orjson
 
-from mamlctl.domain import AdaptedModelRecord
+from mamlctl.domain import ADAPTATION_KEY, AdaptedModelRecord
 from mamlctl.errors import MamlctlError
 from mamlctl.registry.model_files import open_verified
 from mamlctl.serving.bank import (
@@ -220,12 +220,16 @@ def _entry(item: _Loaded, *, group: int, row: int, generation: int) -> SeriesEnt
     run_id = pick("initializer_run_id", rec.initializer_run_id)
     version = int(pick("initializer_version", rec.initializer_version))
     adapted_at = pick("adapted_at", rec.adapted_at.isoformat())
+    # "adapted" or "zero-shot" (the family initializer, un-adapted): the file's word, else the
+    # row's; files and rows from before zero-shot models existed are adapted
+    adaptation = pick(ADAPTATION_KEY, rec.adaptation)
     lineage = {
         "family": rec.family,
         "registered_model": registered,
         "initializer_version": version,
         "initializer_run_id": run_id,
         "adapted_at": adapted_at,
+        "adaptation": adaptation,
         "model_sha256": rec.sha256,
         "generation": generation,
     }
