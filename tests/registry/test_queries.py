@@ -45,7 +45,7 @@ def test_family_upsert_get_list(session: Session) -> None:
 
 
 def test_family_validation(session: Session) -> None:
-    with pytest.raises(InputError, match="support K=10 must be >= window \\+ horizon = 96"):
+    with pytest.raises(InputError, match="support K=10 counts the window, so it must be >= window \\+ 1 = 49"):
         q.upsert_family(
             session,
             Family(name="x", period=24, interval_seconds=None, window=48, horizon=48, support=10),
@@ -70,7 +70,7 @@ def test_last_points_and_values(session: Session) -> None:
 
 def test_assign_and_family_listing(session: Session) -> None:
     q.upsert_family(session, HOURLY)
-    _store(session, A=np.arange(200.0), B=np.arange(300.0), short=np.arange(50.0))
+    _store(session, A=np.arange(200.0), B=np.arange(300.0), short=np.arange(47.0))
     assert q.assign_family(session, "hourly", ["B", "A"]) == 2
     assert q.series_ids_in_family(session, "hourly") == ["A", "B"]
     info = q.get_series(session, "A")
@@ -81,7 +81,7 @@ def test_assign_and_family_listing(session: Session) -> None:
         0,
         199,
     )
-    with pytest.raises(InputError, match="series short has 50 points, fewer than family hourly"):
+    with pytest.raises(InputError, match="series short has 47 points, fewer than family hourly"):
         q.assign_family(session, "hourly", ["short"])
     with pytest.raises(NotFoundError, match="unknown family"):
         q.assign_family(session, "nope", ["A"])
