@@ -53,11 +53,11 @@ def register(app: typer.Typer) -> None:
         from dataclasses import asdict
 
         from mamlctl.cli.output import load_settings
-        from mamlctl.cli.serve import parse_duration
         from mamlctl.registry.mlflow_models import validate_alias
         from mamlctl.registry.mlflow_store import MlflowStore, open_store
         from mamlctl.registry.promotion_follow import AdaptingFollower, watched_families
         from mamlctl.registry.promotion_watch import Backoff, WatchEvent, WatchLoop
+        from mamlctl.timeseries.durations import parse_duration
 
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         validate_alias(alias)
