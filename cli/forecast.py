@@ -76,9 +76,9 @@ def render(frame: object, *, out: Path | None, json_out: bool, what: str) -> Non
     if out is not None:
         write_frame(frame, out)
     if json_out:
-        emit_json(records_json(frame))  # type: ignore[arg-type]
+        emit_json(records_json(frame))
     elif out is None:
-        typer.echo(csv_text(frame), nl=False)  # type: ignore[arg-type]
+        typer.echo(csv_text(frame), nl=False)
     else:
         typer.echo(f"wrote {len(frame)} {what} to {out}", err=True)  # type: ignore[arg-type]
 

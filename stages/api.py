@@ -108,15 +108,15 @@ def ingest_frame(
     series = series_from_frame(df, roles, source=source, series_id=series_id, first_line=0)
     kind = frame_kind(roles)
     prepared = prepare_sources(
-        [SourceFile(path=Path(source), format=kind, series=series)],  # type: ignore[arg-type]
+        [SourceFile(path=Path(source), format=kind, series=series)],
         interval_seconds=parse_interval(interval) if interval else None,
-        nan=nan,  # type: ignore[arg-type]
-        order=order,  # type: ignore[arg-type]
+        nan=nan,
+        order=order,
     )
     ids = tuple(s.series_id for s in series)
     cfg.ensure_home()
     with transaction(cfg) as session:
-        summary = ingest(session, prepared, mode=mode)  # type: ignore[arg-type]
+        summary = ingest(session, prepared, mode=mode)
         if family is not None:
             q.assign_family(session, family, list(ids))
             families: dict[str, str | None] = dict.fromkeys(ids, family)
