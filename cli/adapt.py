@@ -76,8 +76,9 @@ def register(app: typer.Typer) -> None:
         from mamlctl.cli.output import emit_json, load_settings, progress
         from mamlctl.errors import ConfigError
         from mamlctl.maml.adaptation import AdaptConfig
-        from mamlctl.registry.adaptation_job import AdaptRequest, parse_duration, run_adaptation
+        from mamlctl.registry.adaptation_job import AdaptRequest, run_adaptation
         from mamlctl.registry.mlflow_store import open_store
+        from mamlctl.timeseries.durations import parse_timedelta
 
         try:
             config = AdaptConfig(
@@ -93,7 +94,7 @@ def register(app: typer.Typer) -> None:
             family=family,
             series=tuple(series or ()),
             version=version,
-            stale_after=parse_duration(stale_after) if stale_after else None,
+            stale_after=parse_timedelta(stale_after) if stale_after else None,
             force=force,
             chunk_series=chunk,
         )

@@ -44,6 +44,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "export",
     "gc",
     "serve",
+    # forecasts and anomaly scans from the exported files, as Nixtla frames
+    "forecast",
+    "detect",
     # promotion follows the MLflow alias into live scoring
     "watch",
     # the one-command tour on the data shipped in the package

@@ -49,12 +49,15 @@ def register(app: typer.Typer) -> None:
                 f"series {series!r} has no adapted model; run `mamlctl adapt --family FAMILY`"
             )
         data = open_verified(settings.models_dir, record.path, sha256=record.sha256)
+        from mamlctl.registry.model_files import MODEL_FILE_MODE
+
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
         except OSError as err:
             raise InputError(f"cannot write --output {target}: {err.strerror or err}") from None
         try:
             with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fh.fileno(), MODEL_FILE_MODE)  # mkstemp makes 0600
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())

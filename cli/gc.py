@@ -28,9 +28,9 @@ def gc_command(
     from mamlctl.registry.db import transaction
     from mamlctl.registry.model_gc import collect_unreferenced
     from mamlctl.registry.model_queries import referenced_model_paths
-    from mamlctl.timeseries.periodicity import parse_interval
+    from mamlctl.timeseries.durations import parse_duration
 
-    grace_s = 0.0 if grace.strip() in ("0", "0s") else parse_interval(grace)
+    grace_s = parse_duration(grace, allow_zero=True)
     settings = load_settings()
     with transaction(settings, create=False) as session:
         referenced = referenced_model_paths(session)

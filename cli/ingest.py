@@ -1,7 +1,15 @@
-"""``mamlctl ingest PATH...``: read, validate and store series (one transaction)."""
+"""``mamlctl ingest PATH...``: read, validate and store series (one transaction).
+
+Formats are told from the header: mamlctl's long ``series_id,[timestamp,]value``, the Nixtla
+long frame ``unique_id,ds,y``, a Prophet frame ``ds,y`` (one series: its id is the file name or
+``--series-id``), NAB ``timestamp,value`` and M4's wide CSV; CSV or Parquet. ``-`` reads CSV
+from stdin (spooled to a temporary file, then parsed as strictly as a file).
+"""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -24,14 +32,18 @@ ORDER_HELP = (
 def ingest_command(
     paths: Annotated[
         list[Path],
-        typer.Argument(help="Files or folders (a folder = every .csv/.csv.gz/.parquet below it)."),
+        typer.Argument(
+            help="Files or folders (a folder = every .csv/.csv.gz/.parquet below it); - reads "
+            "CSV from stdin."
+        ),
     ],
     fmt: Annotated[
         str,
         typer.Option(
             "--format",
-            help="auto (from the header), long (series_id,[timestamp,]value), m4 (wide CSV), "
-            "nab (timestamp,value; series id = file name).",
+            help="auto (from the header), long (series_id,[timestamp,]value), nixtla "
+            "(unique_id,ds,y), prophet (ds,y; one series: id = file name or --series-id), m4 "
+            "(wide CSV), nab (timestamp,value; series id = file name).",
         ),
     ] = "auto",
     interval: Annotated[
@@ -53,6 +65,25 @@ def ingest_command(
             "append: the file's points continue the stored series (e.g. an M4 test file).",
         ),
     ] = "merge",
+    id_col: Annotated[
+        str | None,
+        typer.Option("--id-col", help="Column of series ids (default: series_id or unique_id)."),
+    ] = None,
+    time_col: Annotated[
+        str | None,
+        typer.Option("--time-col", help="Column of timestamps (default: timestamp or ds)."),
+    ] = None,
+    value_col: Annotated[
+        str | None, typer.Option("--value-col", help="Column of values (default: value or y).")
+    ] = None,
+    series_id: Annotated[
+        str | None,
+        typer.Option(
+            "--series-id",
+            help="Id of the one series of a file without an id column (Prophet ds,y; NAB; "
+            "stdin). Default: the file name without its suffixes (stdin: 'stdin').",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Ingest series files into the registry database.
@@ -64,13 +95,15 @@ def ingest_command(
     """
     from mamlctl.cli.output import emit_json, load_settings, print_table
     from mamlctl.cli.progress_tty import tty_progress as progress
+    from mamlctl.domain import validate_series_id
     from mamlctl.errors import InputError
     from mamlctl.registry.db import transaction
     from mamlctl.registry.ingest_files import ingest, prepare_ingest
     from mamlctl.timeseries.periodicity import parse_interval
+    from mamlctl.timeseries.readers import Columns
 
-    if fmt not in ("auto", "long", "m4", "nab"):
-        raise InputError(f"unknown --format {fmt!r}: use auto, long, m4 or nab")
+    if fmt not in ("auto", "long", "nixtla", "prophet", "m4", "nab"):
+        raise InputError(f"unknown --format {fmt!r}: use auto, long, nixtla, prophet, m4 or nab")
     if nan not in ("reject", "interpolate"):
         raise InputError(f"unknown --nan {nan!r}: use reject or interpolate")
     if order not in ("strict", "file"):
@@ -78,9 +111,13 @@ def ingest_command(
     if mode not in ("merge", "append"):
         raise InputError(f"unknown --mode {mode!r}: use merge or append")
     interval_seconds = parse_interval(interval) if interval is not None else None
+    if series_id is not None:
+        validate_series_id(series_id)
+    columns = Columns(id=id_col, time=time_col, value=value_col)
     settings = load_settings()
 
-    with progress() as bar:
+    with tempfile.TemporaryDirectory(prefix="mamlctl-stdin-") as spool, progress() as bar:
+        paths = [_spool_stdin(Path(spool)) if str(p) == "-" else p for p in paths]
         task = bar.add_task("reading", total=None, info="")
         prepared = prepare_ingest(
             paths,
@@ -89,6 +126,8 @@ def ingest_command(
             nan=nan,
             order=order,
             on_file=lambda p: bar.update(task, advance=1, info=p.name),
+            columns=columns,
+            series_id=series_id,
         )
         store = bar.add_task("storing", total=len(prepared.batch), info="")
         with transaction(settings) as session:
@@ -134,6 +173,17 @@ def ingest_command(
         f"added of {totals['points_read']} read from {totals['files']} file(s). {nan_line}. "
         f"{order_line}."
     )
+
+
+def _spool_stdin(folder: Path) -> Path:
+    """Copy stdin to ``folder/stdin.csv`` (once) so that it is read like any CSV file."""
+    import sys
+
+    path = folder / "stdin.csv"
+    if not path.exists():
+        with path.open("wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+    return path
 
 
 def register(app: typer.Typer) -> None:

@@ -33,6 +33,36 @@ def _metrics_cell(metrics: dict[str, float]) -> str:
     return " ".join(f"{k.removeprefix('val_')}={v:.4g}" for k, v in metrics.items())
 
 
+def versions_table(rows: list[dict[str, Any]], *, title: str | None = None) -> Any:
+    """The table of ``models list``: readable at 80 columns. Family, model, version and aliases
+    never wrap nor shrink (no ellipsis); the date and the metrics fold onto more lines (the run
+    status is in ``--json``)."""
+    from rich.table import Table
+
+    cells = [
+        (
+            r["family"],
+            r["registered_model"],
+            str(r["version"]),
+            ",".join(r["aliases"]),
+            r["created_at"].strftime("%Y-%m-%d") if r["created_at"] else "",
+            _metrics_cell(r["metrics"]).replace(" ", "\n"),  # one metric a line
+        )
+        for r in rows
+    ]
+    table = Table(title=title, title_justify="left")
+    heads = ["Family", "Model", "Ver", "Aliases", "Created", "Validation"]
+    for i, head in enumerate(heads):
+        if i < 4:
+            width = max([len(head), *(len(c[i]) for c in cells)])
+            table.add_column(head, no_wrap=True, min_width=width, overflow="fold")
+        else:
+            table.add_column(head, overflow="fold")
+    for c in cells:
+        table.add_row(*c)
+    return table
+
+
 def register(app: typer.Typer) -> None:
     models_app = typer.Typer(
         help="Registered initializers (one MLflow registered model per family).",
@@ -48,7 +78,7 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
     ) -> None:
         """Versions, aliases (champion, challenger, ...) and final validation metrics."""
-        from mamlctl.cli.output import emit_json, load_settings, print_table
+        from mamlctl.cli.output import emit_json, load_settings
         from mamlctl.registry.mlflow_store import open_store
 
         settings = load_settings()
@@ -61,21 +91,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             emit_json(rows)
             return
-        print_table(
-            f"Initializers in {store.tracking_uri}",
-            ["Family", "Model", "Version", "Aliases", "Created", "Run", "Validation"],
-            [
-                (
-                    r["family"],
-                    r["registered_model"],
-                    r["version"],
-                    ",".join(r["aliases"]),
-                    r["created_at"].strftime("%Y-%m-%d %H:%M") if r["created_at"] else "",
-                    r["run_status"],
-                    _metrics_cell(r["metrics"]),
-                )
-                for r in rows
-            ],
-        )
+        from mamlctl.cli.output import console
+
+        console().print(versions_table(rows, title=f"Initializers in {store.tracking_uri}"))
 
     app.add_typer(models_app, name="models")

@@ -7,29 +7,21 @@ server process never imports torch or mlflow.
 from __future__ import annotations
 
 import os
-import re
 from typing import Annotated
 
 import typer
 
 from mamlctl.serving import limits
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m)?\s*$")
-_UNIT_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 _MAX_BUSY = f"{limits.MAX_BUSY_POLL * 1e3:g}ms"
 
 
 def parse_duration(text: str, *, allow_zero: bool = False) -> float:
-    """Seconds in ``"2s"``, ``"500ms"``, ``"100us"``, ``"1m"`` or a bare number of seconds."""
-    from mamlctl.errors import ConfigError
+    """Seconds in ``"2s"``, ``"500ms"``, ``"100us"``, ``"1m"``, ``"1h"`` or a bare number of
+    seconds: :func:`mamlctl.timeseries.durations.parse_duration`, the one grammar."""
+    from mamlctl.timeseries.durations import parse_duration as parse
 
-    match = _DURATION.match(text)
-    if not match:
-        raise ConfigError(f"invalid duration {text!r}: use e.g. 2s, 500ms, 100us or 1m")
-    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
-    if seconds < 0 or (seconds == 0 and not allow_zero):
-        raise ConfigError(f"duration {text!r} must be positive")
-    return seconds
+    return parse(text, allow_zero=allow_zero)
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -10,6 +10,15 @@ from typing import Annotated
 import typer
 
 
+def event_json(event: dict[str, object], now: object = None) -> dict[str, object]:
+    """A watch event for ``--json``: ``at`` (the loop's monotonic clock) becomes the ISO 8601
+    wall-clock time the event is printed at (UTC)."""
+    from datetime import UTC, datetime
+
+    stamp = now if isinstance(now, datetime) else datetime.now(UTC)
+    return {**event, "at": stamp.isoformat()}
+
+
 def register(app: typer.Typer) -> None:
     @app.command("watch")
     def watch(
@@ -53,11 +62,11 @@ def register(app: typer.Typer) -> None:
         from dataclasses import asdict
 
         from mamlctl.cli.output import load_settings
-        from mamlctl.cli.serve import parse_duration
         from mamlctl.registry.mlflow_models import validate_alias
         from mamlctl.registry.mlflow_store import MlflowStore, open_store
         from mamlctl.registry.promotion_follow import AdaptingFollower, watched_families
         from mamlctl.registry.promotion_watch import Backoff, WatchEvent, WatchLoop
+        from mamlctl.timeseries.durations import parse_duration
 
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         validate_alias(alias)
@@ -77,7 +86,7 @@ def register(app: typer.Typer) -> None:
 
         def on_event(event: WatchEvent) -> None:
             if as_json:
-                typer.echo(json.dumps(asdict(event)))
+                typer.echo(json.dumps(event_json(asdict(event))))
 
         import torch
 

@@ -6,7 +6,7 @@ batch leaves the registry exactly as it was.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,14 @@ from sqlalchemy.orm import Session
 
 from mamlctl.registry.ingest import IncomingSeries, IngestMode, IngestSummary, store_series
 from mamlctl.timeseries.periodicity import infer_interval
-from mamlctl.timeseries.readers import FileFormat, expand_paths, read_file
+from mamlctl.timeseries.readers import (
+    NO_COLUMNS,
+    Columns,
+    FileFormat,
+    SourceFile,
+    expand_paths,
+    read_file,
+)
 from mamlctl.timeseries.validation import NanPolicy, OrderPolicy, validate_series
 
 
@@ -53,13 +60,34 @@ def prepare_ingest(
     nan: NanPolicy = "reject",
     order: OrderPolicy = "strict",
     on_file: Callable[[Path], None] | None = None,
+    columns: Columns = NO_COLUMNS,
+    series_id: str | None = None,
 ) -> PreparedIngest:
     """Read and validate every file (no database access). ``interval_seconds`` overrides the
-    interval implied by M4 file names and inferred from timestamps."""
+    interval implied by M4 file names and inferred from timestamps; ``columns`` and
+    ``series_id`` go to :func:`~mamlctl.timeseries.readers.read_file`."""
+
+    def sources() -> Iterable[SourceFile]:
+        for path in expand_paths(paths):
+            yield read_file(path, fmt=fmt, columns=columns, series_id=series_id)
+            if on_file is not None:
+                on_file(path)
+
+    return prepare_sources(sources(), interval_seconds=interval_seconds, nan=nan, order=order)
+
+
+def prepare_sources(
+    sources: Iterable[SourceFile],
+    *,
+    interval_seconds: float | None = None,
+    nan: NanPolicy = "reject",
+    order: OrderPolicy = "strict",
+) -> PreparedIngest:
+    """Validate series already read (files, or frames handed to the Python API)."""
     files: list[FileReport] = []
     batch: list[IncomingSeries] = []
-    for path in expand_paths(paths):
-        src = read_file(path, fmt=fmt)
+    for src in sources:
+        path = src.path
         interpolated = 0
         unordered = 0
         points = 0
@@ -86,8 +114,6 @@ def prepare_ingest(
                 interval_seconds=file_interval,
             )
         )
-        if on_file is not None:
-            on_file(path)
     return PreparedIngest(
         files=tuple(files), batch=tuple(batch), nan_policy=nan, order_policy=order
     )

@@ -127,10 +127,15 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+#: Permissions of every model file written (exported files are read by the scoring server).
+MODEL_FILE_MODE = 0o644
+
+
 def _write_one(final: Path, data: bytes | bytearray | memoryview, *, fsync: bool) -> None:
     tmp = final.with_name(f".{final.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, MODEL_FILE_MODE)
     try:
+        os.fchmod(fd, MODEL_FILE_MODE)  # whatever the umask: the server may run as another user
         view = memoryview(data)
         while view:
             written = os.write(fd, view)

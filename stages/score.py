@@ -20,6 +20,7 @@ from mamlctl.errors import InputError
 
 if TYPE_CHECKING:
     from mamlctl.domain import AdaptedModelRecord
+    from mamlctl.serving.state import ServingState
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,6 +37,14 @@ class Forecasts:
     adaptation: Mapping[str, str]
 
 
+def serving_state(records: Sequence[AdaptedModelRecord], *, models_dir: Path) -> ServingState:
+    """The state the server would build from ``records`` (files verified against their sha256,
+    banked); series whose file failed are in its ``failures``."""
+    from mamlctl.serving.state import build_state
+
+    return build_state(records, models_dir=models_dir, fingerprint="score", generation=1)
+
+
 def forecast_series(
     records: Sequence[AdaptedModelRecord],
     *,
@@ -48,9 +57,8 @@ def forecast_series(
     record, a file that does not load, or fewer than L values are listed in ``missing``.
     """
     from mamlctl.serving.scoring import run_groups
-    from mamlctl.serving.state import build_state
 
-    state = build_state(records, models_dir=models_dir, fingerprint="score", generation=1)
+    state = serving_state(records, models_dir=models_dir)
     served: list[str] = []
     windows: list[npt.NDArray[np.float32]] = []
     missing: dict[str, str] = {}

@@ -3,6 +3,10 @@
 * **long**: columns ``series_id``, ``value`` and optionally ``timestamp`` (CSV, CSV.gz or
   Parquet); rows of one series stay in file order (non-monotonic timestamps are an error
   later, never silently sorted).
+* **nixtla**: the Nixtla long frame ``unique_id, ds, y`` (CSV or Parquet).
+* **prophet**: ``ds, y``: one series per file, its id the file name (or ``series_id``).
+  Explicit ``columns`` (``--id-col/--time-col/--value-col``) override the detection; the
+  column roles are :mod:`mamlctl.timeseries.frames`'.
 * **m4**: the M4 competition's wide CSV (``"V1","V2",...``, one row per series, first column
   the id, right-padded with empty cells); no timestamps, integer positions.
 * **nab**: ``timestamp,value`` with one series per file, its id the file name without
@@ -25,13 +29,12 @@ from __future__ import annotations
 
 import gzip
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
 from mamlctl.domain import Series
 from mamlctl.errors import IngestError, NotFoundError
@@ -41,8 +44,40 @@ from mamlctl.timeseries.csv_guard import (
     open_binary,
     scan_lines,
 )
+from mamlctl.timeseries.frames import (
+    ColumnRoles,
+    Where,
+    frame_kind,
+    norm,
+    numeric_column,
+    resolve_roles,
+    series_from_frame,
+    timestamp_column,
+)
 
-FileFormat = Literal["auto", "long", "m4", "nab"]
+FileFormat = Literal["auto", "long", "nixtla", "prophet", "m4", "nab"]
+SourceFormat = Literal["long", "nixtla", "prophet", "m4", "nab"]
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """Explicit column names (``--id-col``/``--time-col``/``--value-col``); None = detect."""
+
+    id: str | None = None
+    time: str | None = None
+    value: str | None = None
+
+    @property
+    def given(self) -> bool:
+        return any(c is not None for c in (self.id, self.time, self.value))
+
+    def roles(self, names: list[Any], *, source: object) -> ColumnRoles:
+        return resolve_roles(
+            names, source=source, id_col=self.id, time_col=self.time, value_col=self.value
+        )
+
+
+NO_COLUMNS = Columns()
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".txt", ".txt.gz")
 
 #: Sampling interval implied by an M4 file name (M4 has no timestamps).
@@ -61,7 +96,7 @@ class SourceFile:
     """What one file held: its series (unvalidated) and the interval its name implies."""
 
     path: Path
-    format: Literal["long", "m4", "nab"]
+    format: SourceFormat
     series: tuple[Series, ...]
     interval_seconds: float | None = None
 
@@ -123,27 +158,63 @@ def _header(path: Path) -> list[str]:
     return [c.strip().strip('"').strip().lower() for c in line.rstrip("\r\n").split(",")]
 
 
-def detect_format(path: Path) -> Literal["long", "m4", "nab"]:
-    """Tell the format from the header (Parquet files are long)."""
-    if _is_parquet(path):
-        return "long"
-    cols = _header(path)
-    if len(cols) >= 2 and cols[0] == "v1" and cols[1] == "v2":
-        return "m4"
-    if cols == ["timestamp", "value"]:
-        return "nab"
+def _frame_format(names: list[str], path: Path) -> SourceFormat | None:
+    cols = [norm(c) for c in names]
     if "series_id" in cols and "value" in cols:
         return "long"
+    if "unique_id" in cols and "y" in cols:
+        return "nixtla"
+    if "ds" in cols and "y" in cols:
+        return "prophet"
+    return None
+
+
+def _parquet_columns(path: Path) -> list[str]:
+    try:
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    except Exception as err:  # pyarrow raises many types for broken files
+        msg = " ".join(str(err).split())[:200]
+        raise IngestError(f"{path}: cannot read Parquet: {msg}") from None
+
+
+def detect_format(path: Path) -> SourceFormat:
+    """Tell the format from the header (the schema of a Parquet file)."""
+    cols = _parquet_columns(path) if _is_parquet(path) else _header(path)
+    if not _is_parquet(path):
+        if len(cols) >= 2 and cols[0] == "v1" and cols[1] == "v2":
+            return "m4"
+        if cols == ["timestamp", "value"]:
+            return "nab"
+    found = _frame_format(cols, path)
+    if found is not None:
+        return found
     raise IngestError(
         f"{path}: cannot tell the format from header {','.join(cols)[:80]!r}: expected "
-        "series_id,timestamp,value (long), timestamp,value (nab) or V1,V2,... (m4); "
-        "pass --format"
+        "series_id,timestamp,value (long), unique_id,ds,y (Nixtla), ds,y (Prophet), "
+        "timestamp,value (nab) or V1,V2,... (m4); pass --format or --id-col/--time-col/"
+        "--value-col"
     )
 
 
-def read_file(path: Path, *, fmt: FileFormat = "auto") -> SourceFile:
-    """Read one file in the given (or detected) format."""
-    actual = detect_format(path) if fmt == "auto" else fmt
+def read_file(
+    path: Path,
+    *,
+    fmt: FileFormat = "auto",
+    columns: Columns = NO_COLUMNS,
+    series_id: str | None = None,
+) -> SourceFile:
+    """Read one file in the given (or detected) format.
+
+    ``columns`` names the id/time/value columns of a long frame (any given name implies a long
+    frame); ``series_id`` names the one series of a frame without an id column (default: the
+    file name without its suffixes).
+    """
+    if columns.given and fmt in ("auto", "long", "nixtla", "prophet"):
+        actual: SourceFormat = "long"
+    else:
+        actual = detect_format(path) if fmt == "auto" else fmt
     if actual == "m4":
         return SourceFile(
             path=path,
@@ -152,13 +223,37 @@ def read_file(path: Path, *, fmt: FileFormat = "auto") -> SourceFile:
             interval_seconds=m4_interval_from_name(path),
         )
     if actual == "nab":
-        return SourceFile(path=path, format="nab", series=(_read_nab(path),))
-    return SourceFile(path=path, format="long", series=_read_long(path))
+        sid = series_id or series_id_from_name(path)
+        return SourceFile(path=path, format="nab", series=(_read_nab(path, sid),))
+    if actual == "long" and not columns.given:
+        columns = Columns(id="series_id")  # mamlctl's own long format names its id column
+    elif actual == "nixtla" and not columns.given:
+        columns = Columns(id="unique_id", time="ds", value="y")
+    elif actual == "prophet" and not columns.given:
+        columns = Columns(time="ds", value="y")
+    roles, series = _read_long(path, columns, series_id)
+    if fmt == "auto" and actual == "long":
+        actual = frame_kind(roles)  # type: ignore[assignment]
+    return SourceFile(path=path, format=actual, series=series)
 
 
 def read_paths(paths: Iterable[Path], *, fmt: FileFormat = "auto") -> Iterator[SourceFile]:
     for path in expand_paths(paths):
         yield read_file(path, fmt=fmt)
+
+
+def _raw_header(path: Path) -> list[str]:
+    """The header's column names as pandas will name them (line 1 bounded first)."""
+    import pandas as pd
+
+    _header(path)  # the line-length guard
+    try:
+        return [str(c) for c in pd.read_csv(path, nrows=0, index_col=False).columns]
+    except pd.errors.EmptyDataError:
+        raise IngestError(f"{path}: file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError, EOFError) as err:
+        msg = " ".join(str(err).split())[:200]
+        raise IngestError(f"{path}: malformed CSV: {msg}") from None
 
 
 # --- parsing --------------------------------------------------------------------------------
@@ -176,7 +271,9 @@ def _read_csv(path: Path, **kwargs: Any) -> Any:
         with warnings.catch_warnings():
             # index_col=False: pandas warns (and drops data) where it would have inferred an index
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            return pd.read_csv(path, index_col=False, **kwargs)
+            # round_trip: the value stored is the number written (the default parser can be
+            # one ulp off, so a frame written with to_csv would not read back equal)
+            return pd.read_csv(path, index_col=False, float_precision="round_trip", **kwargs)
     except pd.errors.EmptyDataError:
         raise IngestError(f"{path}: file is empty") from None
     except (pd.errors.ParserWarning, pd.errors.ParserError) as err:
@@ -190,63 +287,8 @@ def _read_csv(path: Path, **kwargs: Any) -> Any:
         raise IngestError(f"{path}: malformed CSV: {msg}") from None
 
 
-Where = Callable[[int], str]
-
-
 def _lines(first: int) -> Where:
     return lambda i: f"line {first + i}"
-
-
-def _numeric(path: Path, series_id: str, raw: Any, where: Where) -> npt.NDArray[np.float64]:
-    """Column -> float64; empty cells become NaN, text that is not a number is an error."""
-    import pandas as pd
-
-    if raw.dtype.kind in "fiu":
-        return np.asarray(raw, dtype=np.float64)
-    if raw.dtype.kind == "b":
-        raise IngestError(f"{path}: series {series_id}: values are booleans, not numbers")
-    if raw.dtype.kind in "Mm" or isinstance(raw.dtype, pd.DatetimeTZDtype):
-        raise IngestError(f"{path}: series {series_id}: values are datetimes, not numbers")
-    try:
-        num = pd.to_numeric(raw, errors="coerce")
-    except (TypeError, ValueError):
-        raise IngestError(
-            f"{path}: series {series_id}: values of type {raw.dtype} are not numbers"
-        ) from None
-    bad = np.flatnonzero(num.isna().to_numpy() & raw.notna().to_numpy())
-    if bad.size:
-        i = int(bad[0])
-        raise IngestError(
-            f"{path}: series {series_id}: non-numeric value {str(raw.iloc[i])[:40]!r} at {where(i)}"
-        )
-    return np.asarray(num, dtype=np.float64)
-
-
-def _timestamps(path: Path, series_id: str, raw: Any, where: Where) -> npt.NDArray[np.datetime64]:
-    """Column -> naive UTC datetime64[us]; unparsable cells are an error."""
-    import pandas as pd
-
-    if raw.dtype.kind == "M":
-        parsed = raw
-    else:
-        if raw.dtype.kind in "fiu":
-            raise IngestError(
-                f"{path}: series {series_id}: numeric timestamps are ambiguous; use ISO 8601 "
-                "text (or drop the column for integer positions)"
-            )
-        try:
-            parsed = pd.to_datetime(raw, errors="coerce", utc=True, format="ISO8601")
-        except (ValueError, TypeError):
-            parsed = pd.to_datetime(raw, errors="coerce", utc=True, format="mixed")
-        bad = np.flatnonzero(parsed.isna().to_numpy())
-        if bad.size:
-            i = int(bad[0])
-            raise IngestError(
-                f"{path}: series {series_id}: bad timestamp {str(raw.iloc[i])[:40]!r} at {where(i)}"
-            )
-    if getattr(parsed.dt, "tz", None) is not None:
-        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-    return np.asarray(parsed.to_numpy(dtype="datetime64[us]"))
 
 
 def _read_m4(path: Path) -> tuple[Series, ...]:
@@ -269,7 +311,7 @@ def _read_m4(path: Path) -> tuple[Series, ...]:
             row = matrix[row_i]
         else:
             line = row_i + 2
-            row = _numeric(
+            row = numeric_column(
                 path,
                 sid,
                 df.iloc[row_i].reset_index(drop=True),
@@ -283,42 +325,22 @@ def _read_m4(path: Path) -> tuple[Series, ...]:
     return tuple(out)
 
 
-def _read_nab(path: Path) -> Series:
+def _read_nab(path: Path, sid: str) -> Series:
     df = _read_csv(path, dtype={"timestamp": str})
     cols = [str(c).strip().lower() for c in df.columns]
     if cols != ["timestamp", "value"]:
         raise IngestError(f"{path}: expected header timestamp,value, got {','.join(cols)[:80]}")
-    sid = series_id_from_name(path)
     if len(df) == 0:
         raise IngestError(f"{path}: series {sid}: file holds no rows")
-    values = _numeric(path, sid, df.iloc[:, 1], _lines(2))
-    ts = _timestamps(path, sid, df.iloc[:, 0], _lines(2))
+    values = numeric_column(path, sid, df.iloc[:, 1], _lines(2))
+    ts = timestamp_column(path, sid, df.iloc[:, 0], _lines(2))
     return Series(series_id=sid, values=values, timestamps=ts)
 
 
-def _text_ids(path: Path, ids: Any) -> Any:
-    """Series ids as text: bytes (Parquet binary columns) decode as UTF-8; NUL is refused."""
-    if ids.dtype == object:
-        decoded = []
-        for row, v in enumerate(ids.tolist(), 1):
-            if isinstance(v, bytes | bytearray):
-                try:
-                    v = bytes(v).decode("utf-8")
-                except UnicodeDecodeError:
-                    raise IngestError(
-                        f"{path}: series id at row {row} is not UTF-8 text: {bytes(v)[:40]!r}"
-                    ) from None
-            decoded.append(v)
-        ids = ids.__class__(decoded, index=ids.index, dtype=object)
-    texts = ids[ids.notna()].astype(str)
-    has_nul = texts.str.contains("\x00", regex=False)
-    if has_nul.any():
-        bad = str(texts[has_nul].iloc[0])
-        raise IngestError(f"{path}: series id {bad[:40]!r} contains a NUL character")
-    return ids
-
-
-def _read_long(path: Path) -> tuple[Series, ...]:
+def _read_long(
+    path: Path, columns: Columns, series_id: str | None
+) -> tuple[ColumnRoles, tuple[Series, ...]]:
+    """A long frame (mamlctl, Nixtla or Prophet columns) from CSV or Parquet."""
     import pandas as pd
 
     if _is_parquet(path):
@@ -327,31 +349,13 @@ def _read_long(path: Path) -> tuple[Series, ...]:
         except Exception as err:  # pyarrow raises many types for broken files
             msg = " ".join(str(err).split())[:200]
             raise IngestError(f"{path}: cannot read Parquet: {msg}") from None
+        roles = columns.roles(list(df.columns), source=path)
     else:
-        df = _read_csv(path, dtype={"series_id": str, "timestamp": str})
-    df.columns = [str(c).strip().lower() for c in df.columns]
-    missing = {"series_id", "value"} - set(df.columns)
-    if missing:
-        raise IngestError(
-            f"{path}: missing column(s) {', '.join(sorted(missing))}: long format needs "
-            "series_id,[timestamp,]value"
-        )
+        raw = _raw_header(path)
+        roles = columns.roles(raw, source=path)
+        text = {c for c in raw if norm(c) in (roles.id, roles.time)}
+        df = _read_csv(path, dtype=dict.fromkeys(text, str))
     if len(df) == 0:
         raise IngestError(f"{path}: file holds no rows")
-    ids = _text_ids(path, df["series_id"])
-    if ids.isna().any():
-        i = int(np.flatnonzero(ids.isna().to_numpy())[0])
-        raise IngestError(f"{path}: empty series_id at line {i + 2}")
-    has_ts = "timestamp" in df.columns
-    out: list[Series] = []
-    for sid, idx in df.groupby(ids.astype(str), sort=False).indices.items():
-        part = df.iloc[idx]
-        where: Where = lambda i, idx=idx: f"line {int(idx[i]) + 2}"  # type: ignore[misc]  # noqa: E731
-        values = _numeric(path, str(sid), part["value"].reset_index(drop=True), where)
-        ts = (
-            _timestamps(path, str(sid), part["timestamp"].reset_index(drop=True), where)
-            if has_ts
-            else None
-        )
-        out.append(Series(series_id=str(sid), values=values, timestamps=ts))
-    return tuple(out)
+    sid = series_id or series_id_from_name(path)
+    return roles, series_from_frame(df, roles, source=path, series_id=sid)
