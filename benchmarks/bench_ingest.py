@@ -30,8 +30,8 @@ from pg_scratch import scratch_database
 
 from mamlctl.registry.db import make_engine, upgrade_schema
 from mamlctl.registry.ingest import store_series
-from mamlctl.registry.ingest_files import PreparedIngest, prepare_ingest
 from mamlctl.registry.tables import PointRow, SeriesRow
+from mamlctl.stages.ingest import PreparedIngest, prepare_ingest
 
 
 def _store(url: str, prepared: PreparedIngest) -> tuple[float, float]:

@@ -29,7 +29,7 @@ from pg_scratch import scratch_database
 from mamlctl.registry import queries as q
 from mamlctl.registry.db import make_engine, upgrade_schema
 from mamlctl.registry.ingest import store_series
-from mamlctl.registry.ingest_files import prepare_ingest
+from mamlctl.stages.ingest import prepare_ingest
 
 
 def _pct(xs: list[float], p: float) -> float:

@@ -76,8 +76,8 @@ def register(app: typer.Typer) -> None:
         from mamlctl.cli.output import emit_json, load_settings, progress
         from mamlctl.errors import ConfigError
         from mamlctl.maml.adaptation import AdaptConfig
-        from mamlctl.registry.adaptation_job import AdaptRequest, run_adaptation
         from mamlctl.registry.mlflow_store import open_store
+        from mamlctl.stages.adapt import AdaptRequest, run_adaptation
         from mamlctl.timeseries.durations import parse_timedelta
 
         try:

@@ -148,7 +148,7 @@ def run_demo(options: DemoOptions, stages: Stages) -> tuple[dict[str, Any], Thre
 
 def _ingest(settings: Settings, stages: Stages) -> dict[str, Any]:
     from mamlctl.registry.db import transaction
-    from mamlctl.registry.ingest_files import ingest, prepare_ingest
+    from mamlctl.stages.ingest import ingest, prepare_ingest
 
     path = shipped_file(TRAIN_FILE)
     with stages.stage("ingest M4 Hourly subset") as note:
@@ -164,8 +164,8 @@ def _detect(settings: Settings, stages: Stages) -> list[tuple[Family, int]]:
     from collections import Counter
 
     from mamlctl.registry.db import transaction
-    from mamlctl.registry.family_detection import detect_families
     from mamlctl.registry.family_queries import list_families
+    from mamlctl.stages.detect import detect_families
 
     with stages.stage("detect families") as note, transaction(settings) as session:
         detections = detect_families(session)
@@ -228,8 +228,8 @@ def _train(
 
 def _adapt(settings: Settings, family: str, stages: Stages) -> dict[str, Any]:
     from mamlctl.maml.adaptation import AdaptConfig
-    from mamlctl.registry.adaptation_job import AdaptRequest, run_adaptation
     from mamlctl.registry.mlflow_store import open_store
+    from mamlctl.stages.adapt import AdaptRequest, run_adaptation
 
     store = open_store(settings)
     with stages.stage("adapt + export ONNX per series") as note:

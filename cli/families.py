@@ -37,8 +37,8 @@ def detect(
     from mamlctl.cli.output import emit_json, load_settings, print_table
     from mamlctl.cli.progress_tty import tty_progress as progress
     from mamlctl.registry.db import transaction
-    from mamlctl.registry.family_detection import detect_families
     from mamlctl.registry.series_queries import count_series
+    from mamlctl.stages.detect import detect_families
 
     settings = load_settings()
     with transaction(settings) as session, progress() as bar:

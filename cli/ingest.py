@@ -98,7 +98,7 @@ def ingest_command(
     from mamlctl.domain import validate_series_id
     from mamlctl.errors import InputError
     from mamlctl.registry.db import transaction
-    from mamlctl.registry.ingest_files import ingest, prepare_ingest
+    from mamlctl.stages.ingest import ingest, prepare_ingest
     from mamlctl.timeseries.periodicity import parse_interval
     from mamlctl.timeseries.readers import Columns
 

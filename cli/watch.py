@@ -64,8 +64,8 @@ def register(app: typer.Typer) -> None:
         from mamlctl.cli.output import load_settings
         from mamlctl.registry.mlflow_models import validate_alias
         from mamlctl.registry.mlflow_store import MlflowStore, open_store
-        from mamlctl.registry.promotion_follow import AdaptingFollower, watched_families
         from mamlctl.registry.promotion_watch import Backoff, WatchEvent, WatchLoop
+        from mamlctl.stages.follow import AdaptingFollower, watched_families
         from mamlctl.timeseries.durations import parse_duration
 
         os.environ.setdefault("OMP_NUM_THREADS", "1")

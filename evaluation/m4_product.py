@@ -209,11 +209,11 @@ def _one_home(
     from mamlctl.maml.adaptation import AdaptConfig
     from mamlctl.maml.family_data import make_config
     from mamlctl.registry import queries as q
-    from mamlctl.registry.adaptation_job import AdaptRequest, run_adaptation
     from mamlctl.registry.db import transaction
     from mamlctl.registry.mlflow_store import open_store
     from mamlctl.registry.series_store import SqlSeriesStore
     from mamlctl.settings import Settings
+    from mamlctl.stages.adapt import AdaptRequest, run_adaptation
     from mamlctl.stages.score import forecast_series
     from mamlctl.stages.train import train
 

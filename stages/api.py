@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-    from mamlctl.registry.adaptation_job import AdaptReport
     from mamlctl.settings import Settings
+    from mamlctl.stages.adapt import AdaptReport
     from mamlctl.stages.train import TrainOutcome
 
 __all__ = ["IngestResult", "adapt", "detect", "forecast", "ingest_frame", "train"]
@@ -90,8 +90,8 @@ def ingest_frame(
     from mamlctl.errors import InputError
     from mamlctl.registry import queries as q
     from mamlctl.registry.db import transaction
-    from mamlctl.registry.family_detection import detect_families
-    from mamlctl.registry.ingest_files import ingest, prepare_sources
+    from mamlctl.stages.detect import detect_families
+    from mamlctl.stages.ingest import ingest, prepare_sources
     from mamlctl.timeseries.frames import frame_kind, resolve_roles, series_from_frame
     from mamlctl.timeseries.periodicity import parse_interval
     from mamlctl.timeseries.readers import SourceFile
@@ -179,8 +179,8 @@ def adapt(
     fields (``steps``, ``inner_lr``, ``calibration``, ``adapt_scope``, ``weights``)."""
     from mamlctl.errors import ConfigError
     from mamlctl.maml.adaptation import AdaptConfig
-    from mamlctl.registry.adaptation_job import AdaptRequest, run_adaptation
     from mamlctl.registry.mlflow_store import open_store
+    from mamlctl.stages.adapt import AdaptRequest, run_adaptation
 
     try:
         config = AdaptConfig(**options)

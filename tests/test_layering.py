@@ -40,6 +40,14 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "mlflow",
         "sqlalchemy",
     ),
+    "registry": (
+        "torch",
+        "mamlctl.maml",
+        "mamlctl.serving",
+        "mamlctl.stages",
+        "mamlctl.evaluation",
+        "mamlctl.cli",
+    ),
     "serving": ("torch", "mlflow", "mamlctl.maml", "mamlctl.stages", "mamlctl.cli"),
     "stages": ("mamlctl.cli",),
 }

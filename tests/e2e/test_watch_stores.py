@@ -13,9 +13,9 @@ import pytest
 from local_processes import Proc, free_port, start_mlflow_server
 
 from mamlctl.domain import AdaptedModelRecord
-from mamlctl.registry.promotion_follow import AdaptingFollower, served_version
 from mamlctl.registry.promotion_watch import Backoff, WatchLoop
 from mamlctl.settings import Settings
+from mamlctl.stages.follow import AdaptingFollower, served_version
 
 L, H, K = 24, 6, 60
 

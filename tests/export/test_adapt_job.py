@@ -25,9 +25,10 @@ from mamlctl.domain import AdaptedModelRecord, InitializerRef
 from mamlctl.maml.export import read_metadata
 from mamlctl.maml.initializer import save_initializer
 from mamlctl.maml.models import MLPConfig, build_model
-from mamlctl.registry.adaptation_job import parse_duration, select_series
 from mamlctl.registry.model_files import iter_model_files, open_verified
 from mamlctl.settings import Settings
+from mamlctl.stages.adapt import select_series
+from mamlctl.timeseries.durations import parse_timedelta as parse_duration
 
 runner = CliRunner()
 L, H, K = 24, 6, 60

@@ -167,7 +167,7 @@ def test_stale_selection_always_rechecks_zero_shot_models() -> None:
     from datetime import UTC, datetime, timedelta
 
     from mamlctl.domain import AdaptedModelRecord, InitializerRef
-    from mamlctl.registry.adaptation_job import select_series
+    from mamlctl.stages.adapt import select_series
 
     now = datetime(2026, 11, 26, tzinfo=UTC)
     ref = InitializerRef(family="f", registered_model="maml-f", version=3, run_id="r")

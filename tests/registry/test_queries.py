@@ -45,7 +45,9 @@ def test_family_upsert_get_list(session: Session) -> None:
 
 
 def test_family_validation(session: Session) -> None:
-    with pytest.raises(InputError, match="support K=10 counts the window, so it must be >= window \\+ 1 = 49"):
+    with pytest.raises(
+        InputError, match="support K=10 counts the window, so it must be >= window \\+ 1 = 49"
+    ):
         q.upsert_family(
             session,
             Family(name="x", period=24, interval_seconds=None, window=48, horizon=48, support=10),

@@ -3,7 +3,7 @@
 Edges only (MLflow store, registry database, model files); the numerical work is
 :func:`mamlctl.maml.adaptation.adapt_histories` and :mod:`mamlctl.maml.export`. This module
 selects the series and runs the job inside its MLflow run; the per-chunk work (steps 1-3
-below, and the parity sample) is :class:`mamlctl.registry.adaptation_chunks.ChunkedJob`.
+below, and the parity sample) is :class:`mamlctl.stages.adapt_chunks.ChunkedJob`.
 
 Consistency, in this order for every chunk of series:
 
@@ -85,20 +85,6 @@ class AdaptReport:
     zero_shot: int = 0
 
 
-def parse_duration(text: str) -> timedelta:
-    """``30m``, ``24h``, ``7d``, ``90s`` -> timedelta; InputError otherwise."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    raw = text.strip().lower()
-    try:
-        value = float(raw[:-1])
-        unit = units[raw[-1]]
-    except (ValueError, KeyError, IndexError):
-        raise InputError(f"invalid duration {text!r}; use e.g. 90s, 30m, 24h, 7d") from None
-    if value < 0:
-        raise InputError(f"duration {text!r} must not be negative")
-    return timedelta(seconds=value * unit)
-
-
 def adapt_hash(initializer: InitializerRef, plan: dict[str, Any]) -> str:
     """Identity of "the same adaptation": initializer version + resolved settings."""
     import json
@@ -147,9 +133,9 @@ def run_adaptation(
     from mamlctl.maml.adaptation import adapt_histories, plan_adaptation
     from mamlctl.maml.initializer import load_initializer
     from mamlctl.registry import queries as q
-    from mamlctl.registry.adaptation_chunks import ChunkedJob
     from mamlctl.registry.db import open_registry
     from mamlctl.registry.model_files import remove_temporaries
+    from mamlctl.stages.adapt_chunks import ChunkedJob
 
     started = time.perf_counter()
     now = datetime.now(UTC)

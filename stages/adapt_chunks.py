@@ -1,5 +1,5 @@
 """The chunks of one adaptation job: adapt, export to files, then record (see
-:mod:`mamlctl.registry.adaptation_job` for the consistency order), plus the parity sample and
+:mod:`mamlctl.stages.adapt` for the consistency order), plus the parity sample and
 the job's summary metrics.
 """
 
@@ -13,13 +13,13 @@ import numpy as np
 
 from mamlctl.domain import ADAPTATION_KEY, ADAPTED, ZERO_SHOT, AdaptedModelRecord, InitializerRef
 from mamlctl.errors import TrainingError
-from mamlctl.registry.adaptation_job import META_ADAPT_HASH, META_JOB_RUN, Progress
+from mamlctl.stages.adapt import META_ADAPT_HASH, META_JOB_RUN, Progress
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
-    from mamlctl.registry.adaptation_job import AdaptRequest
     from mamlctl.settings import Settings
+    from mamlctl.stages.adapt import AdaptRequest
 
 
 class _Todo:

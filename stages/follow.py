@@ -11,9 +11,9 @@ from mamlctl.domain import InitializerRef
 
 if TYPE_CHECKING:
     from mamlctl.maml.adaptation import AdaptConfig
-    from mamlctl.registry.adaptation_job import AdaptReport
     from mamlctl.registry.mlflow_store import MlflowStore
     from mamlctl.settings import Settings
+    from mamlctl.stages.adapt import AdaptReport
 
 #: One chunk for the whole family: the job records a chunk's rows in one transaction, so a
 #: failure anywhere leaves every series on its previous model (no half-promoted family).
@@ -67,9 +67,9 @@ class AdaptingFollower:
 
     def readapt(self, family: str, ref: InitializerRef) -> int:
         from mamlctl.maml.adaptation import AdaptConfig
-        from mamlctl.registry.adaptation_job import AdaptRequest, run_adaptation
         from mamlctl.registry.db import transaction
         from mamlctl.registry.family_queries import set_family_champion
+        from mamlctl.stages.adapt import AdaptRequest, run_adaptation
 
         # Exactly the version the alias pointed at when polled (not "the alias now").
         request = AdaptRequest(family=family, version=ref.version, chunk_series=WHOLE_FAMILY_CHUNK)
