@@ -78,6 +78,14 @@ def register(app: typer.Typer) -> None:
                 help="Meta-iterations of each `train` (fixed, so a rerun gives the same result).",
             ),
         ] = 1000,
+        window: Annotated[
+            int | None,
+            typer.Option(
+                "--window",
+                help="The family's input window L, as `families create -L` sets it (default: "
+                "the interval's; series need L points to be served).",
+            ),
+        ] = None,
         limit: Annotated[
             int | None, typer.Option("--limit", help="Only the first N series (quick runs).")
         ] = None,
@@ -116,6 +124,7 @@ def register(app: typer.Typer) -> None:
             folds=folds,
             iterations=iterations,
             seed=seed,
+            window=window,
         )
         if iterations < 1:
             raise InputError(f"--iterations must be >= 1, got {iterations}")
@@ -169,7 +178,7 @@ def register(app: typer.Typer) -> None:
             "protocol": protocol,
             "n_series": run.n_series,
             "wall_s": round(wall, 1),
-            "options": {"folds": folds, "iterations": iterations, "seed": seed},
+            "options": {"folds": folds, "iterations": iterations, "seed": seed, "window": window},
             "product": product[0].summary(),
             "results": [
                 {

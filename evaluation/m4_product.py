@@ -52,6 +52,8 @@ class ProductOptions:
     folds: int = 3
     iterations: int = 1000
     seed: int = 0
+    #: the family's input window L (None: the product's default for the interval)
+    window: int | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -109,13 +111,16 @@ class ProductRun:
         }
 
 
-def subset_family(data: M4Data) -> Family:
-    """The calendar family of the subset's interval, with the product's defaults."""
-    from mamlctl.timeseries.families import family_for
+def subset_family(data: M4Data, *, window: int | None = None) -> Family:
+    """The calendar family of the subset's interval, with the product's defaults (and the
+    window ``families create -L`` would give it)."""
+    from mamlctl.timeseries.families import family_for, with_window
 
     interval = INTERVAL[data.subset.name]
     period = data.subset.season if data.subset.season > 1 else None
     family = family_for(period, interval)
+    if window is not None:
+        family = with_window(family, window)
     if family.horizon != data.subset.horizon:
         raise InputError(
             f"family {family.name} forecasts H={family.horizon}, M4 {data.subset.name} "
@@ -141,7 +146,7 @@ def run_product(
         raise InputError(f"--history must be >= 1, got {options.history}")
     if options.iterations < 1:
         raise InputError(f"--iterations must be >= 1, got {options.iterations}")
-    family = subset_family(data)
+    family = subset_family(data, window=options.window)
     shown = {
         sid: (x if options.history is None else x[-options.history :])
         for sid, x in zip(data.ids, data.histories, strict=True)

@@ -105,6 +105,19 @@ def family_defaults(name: str, *, period: int | None, interval_seconds: float | 
     )
 
 
+def with_window(family: Family, window: int) -> Family:
+    """``family`` with input window L = ``window`` and the support rule applied to it
+    (K = L + P; no cycle L + H): what ``families create -L`` gives a family of few points."""
+    from dataclasses import replace
+
+    from mamlctl.errors import InputError
+
+    if window < 1:
+        raise InputError(f"window must be >= 1, got {window}")
+    step = family.period if family.period is not None else family.horizon
+    return replace(family, window=window, support=window + step)
+
+
 def _snaps(period: int, target: int) -> bool:
     return abs(period - target) <= max(1, round(0.05 * target))
 
