@@ -30,6 +30,7 @@ import numpy.typing as npt
 import onnx
 import orjson
 
+from mamlctl.contract import key as contract_key
 from mamlctl.domain import ADAPTATION_KEY, AdaptedModelRecord
 from mamlctl.errors import MamlctlError
 from mamlctl.registry.model_files import open_verified
@@ -45,8 +46,6 @@ from mamlctl.serving.model_reader import VerifiedReader, prefetch
 from mamlctl.serving.runtime import BankRuntime, Runtime, SessionsRuntime, make_session
 
 log = logging.getLogger("mamlctl.serving")
-
-META_PREFIX = "mamlctl."
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,7 +160,7 @@ def _load_one(record: AdaptedModelRecord, data: bytes) -> tuple[_Loaded, onnx.Mo
 
 def _loaded(record: AdaptedModelRecord, meta: dict[str, str], window: int) -> _Loaded:
     """The file's claims checked against the registry row: its series and window length."""
-    named = meta.get(f"{META_PREFIX}series_id")
+    named = meta.get(contract_key("series_id"))
     if named != record.series_id:
         raise MamlctlError(
             f"model file {record.path!r} belongs to series {named!r}, not {record.series_id!r}"
@@ -194,7 +193,7 @@ def _by_layout(
         meta = tail_metadata(data, layout)
         if meta is None:
             return None
-        if meta.get(f"{META_PREFIX}template_id") != key[0]:
+        if meta.get(contract_key("template_id")) != key[0]:
             # same framing, another graph id: int8-delta files of another initializer (their
             # base weights are raw data); that structure's own layout may follow
             continue
@@ -214,7 +213,7 @@ def _entry(item: _Loaded, *, group: int, row: int, generation: int) -> SeriesEnt
     rec, meta = item.record, item.meta
 
     def pick(key: str, fallback: Any) -> str:
-        return meta.get(f"{META_PREFIX}{key}", str(fallback))
+        return meta.get(contract_key(key), str(fallback))
 
     registered = pick("registered_model", rec.registered_model)
     run_id = pick("initializer_run_id", rec.initializer_run_id)
@@ -297,7 +296,7 @@ def build_state(
             failed_records[record.series_id] = record
             log.error("series %s: its model file failed to load: %s", record.series_id, err)
             continue
-        template_id = item.meta.get(f"{META_PREFIX}template_id")
+        template_id = item.meta.get(contract_key("template_id"))
         key = _group_key(model, template_id)
         builder = builders.get(key)
         if builder is None:

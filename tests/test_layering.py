@@ -13,7 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: folder -> prefixes its modules must never import
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "mamlctl": (
+    "mamlctl": (  # the file contract (mamlctl.contract) included: torch- and onnx-free
+        "torch",
+        "onnx",
+        "onnxruntime",
+        "mlflow",
+        "sqlalchemy",
         "mamlctl.timeseries",
         "mamlctl.maml",
         "mamlctl.registry",
