@@ -19,17 +19,9 @@ if TYPE_CHECKING:
 
 def load_settings() -> Settings:
     """Build the settings once, at the edge; turns validation errors into a ConfigError."""
-    from pydantic import ValidationError
-
-    from mamlctl.errors import ConfigError
     from mamlctl.settings import Settings
 
-    try:
-        return Settings()
-    except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"invalid setting MAMLCTL_{loc.upper()}: {first['msg']}") from None
+    return Settings.from_env()
 
 
 def _default(obj: Any) -> Any:

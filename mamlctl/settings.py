@@ -91,6 +91,19 @@ class Settings(BaseSettings):
         """Lock file serialising the implicit upgrade of the embedded database."""
         return self.home / ".registry.db.lock"
 
+    @classmethod
+    def from_env(cls) -> Settings:
+        """The settings of the environment (``MAMLCTL_*``); a bad value is one
+        :class:`ConfigError` naming the variable."""
+        from pydantic import ValidationError
+
+        try:
+            return cls()
+        except ValidationError as err:
+            first = err.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"invalid setting MAMLCTL_{loc.upper()}: {first['msg']}") from None
+
     def ensure_home(self) -> None:
         """Create the embedded folders. Called by commands that write, never at import."""
         for path in (self.home, self.mlflow_dir, self.artifact_root, self.models_dir):

@@ -43,14 +43,7 @@ def _settings(home: str | Path | None, settings: Settings | None) -> Settings:
         return settings
     if home is not None:
         return Settings(home=Path(home))
-    from pydantic import ValidationError
-
-    try:
-        return Settings()
-    except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"invalid setting MAMLCTL_{loc.upper()}: {first['msg']}") from None
+    return Settings.from_env()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
