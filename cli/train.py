@@ -114,6 +114,14 @@ def register(app: typer.Typer) -> None:
                 "ANIL; lighter to serve).",
             ),
         ] = None,
+        select: Annotated[
+            str | None,
+            typer.Option(
+                "--select",
+                help="Initializer registered: best (lowest held-out MASE among the MAML "
+                "checkpoints and the pretrained baseline; default) or last (final MAML iterate).",
+            ),
+        ] = None,
         promote: Annotated[
             bool,
             typer.Option("--promote", help="Make the new version champion (default: challenger)."),
@@ -155,6 +163,7 @@ def register(app: typer.Typer) -> None:
             loss=loss,
             nonnegative=nonnegative,
             adapt_scope=adapt_scope,
+            select=select,
         )
         settings = load_settings()
         series_store = SqlSeriesStore(settings)
@@ -222,5 +231,9 @@ def _render(outcome: TrainOutcome, *, as_json: bool, emit_json: Any) -> None:
         f"pretrained {'n/a' if pre is None else f'{pre:.3f}'}, "
         f"seasonal naive {m['val_seasonal_naive_mase']:.3f}"
     )
+    chosen = int(m.get("selected_iteration", outcome.iterations))
+    if chosen != outcome.iterations:
+        which = "the pretrained baseline" if chosen < 0 else f"the MAML checkpoint at {chosen}"
+        typer.echo(f"registered {which}: the lowest held-out MASE (--select last to keep the end)")
     if outcome.gate is not None:
         typer.echo(f"not champion: {outcome.gate}")

@@ -68,6 +68,12 @@ class FamilyTrainConfig(BaseModel):
     max_holdout: int = Field(default=64, ge=1)
     validations: int = Field(default=4, ge=1, le=100, description="Validation points in a run.")
     pretrained_baseline: bool = True
+    select: Literal["best", "last"] = Field(
+        default="best",
+        description="The initializer registered: the lowest held-out MASE among the MAML "
+        "checkpoints at each validation point and the pretrained baseline (best), or the "
+        "last MAML iterate (last).",
+    )
     # The forecasting recipe (see the module docstring): the network predicts the residual to
     # seasonal naive, is trained on MAE, and its raw forecasts are bounded below (a fraction of
     # the window minimum) for families whose series never go negative.

@@ -181,6 +181,8 @@ def train_family(
     history: list[tuple[int, dict[str, float]]] = []
     losses: list[float] = []
     params: dict[str, Tensor] | None = None
+    #: (held-out MASE, iteration, parameters) of the best MAML checkpoint so far
+    best: tuple[float, int, dict[str, Tensor]] | None = None
     done = 0
     began = time.perf_counter()
     stop = False
@@ -214,14 +216,14 @@ def train_family(
         )
         history.append((done, val_metrics))
         emit(done, val_metrics)
-    assert params is not None
+        if best is None or val_metrics["val_mase"] < best[0]:
+            best = (
+                val_metrics["val_mase"],
+                done,
+                {k: v.detach().clone() for k, v in params.items()},
+            )
+    assert params is not None and best is not None
     elapsed = time.perf_counter() - began
-    floor_metrics: dict[str, float] = {}
-    if plan.floor_fraction is None:  # choose the non-negative lower bound on the held-out set
-        raw = forecast_heldout(plan, params, val, steps=cfg.inner_steps, bounded=False)
-        chosen, floor_metrics = choose_floor(plan, val, raw)
-        plan = replace(plan, floor_fraction=chosen)
-        data = replace(data, plan=plan)
 
     pretrained: dict[str, Tensor] | None = None
     if cfg.pretrained_baseline:
@@ -241,6 +243,24 @@ def train_family(
             callback=pre_callback,
         )
         pretrained = pre.params
+
+    # the initializer registered (``select``): the best held-out checkpoint, the pretrained
+    # baseline when it validates better still, or the last iterate
+    selected = float(done)
+    if cfg.select == "best":
+        best_mase, selected, params = best[0], float(best[1]), best[2]
+        if pretrained is not None:
+            pre_val = score(
+                plan, val, forecast_heldout(plan, pretrained, val, steps=cfg.inner_steps)
+            )
+            if pre_val["mase"] < best_mase:
+                params, selected = pretrained, -1.0
+    floor_metrics: dict[str, float] = {}
+    if plan.floor_fraction is None:  # choose the non-negative lower bound on the held-out set
+        raw = forecast_heldout(plan, params, val, steps=cfg.inner_steps, bounded=False)
+        chosen, floor_metrics = choose_floor(plan, val, raw)
+        plan = replace(plan, floor_fraction=chosen)
+        data = replace(data, plan=plan)
 
     # the calibration prior of series too short to calibrate themselves (maml.calibration)
     prior = heldout_prior(plan, params, val, steps=cfg.inner_steps)
@@ -269,6 +289,8 @@ def train_family(
     final.update(_prefixed("calibration_prior_", prior.to_dict()))
     final["train_seconds"] = elapsed
     final["iterations"] = float(done)
+    # the MAML iteration whose parameters are the initializer; -1: the pretrained baseline
+    final["selected_iteration"] = selected
     emit(done, final)
     del torch
     return FamilyTrainingResult(
