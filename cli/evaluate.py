@@ -75,9 +75,10 @@ def register(app: typer.Typer) -> None:
             int,
             typer.Option(
                 "--iterations",
-                help="Meta-iterations of each `train` (fixed, so a rerun gives the same result).",
+                help="Meta-iterations of each `train` (fixed, so a rerun gives the same result; "
+                "default: train's).",
             ),
-        ] = 1000,
+        ] = 3000,
         window: Annotated[
             int | None,
             typer.Option(

@@ -50,7 +50,7 @@ class ProductOptions:
     protocol: Protocol = "family"
     history: int | None = None
     folds: int = 3
-    iterations: int = 1000
+    iterations: int = 3000
     seed: int = 0
     #: the family's input window L (None: the product's default for the interval)
     window: int | None = None
