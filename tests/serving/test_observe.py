@@ -224,7 +224,7 @@ def test_duplicates_are_idempotent(home, served) -> None:  # type: ignore[no-unt
 
 
 def test_bad_observations_get_per_item_errors_and_the_rest_is_processed(home, served) -> None:  # type: ignore[no-untyped-def]
-    settings, _, values = home
+    settings, _, _ = home
     t_last = T0 + timedelta(hours=99)
     items = [
         {"series_id": "s5", "timestamp": 240, "value": None},
