@@ -33,13 +33,6 @@ from mamlctl.timeseries.stream_detector import StreamState, run_stream, tail_mag
 IDS = [f"s{i}" for i in range(6)]
 
 
-@pytest.fixture
-def db_url(sqlite_url: str) -> str:
-    """SQLite: the observe loop's SQL is the registry's portable Core; the durable e2e test
-    runs the real server on it too."""
-    return sqlite_url
-
-
 class Served:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
