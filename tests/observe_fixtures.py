@@ -6,11 +6,13 @@ onnxruntime on the window. One module at the tests' root, importable from every 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -148,3 +150,49 @@ def stored_series(settings: Settings, series_id: str) -> Any:
 
     with open_registry(settings) as factory, factory() as sess:
         return load_series(sess, series_id)
+
+
+class Client:
+    """Synchronous calls into an ASGI app (no network)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await client.request(method, url, **kwargs)
+
+        return asyncio.run(go())
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+
+class Served:
+    """The app over the registry (``RegistrySource``), models loaded, streams synced."""
+
+    def __init__(self, settings: Settings) -> None:
+        from mamlctl.serving.app import ServeOptions, create_app
+        from mamlctl.serving.source import RegistrySource
+
+        self.settings = settings
+        self.source = RegistrySource(settings)
+        self.app = create_app(settings, self.source, options=ServeOptions(reload=False))
+        assert self.app.holder.reload(force=True)
+        assert self.app.observer is not None
+        self.app.observer.sync(self.app.holder.state)
+        self.client = Client(self.app)
+
+    def observe(self, *items: dict[str, Any], status: int = 200) -> Any:
+        body = {"items": list(items)} if len(items) != 1 else items[0]
+        response = self.client.post("/v1/observe", json=body)
+        assert response.status_code == status, response.text
+        return response.json()
+
+    def close(self) -> None:
+        self.source.close()

@@ -7,8 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from observe_fixtures import add_timestamped_series, record_models
-from test_observe import Served
+from observe_fixtures import Served, add_timestamped_series, record_models
 from typer.testing import CliRunner
 
 from mamlctl.cli.app import app

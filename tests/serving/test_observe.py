@@ -12,45 +12,22 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Client
 from observe_fixtures import (
     SIGMA,
     T0,
     TS_SERIES,
     Z_THRESHOLD,
     L,
+    Served,
     add_timestamped_series,
     onnx_forecaster,
     record_models,
     stored_series,
 )
 
-from mamlctl.serving.app import ServeOptions, create_app
-from mamlctl.serving.source import RegistrySource
-from mamlctl.settings import Settings
 from mamlctl.timeseries.stream_detector import StreamState, run_stream, tail_magnitude
 
 IDS = [f"s{i}" for i in range(6)]
-
-
-class Served:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.source = RegistrySource(settings)
-        self.app = create_app(settings, self.source, options=ServeOptions(reload=False))
-        assert self.app.holder.reload(force=True)
-        assert self.app.observer is not None
-        self.app.observer.sync(self.app.holder.state)
-        self.client = Client(self.app)
-
-    def observe(self, *items: dict[str, Any], status: int = 200) -> Any:
-        body = {"items": list(items)} if len(items) != 1 else items[0]
-        response = self.client.post("/v1/observe", json=body)
-        assert response.status_code == status, response.text
-        return response.json()
-
-    def close(self) -> None:
-        self.source.close()
 
 
 @pytest.fixture
