@@ -92,7 +92,7 @@ def calibrate_residuals(
     The score is a monotone function of ``z = |r| / sigma``, so the quantile is taken on ``z``
     and only N scores are evaluated.
     """
-    from mamlctl.timeseries.anomaly import MAD_TO_SIGMA, score_from_z
+    from mamlctl.timeseries.anomaly import MAD_TO_SIGMA, MAX_THRESHOLD_Z, score_from_z
 
     abs_r = np.abs(residuals)
     ragged = bool(np.isnan(abs_r).any())
@@ -105,6 +105,9 @@ def calibrate_residuals(
         zq = np.nanquantile(z, q, axis=1, method="higher")
     else:
         zq = np.quantile(z, q, axis=1, method="higher")
+    # capped at MAX_THRESHOLD_Z sigmas: few residuals make the quantile their max, and a
+    # residual past ~8.3 sigmas would make the threshold exactly 1.0
+    zq = np.minimum(zq, max(MAX_THRESHOLD_Z, min_z))
     thr = np.maximum(score_from_z(zq), float(score_from_z(min_z)))
     if not (np.all(np.isfinite(rscale)) and np.all(np.isfinite(thr))):
         raise TrainingError("anomaly calibration produced a non-finite scale or threshold")

@@ -196,3 +196,35 @@ class Score:
     registered_model: str
     initializer_version: int
     adapted_at: datetime
+
+
+#: Status of an anomaly record: new, or seen by someone (``mamlctl anomalies ack``).
+AnomalyStatus = Literal["open", "acknowledged"]
+ANOMALY_STATUSES: tuple[AnomalyStatus, ...] = ("open", "acknowledged")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnomalyRecord:
+    """A flagged observation of ``POST /v1/observe``, as the registry keeps it.
+
+    ``timestamp`` is the point's timestamp (naive UTC) or, for a series stored by integer
+    positions, its position; ``z`` is ``|value - forecast| / sigma`` and ``magnitude`` the
+    ``-log10`` two-sided Gaussian tail probability of ``z``."""
+
+    id: int
+    series_id: str
+    family: str | None
+    timestamp: datetime | int
+    position: int
+    value: float
+    forecast: float
+    sigma: float
+    z: float
+    anomaly_score: float
+    magnitude: float
+    registered_model: str
+    initializer_version: int
+    model_sha256: str
+    status: AnomalyStatus
+    created_at: datetime
+    acknowledged_at: datetime | None

@@ -277,7 +277,7 @@ def store_series(
         on_progress(len(plan) % 50)
     session.flush()
     if pk_parts:
-        _bulk_insert_points(session, pk_parts, pos_parts, val_parts, ts_parts)
+        insert_points(session, pk_parts, pos_parts, val_parts, ts_parts)
     return IngestSummary(results=tuple(results))
 
 
@@ -287,7 +287,7 @@ def _ts_strings(ts: npt.NDArray[np.datetime64] | None, n: int) -> list[str | Non
     return [s.replace("T", " ") for s in np.datetime_as_string(ts, unit="us")]
 
 
-def _bulk_insert_points(
+def insert_points(
     session: Session,
     pk_parts: list[npt.NDArray[np.int64]],
     pos_parts: list[npt.NDArray[np.int64]],

@@ -165,3 +165,32 @@ class AdaptedModelRow(Base):
     support_end: Mapped[int | None] = mapped_column(Integer)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     is_current: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class AnomalyRow(Base):
+    """One flagged observation of ``POST /v1/observe``, written in the transaction that stored
+    its point (``series_pk``, ``position``: the point's key). ``replaced``: the served model's
+    window held ``forecast`` in this point's place (the detector's short-run rule,
+    :mod:`mamlctl.timeseries.stream_detector`), which a restarted server needs to rebuild it.
+    ``status`` is ``open`` until acknowledged (``mamlctl anomalies ack``)."""
+
+    __tablename__ = "anomalies"
+    __table_args__ = (UniqueConstraint("series_pk", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    ts: Mapped[datetime | None] = mapped_column(DateTime)
+    value: Mapped[float] = mapped_column(Double)
+    forecast: Mapped[float] = mapped_column(Double)
+    sigma: Mapped[float] = mapped_column(Double)
+    z: Mapped[float] = mapped_column(Double)
+    score: Mapped[float] = mapped_column(Double)
+    magnitude: Mapped[float] = mapped_column(Double)
+    replaced: Mapped[bool] = mapped_column(Boolean)
+    registered_model: Mapped[str] = mapped_column(String(255))
+    initializer_version: Mapped[int] = mapped_column(Integer)
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime)

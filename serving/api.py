@@ -83,6 +83,10 @@ def build_api(outer: ScoringApp) -> FastAPI:
     async def series_route(series_id: str) -> Response:
         return _json(series_detail(holder.state, series_id))
 
+    from mamlctl.serving.observe_api import register_observe_routes
+
+    register_observe_routes(api, outer)
+
     @api.get("/healthz", response_model=schemas.Health, summary="Liveness (no auth).")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}

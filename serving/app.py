@@ -40,6 +40,7 @@ from mamlctl.serving.binary import score_binary
 from mamlctl.serving.busypoll import BusyPoll
 from mamlctl.serving.holder import StateHolder
 from mamlctl.serving.metrics import Metrics
+from mamlctl.serving.observe import make_observer, sync_observer
 from mamlctl.serving.scoring import ClientError, parse, score
 from mamlctl.serving.source import ModelSource
 from mamlctl.settings import Settings
@@ -105,9 +106,11 @@ class _Poller:
         await asyncio.to_thread(holder.reload, force=True)
         # ready now; build the FastAPI part (docs, /metrics, /v1/series) off the cold start
         await asyncio.to_thread(lambda: self.outer.api)
+        await asyncio.to_thread(sync_observer, self.outer)  # observe streams: stored windows
         while self.enabled:
             await asyncio.sleep(self.interval)
-            await asyncio.to_thread(holder.reload)
+            if await asyncio.to_thread(holder.reload):
+                await asyncio.to_thread(sync_observer, self.outer)
 
 
 #: ``(status, body, rows scored, error kind, headers)`` of one ``POST /v1/score``
@@ -135,6 +138,10 @@ class ScoringApp:
         self._pending_ok = 0
         self._pending_rows = 0
         self._pool: ThreadPoolExecutor | None = None  # large requests (OFFLOAD_BODY_BYTES)
+        self.observer = make_observer(source)  # POST /v1/observe (registry sources only)
+
+    def log_store_error(self, err: BaseException) -> None:
+        log.error("observe: registry database error: %s", err, exc_info=True)
 
     @property
     def api(self) -> Any:

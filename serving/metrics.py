@@ -36,6 +36,7 @@ class Metrics:
     generation: Gauge
     reloads: Counter
     load_failures: Gauge
+    anomalies: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -74,6 +75,12 @@ class Metrics:
             load_failures=Gauge(
                 "mamlctl_model_load_failures",
                 "Current models that failed to load.",
+                registry=reg,
+            ),
+            anomalies=Counter(
+                "mamlctl_anomalies",
+                "Observations flagged by POST /v1/observe, by family.",
+                ("family",),
                 registry=reg,
             ),
         )

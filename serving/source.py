@@ -87,6 +87,11 @@ class RegistrySource:
     def models_dir(self) -> Path:
         return self._settings.models_dir
 
+    @property
+    def engine(self) -> Engine:
+        """The registry database's engine (the observe loop writes through it)."""
+        return self._engine
+
     def fingerprint(self) -> str:
         from sqlalchemy import func, select
         from sqlalchemy.exc import SQLAlchemyError

@@ -24,7 +24,11 @@ Calibration
     ``scale = 1.4826 * median(|r|)`` (the normal-consistent median absolute residual about 0,
     robust to the anomalies one wants to find; a biased model gets a larger scale), floored at
     ``min_scale``; ``threshold`` is the ``1 - false_alarm_rate`` empirical quantile of the held-
-    out scores, but never below the score of ``min_z`` sigmas.
+    out scores, but never below the score of ``min_z`` sigmas and never above the score of
+    :data:`MAX_THRESHOLD_Z` sigmas: with few held-out points the empirical quantile is their
+    maximum, and a residual past ~8.3 sigmas would make the threshold exactly 1.0 (a flag
+    only float rounding can raise). The false-alarm rate aimed at is ``false_alarm_rate``
+    (default 0.5% of points) with a floor of ``min_z`` = 3 sigmas (0.27% for Gaussian residuals).
 
 numpy and the standard library only: a serving-only install has neither torch nor scipy.
 """
@@ -46,8 +50,13 @@ BoolArray = npt.NDArray[np.bool_]
 #: 1 / Phi^{-1}(3/4): makes the median absolute residual a consistent Gaussian sigma.
 MAD_TO_SIGMA = 1.482602218505602
 
+#: Largest threshold a calibration gives, in sigmas: its score ``erf(8 / sqrt 2)`` is
+#: ``1 - 1.2e-15`` (< 1.0 in float64), so a threshold never silently reaches 1.0.
+MAX_THRESHOLD_Z = 8.0
+
 __all__ = [
     "MAD_TO_SIGMA",
+    "MAX_THRESHOLD_Z",
     "AnomalyCalibration",
     "anomaly_score",
     "calibrate",
@@ -142,7 +151,8 @@ def calibrate(
     scale = robust_scale(r, min_scale=min_scale)
     scores = anomaly_score(r, scale)
     empirical = float(np.quantile(scores, 1.0 - false_alarm_rate, method="higher"))
-    threshold = max(empirical, float(score_from_z(min_z)))
+    ceiling = float(score_from_z(max(MAX_THRESHOLD_Z, min_z)))
+    threshold = min(max(empirical, float(score_from_z(min_z))), ceiling)
     return AnomalyCalibration(
         scale=scale,
         threshold=threshold,
