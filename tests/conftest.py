@@ -45,7 +45,14 @@ PG_HOST = os.environ.get("MAMLCTL_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("MAMLCTL_TEST_PG_PORT", "5432"))
 PG_ADMIN_DB = "test"
 PG_USERS = ("postgres", "root")
-REGISTRY_TABLES = ("anomalies", "adapted_models", "initializer_versions", "points", "series", "families")
+REGISTRY_TABLES = (
+    "anomalies",
+    "adapted_models",
+    "initializer_versions",
+    "points",
+    "series",
+    "families",
+)
 
 
 @pytest.fixture(autouse=True)
