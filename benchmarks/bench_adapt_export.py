@@ -244,6 +244,7 @@ def record_rows(stored: Any, big: dict[str, Any], home: Path) -> float:
                     s,
                     registered_model="maml-hourly",
                     initializer_version=1,
+                    initializer_run_id="0" * 32,
                     support=K,
                     window=L,
                     horizon=H,

@@ -6,6 +6,7 @@ server process never imports torch or mlflow.
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Annotated
 
@@ -47,6 +48,22 @@ def _check_port_free(host: str, port: int) -> None:
                 f"cannot listen on {host}:{port}: {err.strerror or err} (another server? "
                 "pick another --port)"
             ) from None
+
+
+def http_protocol() -> str:
+    """uvicorn's ``http=``: the fast path held to the connection bounds; without the fast path
+    (uvicorn's internals moved), the bounded plain protocol; uvicorn's own as the last resort."""
+    for path in (
+        "mamlctl.serving.fastpath:ScoreHttpProtocol",
+        "mamlctl.serving.bounds:BoundedHttpProtocol",
+    ):
+        module, _, name = path.partition(":")
+        try:
+            getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        return path
+    return "httptools"
 
 
 def register(app: typer.Typer) -> None:
@@ -107,6 +124,37 @@ def register(app: typer.Typer) -> None:
                 envvar="MAMLCTL_SERVE_ALLOW_EMPTY",
             ),
         ] = False,
+        max_head_bytes: Annotated[
+            int,
+            typer.Option(
+                min=256,
+                help="Largest request line + headers in bytes (more: 431, or 414 for the URL).",
+                envvar="MAMLCTL_SERVE_MAX_HEAD_BYTES",
+            ),
+        ] = limits.DEFAULT_MAX_HEAD_BYTES,
+        head_timeout: Annotated[
+            str,
+            typer.Option(
+                help="Time a client has to send a request's head (from connecting or its first"
+                " byte); else 408 and close.",
+                envvar="MAMLCTL_SERVE_HEAD_TIMEOUT",
+            ),
+        ] = f"{limits.DEFAULT_HEAD_TIMEOUT:g}s",
+        body_timeout: Annotated[
+            str,
+            typer.Option(
+                help="Time a client has to send a request's body after its head; else 408.",
+                envvar="MAMLCTL_SERVE_BODY_TIMEOUT",
+            ),
+        ] = f"{limits.DEFAULT_BODY_TIMEOUT:g}s",
+        max_connections: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                help="Open connections per worker; the next one is answered 503 and closed.",
+                envvar="MAMLCTL_SERVE_MAX_CONNECTIONS",
+            ),
+        ] = limits.DEFAULT_MAX_CONNECTIONS,
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
     ) -> None:
         """Serve forecasts and anomaly scores of every adapted series over HTTP."""
@@ -116,6 +164,12 @@ def register(app: typer.Typer) -> None:
         settings = load_settings()  # validate MAMLCTL_* before forking workers
         expected_token(settings)  # an empty MAMLCTL_API_TOKEN: one-line error, not auth off
         interval = parse_duration(reload_interval)
+        bounds = limits.ConnectionLimits(
+            max_head_bytes=max_head_bytes,
+            head_timeout=parse_duration(head_timeout),
+            body_timeout=parse_duration(body_timeout),
+            max_connections=max_connections,
+        )
         busy = parse_duration(busy_poll, allow_zero=True)
         if busy > limits.MAX_BUSY_POLL:
             from mamlctl.errors import ConfigError
@@ -130,17 +184,16 @@ def register(app: typer.Typer) -> None:
         _check_port_free(host, port)
         import uvicorn
 
-        try:  # the fast path subclasses uvicorn internals; plain httptools if they moved
-            from mamlctl.serving.fastpath import ScoreHttpProtocol  # noqa: F401
-
-            http = "mamlctl.serving.fastpath:ScoreHttpProtocol"
-        except (ImportError, AttributeError):
-            http = "httptools"
+        http = http_protocol()
         os.environ["MAMLCTL_SERVE_RELOAD_INTERVAL"] = str(interval)
         os.environ["MAMLCTL_SERVE_BUSY_POLL"] = str(busy)
         os.environ["MAMLCTL_SERVE_BATCH_THREADS"] = str(batch_threads)
         os.environ["MAMLCTL_SERVE_MAX_FAILED_SHARE"] = str(max_failed_share)
         os.environ["MAMLCTL_SERVE_ALLOW_EMPTY"] = "1" if allow_empty else "0"
+        os.environ["MAMLCTL_SERVE_MAX_HEAD_BYTES"] = str(bounds.max_head_bytes)
+        os.environ["MAMLCTL_SERVE_HEAD_TIMEOUT"] = str(bounds.head_timeout)
+        os.environ["MAMLCTL_SERVE_BODY_TIMEOUT"] = str(bounds.body_timeout)
+        os.environ["MAMLCTL_SERVE_MAX_CONNECTIONS"] = str(bounds.max_connections)
         uvicorn.run(
             "mamlctl.serving.app:app_from_env",
             factory=True,

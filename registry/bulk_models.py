@@ -36,6 +36,7 @@ def record_models_bulk(
     *,
     registered_model: str,
     initializer_version: int,
+    initializer_run_id: str,
     support: int,
     window: int,
     horizon: int,
@@ -73,12 +74,13 @@ def record_models_bulk(
     init_id = session.scalar(
         select(InitializerVersionRow.id).where(
             InitializerVersionRow.registered_model == registered_model,
-            InitializerVersionRow.version == initializer_version,
+            InitializerVersionRow.run_id == initializer_run_id,
         )
     )
     if init_id is None:
         raise NotFoundError(
-            f"{registered_model} version {initializer_version} is not recorded in the registry"
+            f"{registered_model} version {initializer_version} (run {initializer_run_id}) is "
+            "not recorded in the registry"
         )
     all_pks = [pks[sid] for sid in ids]
     for start in range(0, len(all_pks), 500):

@@ -64,23 +64,24 @@ def record_initializer_version(
 ) -> InitializerRef:
     """Record an MLflow model version of a family's initializer (idempotent for the same run).
 
-    ``registered_model`` defaults to ``maml-<family>``. Recording the same (model, version)
-    again with the same run id returns the stored record; with another run id it fails.
+    ``registered_model`` defaults to ``maml-<family>``. Rows are identified by the MLflow run:
+    recording the same run again returns the stored record (another version number for it: it
+    was registered again, the stored number follows); a version number already recorded for
+    another run is a registered model deleted and created again (versions restart at 1), and
+    gets a row of its own. A run recorded for another family fails.
     """
     fam = family_row(session, family)
     model = registered_model or registered_model_name(family)
     existing = session.scalars(
         select(InitializerVersionRow).where(
             InitializerVersionRow.registered_model == model,
-            InitializerVersionRow.version == version,
+            InitializerVersionRow.run_id == run_id,
         )
     ).one_or_none()
     if existing is not None:
-        if existing.run_id != run_id or existing.family_id != fam.id:
-            raise InputError(
-                f"{model} version {version} is already recorded for run {existing.run_id}, "
-                f"not {run_id}"
-            )
+        if existing.family_id != fam.id:
+            raise InputError(f"run {run_id} of {model} is recorded for another family")
+        existing.version = version
         return _ref(existing, fam)
     row = InitializerVersionRow(
         family_id=fam.id,
@@ -106,6 +107,8 @@ def _initializer_row(
             InitializerVersionRow.registered_model == registered_model,
             InitializerVersionRow.version == version,
         )
+        .order_by(InitializerVersionRow.id.desc())  # the model's latest incarnation
+        .limit(1)
     ).one_or_none()
     if found is None:
         raise NotFoundError(

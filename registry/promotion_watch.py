@@ -42,9 +42,13 @@ class AliasSource(Protocol):
 
 
 class Follower(Protocol):
-    """The serving side: which version serves a family now, and re-adapting from another."""
+    """The serving side: which initializer serves a family now, and re-adapting from another.
 
-    def served_version(self, family: str) -> int | None: ...
+    An initializer is identified by its MLflow run id: a registered model deleted and created
+    again restarts its version numbers, so "v1" may name two different initializers."""
+
+    def served(self, family: str) -> tuple[str, int] | None:
+        """(run id, version) of the initializer every current model of ``family`` came from."""
 
     def readapt(self, family: str, ref: InitializerRef) -> int:
         """Re-adapt ``family``'s series from ``ref``; returns the number of series adapted."""
@@ -96,9 +100,10 @@ EVENT_KINDS = (
 
 @dataclass(slots=True)
 class _FamilyState:
-    served: int | None
-    seen: set[int] = field(default_factory=set)
-    failed: int | None = None  # version whose re-adaptation failed (not retried)
+    served: str | None  # run id of the initializer served
+    served_version: int | None = None
+    seen: set[str] = field(default_factory=set)  # run ids
+    failed: str | None = None  # run whose re-adaptation failed (not retried)
     no_alias_logged: bool = False
 
 
@@ -145,8 +150,9 @@ class WatchLoop:
         return self._failures
 
     def served(self, family: str) -> int | None:
+        """The version number served (for display; the identity is the run id)."""
         state = self._state.get(family)
-        return state.served if state else None
+        return state.served_version if state else None
 
     def next_delay(self) -> float:
         """Seconds until the next poll: the interval, or the backoff during an outage."""
@@ -206,10 +212,13 @@ class WatchLoop:
     def _poll_family(self, source: AliasSource, family: str) -> None:
         state = self._state.get(family)
         if state is None:
-            served = self._follower.served_version(family)
-            state = self._state[family] = _FamilyState(served=served)
-            if served is not None:
-                state.seen.add(served)
+            served = self._follower.served(family)
+            if served is None:
+                state = self._state[family] = _FamilyState(served=None)
+            else:
+                state = self._state[family] = _FamilyState(
+                    served=served[0], served_version=served[1], seen={served[0]}
+                )
         try:
             ref = source.resolve_alias(family, self.alias)
         except NotFoundError as err:
@@ -220,19 +229,19 @@ class WatchLoop:
             return
         self._answered()
         state.no_alias_logged = False
-        if ref.version == state.served:
+        if ref.run_id == state.served:
             state.failed = None
             return
-        if ref.version == state.failed:
+        if ref.run_id == state.failed:
             return  # already reported; wait for the alias to move again
-        previous = state.served
-        rollback = ref.version in state.seen or (previous is not None and ref.version < previous)
+        previous = state.served_version
+        rollback = ref.run_id in state.seen
         try:
             adapted = self._follower.readapt(family, ref)
         except TrackingUnavailableError:
             raise  # could not load the version: nothing adapted; retried after recovery
         except MamlctlError as err:
-            state.failed = ref.version
+            state.failed = ref.run_id
             self._emit(
                 "adapt_failed",
                 family=family,
@@ -244,9 +253,10 @@ class WatchLoop:
                 level=logging.ERROR,
             )
             return
-        state.served = ref.version
+        state.served = ref.run_id
+        state.served_version = ref.version
         state.failed = None
-        state.seen.add(ref.version)
+        state.seen.add(ref.run_id)
         kind = "rolled_back" if rollback else "promoted"
         self._emit(
             kind,

@@ -121,7 +121,12 @@ class PointRow(Base):
 
 class InitializerVersionRow(Base):
     __tablename__ = "initializer_versions"
-    __table_args__ = (UniqueConstraint("registered_model", "version"),)
+    # One row per MLflow run: a version number repeats when the registered model is deleted
+    # and created again (versions restart at 1), a run id never does.
+    __table_args__ = (
+        UniqueConstraint("registered_model", "run_id", name="uq_initializer_versions_run"),
+        Index("ix_initializer_versions_model_version", "registered_model", "version"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     family_id: Mapped[int] = mapped_column(

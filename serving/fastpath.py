@@ -13,17 +13,48 @@ machine, more than scoring one row; this path costs a few microseconds. Scoring 
 synchronous on the event loop (no ``await`` between reading the body and answering), so
 nothing about concurrency changes. Bodies declared at ``OFFLOAD_BODY_BYTES`` or more (large
 batches) take the ASGI path, which scores them on a worker thread while the loop goes on.
+
+Every connection is held to :mod:`mamlctl.serving.bounds` (head size, deadlines, connection
+count, write flow control), which uses no uvicorn internals. The fast path itself reads
+uvicorn's per-request attributes (:data:`UVICORN_ATTRIBUTES`); a connection whose protocol
+lacks one of them (a uvicorn that changed) runs without the fast path, every request through
+the ASGI app, and says so once in the log. ``mamlctl serve`` falls back to
+:class:`mamlctl.serving.bounds.BoundedHttpProtocol` when this module cannot be imported.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from mamlctl.serving.app import SCORE_PATH, ScoringApp, too_large
+from mamlctl.serving.bounds import HttpBounds
 from mamlctl.serving.limits import OFFLOAD_BODY_BYTES
+
+#: uvicorn ``HttpToolsProtocol`` attributes the fast path reads or calls, checked on each new
+#: connection (``url`` and ``headers`` once a message began).
+UVICORN_ATTRIBUTES = (
+    "app",
+    "parser",
+    "cycle",
+    "pipeline",
+    "expect_100_continue",
+    "server_state",
+    "transport",
+    "loop",
+    "timeout_keep_alive",
+    "timeout_keep_alive_handler",
+    "_unset_keepalive_if_required",
+    "on_message_begin",
+    "on_headers_complete",
+    "on_body",
+    "on_message_complete",
+)
+_log = logging.getLogger("mamlctl.serving")
+_warned: list[bool] = []
 
 _SCORE_URL = SCORE_PATH.encode()
 _POST = b"POST"
@@ -47,12 +78,22 @@ def _large(headers: list[tuple[bytes, bytes]]) -> bool:
     return False
 
 
-class ScoreHttpProtocol(HttpToolsProtocol):
+def _uvicorn_compatible(protocol: object) -> bool:
+    """Whether ``protocol`` has every attribute the fast path uses (logged once if not)."""
+    missing = [name for name in UVICORN_ATTRIBUTES if not hasattr(protocol, name)]
+    if missing and not _warned:
+        _warned.append(True)
+        _log.warning("uvicorn changed (no %s): /v1/score served without the fast path", missing)
+    return not missing
+
+
+class _FastScoreProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` plus the synchronous ``POST /v1/score`` path (module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._scoring = _scoring_app(self.app)
+        app = getattr(self, "app", None)
+        self._scoring = _scoring_app(app) if _uvicorn_compatible(self) else None
         self._limit = self._scoring.options.max_body_bytes if self._scoring else 0
         self._fast = False
         self._chunks: list[bytes] = []
@@ -122,3 +163,7 @@ class ScoreHttpProtocol(HttpToolsProtocol):
             self.timeout_keep_alive_task = self.loop.call_later(
                 self.timeout_keep_alive, self.timeout_keep_alive_handler
             )
+
+
+class ScoreHttpProtocol(HttpBounds, _FastScoreProtocol):
+    """What ``mamlctl serve`` runs: the fast path, every connection held to the bounds."""

@@ -101,7 +101,7 @@ def select_series(
     stale_after: timedelta | None,
     now: datetime,
 ) -> list[str]:
-    """Series to (re-)adapt: no current model, another initializer version, a zero-shot model
+    """Series to (re-)adapt: no current model, another initializer (MLflow run), a zero-shot model
     (its series may have gained enough points to adapt: the job skips it as up to date when
     not), or (with ``stale_after``) a model older than that. Without ``stale_after`` every
     candidate."""
@@ -113,7 +113,7 @@ def select_series(
         if (
             rec is None
             or rec.registered_model != initializer.registered_model
-            or rec.initializer_version != initializer.version
+            or rec.initializer_run_id != initializer.run_id
             or rec.adapted_at < now - stale_after
             or rec.adaptation == ZERO_SHOT
         ):

@@ -131,6 +131,7 @@ class ChunkedJob:
                         not self.request.force
                         and rec is not None
                         and rec.support_end == end
+                        and rec.initializer_run_id == self.ref.run_id
                         and rec.metadata.get(META_ADAPT_HASH) == self.job_hash
                         and rec.adaptation == mode
                     ):
@@ -236,6 +237,7 @@ class ChunkedJob:
                 session,
                 registered_model=self.ref.registered_model,
                 initializer_version=self.ref.version,
+                initializer_run_id=self.ref.run_id,
                 support=self.plan.support,
                 window=self.plan.window,
                 horizon=self.plan.horizon,

@@ -20,15 +20,25 @@ if TYPE_CHECKING:
 WHOLE_FAMILY_CHUNK = 1_000_000
 
 
-def served_version(settings: Settings, family: str) -> int | None:
-    """The initializer version every current adapted model of ``family`` came from; None when
-    the family has no current model or its series are on different versions."""
+def served_initializer(settings: Settings, family: str) -> tuple[str, int] | None:
+    """(MLflow run id, version) of the initializer every current adapted model of ``family``
+    came from; None when the family has no current model or its series are on different
+    initializers. The run id is the identity (a re-created registered model repeats versions)."""
     from mamlctl.registry import queries as q
     from mamlctl.registry.db import open_registry
 
     with open_registry(settings) as factory, factory() as session:
-        versions = {r.initializer_version for r in q.current_adapted_models(session, family)}
-    return versions.pop() if len(versions) == 1 else None
+        served = {
+            (r.initializer_run_id, r.initializer_version)
+            for r in q.current_adapted_models(session, family)
+        }
+    return served.pop() if len(served) == 1 else None
+
+
+def served_version(settings: Settings, family: str) -> int | None:
+    """The version number of :func:`served_initializer` (for messages: not an identity)."""
+    served = served_initializer(settings, family)
+    return served[1] if served is not None else None
 
 
 def watched_families(settings: Settings, only: tuple[str, ...] = ()) -> list[str]:
@@ -62,8 +72,8 @@ class AdaptingFollower:
         self._config = config
         self._on_report = on_report
 
-    def served_version(self, family: str) -> int | None:
-        return served_version(self._settings, family)
+    def served(self, family: str) -> tuple[str, int] | None:
+        return served_initializer(self._settings, family)
 
     def readapt(self, family: str, ref: InitializerRef) -> int:
         from mamlctl.maml.adaptation import AdaptConfig

@@ -54,8 +54,9 @@ class FakeFollower:
     fail_versions: set[int] = field(default_factory=set)
     unloadable: set[int] = field(default_factory=set)
 
-    def served_version(self, family: str) -> int | None:
-        return self.serving.get(family)
+    def served(self, family: str) -> tuple[str, int] | None:
+        v = self.serving.get(family)
+        return None if v is None else (f"r{v}", v)  # FakeRegistry's run ids
 
     def readapt(self, family: str, ref: InitializerRef) -> int:
         self.calls.append((family, ref.version))

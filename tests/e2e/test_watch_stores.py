@@ -213,3 +213,36 @@ def test_watch_cli_once_catches_up_and_names_unknown_families(
     assert unknown.output.strip().splitlines()[-1].startswith("error: ")
     bad = CliRunner().invoke(app, ["watch", "--interval", "soon", "--once"])
     assert bad.exit_code == 1 and "invalid duration" in bad.output
+
+
+def test_a_recreated_registered_model_is_followed_by_run_id(
+    sines_home: Any, tmp_path: Path
+) -> None:
+    """Regression (issue item 3): deleting the registered model in MLflow and registering
+    again restarts versions at 1. Oracle: the MLflow run ids -- the new v1 is another run, so
+    adapt adapts from it (no "already recorded"), watch re-adapts once, and every current
+    model names the new run."""
+    from mamlctl.maml.adaptation import AdaptConfig
+    from mamlctl.registry.mlflow_store import open_store
+    from mamlctl.stages.adapt import AdaptRequest, run_adaptation
+
+    settings = sines_home.settings
+    assert _register(settings, tmp_path, seed=0) == 1
+    loop = _loop(settings)
+    loop.poll_once()
+    first_run = {r.initializer_run_id for r in _current(settings).values()}
+    assert len(first_run) == 1 and len(_current(settings)) == 6
+
+    store = open_store(settings)
+    store.client.delete_registered_model("maml-sines")
+    assert _register(settings, tmp_path, seed=1) == 1  # v1 again, another run
+    new_ref = open_store(settings).resolve_alias("sines")
+    assert new_ref.version == 1 and {new_ref.run_id} != first_run
+
+    loop.poll_once()  # watch: same number, another run -> re-adapt
+    assert [e.kind for e in loop.events] == ["promoted", "promoted"]
+    assert {r.initializer_run_id for r in _current(settings).values()} == {new_ref.run_id}
+    report = run_adaptation(settings, store, AdaptRequest(family="sines"), AdaptConfig())
+    assert (report.adapted, report.up_to_date) == (0, 6)
+    loop.poll_once()
+    assert len(loop.events) == 2  # nothing more to do

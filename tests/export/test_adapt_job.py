@@ -225,15 +225,15 @@ def test_stale_selection_follows_age_and_champion(registered: Any, tmp_path: Pat
 
 def test_select_series_by_age() -> None:
     now = datetime(2026, 11, 26, tzinfo=UTC)
-    ref = InitializerRef(family="f", registered_model="maml-f", version=3, run_id="r")
+    ref = InitializerRef(family="f", registered_model="maml-f", version=3, run_id="r3")
 
-    def rec(sid: str, version: int, age_h: float) -> AdaptedModelRecord:
+    def rec(sid: str, version: int, age_h: float, run: str = "") -> AdaptedModelRecord:
         return AdaptedModelRecord(
             series_id=sid,
             family="f",
             registered_model="maml-f",
             initializer_version=version,
-            initializer_run_id="r",
+            initializer_run_id=run or f"r{version}",
             path="p",
             sha256="0" * 64,
             adapted_at=now - timedelta(hours=age_h),
@@ -245,14 +245,15 @@ def test_select_series_by_age() -> None:
         )
 
     current = {"old": rec("old", 3, 30), "new": rec("new", 3, 1), "v2": rec("v2", 2, 1)}
+    current["v3-deleted-model"] = rec("v3-deleted-model", 3, 1, run="r-before")  # same number
     picked = select_series(
         current,
-        ["old", "new", "v2", "none"],
+        ["old", "new", "v2", "v3-deleted-model", "none"],
         initializer=ref,
         stale_after=timedelta(hours=24),
         now=now,
     )
-    assert picked == ["old", "v2", "none"]
+    assert picked == ["old", "v2", "v3-deleted-model", "none"]
     assert select_series(current, ["new"], initializer=ref, stale_after=None, now=now) == ["new"]
     assert parse_duration("90s") == timedelta(seconds=90)
     assert parse_duration("7d") == timedelta(days=7)
@@ -372,6 +373,7 @@ def test_bulk_recording_equals_record_adapted_model(seeded_registry: Any) -> Non
                 s,
                 registered_model="maml-sines",
                 initializer_version=1,
+                initializer_run_id="r1",
                 entries=[
                     NewModel(
                         series_id="s1",

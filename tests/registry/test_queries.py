@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -146,8 +147,15 @@ def test_lineage_and_current_flip(session: Session) -> None:
         when,
     )
     assert q.record_initializer_version(session, family="hourly", version=1, run_id="r1") == ref
-    with pytest.raises(InputError, match="already recorded for run r1"):
-        q.record_initializer_version(session, family="hourly", version=1, run_id="other")
+    # the registered model deleted and created again in MLflow: v1 again, another run
+    again = q.record_initializer_version(session, family="hourly", version=1, run_id="again")
+    assert (again.version, again.run_id) == (1, "again")
+    assert q.get_initializer_version(session, family="hourly", version=1).run_id == "again"
+    q.upsert_family(session, replace(HOURLY, name="other"))
+    with pytest.raises(InputError, match="recorded for another family"):
+        q.record_initializer_version(
+            session, family="other", version=1, run_id="r1", registered_model="maml-hourly"
+        )
     q.record_initializer_version(session, family="hourly", version=2, run_id="r2")
     assert q.current_adapted_model(session, "A") is None
     _adapt(session, "A", 1)
@@ -180,7 +188,7 @@ def test_lineage_and_current_flip(session: Session) -> None:
     assert (status.series, status.points, status.initializer_versions, status.serving_version) == (
         2,
         400,
-        2,
+        3,  # r1, "again" (v1 of the re-created model) and r2
         2,
     )
     assert (status.adapted, status.stale) == (2, 1)  # B still on version 1

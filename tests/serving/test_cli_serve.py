@@ -74,6 +74,8 @@ def test_busy_poll_zero_turns_it_off(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         (["serve", "--reload-interval", "0"], "must be positive"),
         (["serve", "--busy-poll", "20ms"], "over the 10ms limit"),
         (["serve", "--busy-poll", "-1us"], "invalid duration"),
+        (["serve", "--head-timeout", "0"], "must be positive"),
+        (["serve", "--body-timeout", "soon"], "invalid duration"),
     ],
 )
 def test_serve_errors_are_one_line(
@@ -104,3 +106,57 @@ def test_the_factory_reads_the_serve_options(
     assert (options.reload_interval, options.busy_poll, options.batch_threads) == (0.5, 0.00025, 3)
     assert (options.max_failed_share, options.allow_empty) == (0.25, True)
     assert scoring.holder.batch_threads == 3 and scoring.busy_poll.window == 0.00025
+
+
+def test_connection_bounds_reach_the_workers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Oracle: the documented defaults (README, security), then options and environment."""
+    import uvicorn
+
+    from mamlctl.serving.limits import ConnectionLimits
+
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: None)
+    monkeypatch.setenv("MAMLCTL_HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    assert CliRunner().invoke(app, ["serve"]).exit_code == 0
+    assert ConnectionLimits.from_env(os.environ) == ConnectionLimits(
+        max_head_bytes=16384, head_timeout=10.0, body_timeout=30.0, max_connections=1024
+    )
+    for name in [n for n in os.environ if n.startswith("MAMLCTL_SERVE_")]:
+        monkeypatch.delenv(name)  # what the first run passed on to its workers
+    monkeypatch.setenv("MAMLCTL_SERVE_MAX_CONNECTIONS", "7")
+    args = ["serve", "--max-head-bytes", "8192", "--head-timeout", "2s", "--body-timeout", "1m"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert ConnectionLimits.from_env(os.environ) == ConnectionLimits(
+        max_head_bytes=8192, head_timeout=2.0, body_timeout=60.0, max_connections=7
+    )
+
+
+def test_serve_falls_back_to_the_bounded_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A uvicorn whose internals moved (the fast path does not import): the bounded plain
+    protocol; without httptools' protocol at all: uvicorn's own."""
+    import importlib
+
+    from mamlctl.cli import serve
+
+    real = importlib.import_module
+    assert serve.http_protocol() == "mamlctl.serving.fastpath:ScoreHttpProtocol"
+
+    def broken(name: str, *missing: str) -> Any:
+        def imp(module: str, package: str | None = None) -> Any:
+            if module in missing:
+                raise ImportError(f"cannot import name 'STATUS_LINE' ({module})")
+            return real(module, package)
+
+        return imp
+
+    monkeypatch.setattr(importlib, "import_module", broken("x", "mamlctl.serving.fastpath"))
+    assert serve.http_protocol() == "mamlctl.serving.bounds:BoundedHttpProtocol"
+    monkeypatch.setattr(
+        importlib,
+        "import_module",
+        broken("x", "mamlctl.serving.fastpath", "mamlctl.serving.bounds"),
+    )
+    assert serve.http_protocol() == "httptools"
