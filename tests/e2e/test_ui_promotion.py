@@ -121,13 +121,12 @@ def test_champion_moved_in_the_ui_reaches_live_scoring(sines_home: Any, tmp_path
     family = sines_home.family
     # two registered versions of a tiny family: v1 champion (adapted, serving), v2 challenger
     v1 = _cli("train", "--family", "sines", *TINY, "--no-baseline", "--seed", "0")
+    if v1["baseline_gate"] is not None:  # a tiny run lost to seasonal naive: a person promotes
+        assert v1["aliases"] == ["challenger"]
+        assert _cli("promote", "--family", "sines", "--version", "1")["version"] == 1
     v2 = _cli("train", "--family", "sines", *TINY, "--no-baseline", "--seed", "1")
-    assert (v1["version"], v1["aliases"], v2["version"], v2["aliases"]) == (
-        1,
-        ["champion"],
-        2,
-        ["challenger"],
-    )
+    assert (v1["version"], v2["version"], v2["aliases"]) == (1, 2, ["challenger"])
+    assert open_store(settings).resolve_alias("sines").version == 1
     assert _cli("adapt", "--family", "sines")["adapted"] == 6
 
     shots = ARTIFACTS
