@@ -108,9 +108,16 @@ def register(app: typer.Typer) -> None:
                 bar.update(task, completed=done, total=total, info=f"{done}/{total} series")
 
             report = run_adaptation(settings, store, request, config, progress=on_chunk)
+        for line in report.warnings:
+            typer.echo(f"warning: {line}", err=True)
         if as_json:
             emit_json(report)
             return
+        if report.stale_runs_ended:
+            typer.echo(
+                f"ended {len(report.stale_runs_ended)} stale MLflow run(s) KILLED (their process "
+                f"was gone): {', '.join(report.stale_runs_ended)}"
+            )
         typer.echo(
             f"{report.family}: {report.adapted} adapted, {report.zero_shot} zero-shot, "
             f"{report.up_to_date} up to date, "

@@ -29,6 +29,7 @@ from mamlctl.ports import INITIALIZER_ARTIFACT, InitializerStore
 from mamlctl.registry.mlflow_client import TrackingTarget, connect, translate_errors
 from mamlctl.registry.mlflow_models import InitializerVersion, ModelRegistry, models_uri
 from mamlctl.registry.mlflow_runs import TrackedRun
+from mamlctl.registry.run_owner import end_stale_runs, owner_tags
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -102,9 +103,13 @@ class MlflowStore:
     def start_run(
         self, *, family: str, run_name: str | None = None, tags: Mapping[str, Any] | None = None
     ) -> TrackedRun:
-        """Create a RUNNING run in the family's experiment; use the result as a context manager."""
+        """Create a RUNNING run in the family's experiment; use the result as a context manager.
+
+        The run is tagged with this host, pid and start time; first, the family's RUNNING runs
+        whose process on this host is gone are ended KILLED (``TrackedRun.stale_ended``)."""
         experiment_id = self.ensure_experiment(family)
-        run_tags = {"family": family, "mlflow.source.name": "mamlctl"}
+        stale = end_stale_runs(self.client, experiment_id, tracking_uri=self.tracking_uri)
+        run_tags = {"family": family, "mlflow.source.name": "mamlctl", **owner_tags()}
         run_tags.update({str(k): str(v) for k, v in (tags or {}).items()})
         with translate_errors(self.tracking_uri):
             run = self.client.create_run(experiment_id, tags=run_tags, run_name=run_name)
@@ -113,6 +118,7 @@ class MlflowStore:
             run_id=run.info.run_id,
             experiment_id=experiment_id,
             tracking_uri=self.tracking_uri,
+            stale_ended=tuple(stale),
         )
 
     def get_run_status(self, run_id: str) -> str:
