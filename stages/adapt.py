@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from mamlctl.maml.adaptation import AdaptConfig
     from mamlctl.registry.mlflow_runs import TrackedRun
     from mamlctl.registry.mlflow_store import MlflowStore
+    from mamlctl.registry.model_gc import GcReport
     from mamlctl.settings import Settings
 
 #: Series parity-checked per job (1,000 random windows each), spread over the selection.
@@ -73,6 +74,9 @@ class AdaptRequest:
     parity_sample: int = PARITY_SAMPLE
     workers: int = 4
     log_to_mlflow: bool = True
+    #: After a successful job, collect the family's unreferenced model files older than this
+    #: many seconds (``mamlctl gc``'s collection); None: no collection.
+    gc_grace_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,6 +100,8 @@ class AdaptReport:
     warnings: tuple[str, ...] = ()
     #: RUNNING runs of the family whose process was gone, ended KILLED before this job.
     stale_runs_ended: tuple[str, ...] = ()
+    #: What ``gc_grace_s`` collected (None: not asked).
+    gc: GcReport | None = None
 
 
 def adapt_hash(initializer: InitializerRef, plan: dict[str, Any]) -> str:
@@ -260,6 +266,11 @@ def run_adaptation(
             problem = run_ctx.finish_best_effort(log_results)
             if problem is not None:
                 warnings.append(problem)
+        collected = (
+            None
+            if request.gc_grace_s is None
+            else _collect_family_files(settings, factory, family.name, request.gc_grace_s)
+        )
     return AdaptReport(
         family=family.name,
         initializer=ref,
@@ -275,6 +286,21 @@ def run_adaptation(
         run_id=job.run_id,
         warnings=tuple(warnings),
         stale_runs_ended=run_ctx.stale_ended if run_ctx is not None else (),
+        gc=collected,
+    )
+
+
+def _collect_family_files(
+    settings: Settings, factory: Any, family: str, grace_s: float
+) -> GcReport:
+    """``mamlctl gc`` for one family's folder, after the job's rows are committed."""
+    from mamlctl.registry.model_gc import collect_unreferenced
+    from mamlctl.registry.model_queries import referenced_model_paths
+
+    with factory() as session:
+        referenced = referenced_model_paths(session)
+    return collect_unreferenced(
+        settings.models_dir, referenced=referenced, grace_s=grace_s, family=family
     )
 
 
