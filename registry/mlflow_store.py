@@ -27,6 +27,7 @@ from mamlctl.domain import CHAMPION, InitializerRef, registered_model_name
 from mamlctl.errors import IntegrityError, StoreError
 from mamlctl.ports import INITIALIZER_ARTIFACT, InitializerStore
 from mamlctl.registry.mlflow_client import TrackingTarget, connect, translate_errors
+from mamlctl.registry.mlflow_home import reroot_embedded_store
 from mamlctl.registry.mlflow_models import InitializerVersion, ModelRegistry, models_uri
 from mamlctl.registry.mlflow_runs import TrackedRun
 from mamlctl.registry.run_owner import end_stale_runs, owner_tags
@@ -187,8 +188,13 @@ class MlflowStore:
 def open_store(settings: Settings, *, probe_timeout_s: float = 3.0) -> MlflowStore:
     """The store the settings name: embedded SQLite under the home, or a tracking server.
 
-    A remote server is probed first and :class:`~mamlctl.errors.TrackingUnavailableError`
+    The embedded store is first re-rooted at this home if it was moved or copied
+    (:func:`~mamlctl.registry.mlflow_home.reroot_embedded_store`). A remote server is probed
+    first and :class:`~mamlctl.errors.TrackingUnavailableError`
     (naming the URI) is raised within ``probe_timeout_s`` if it does not answer.
     """
     target = TrackingTarget.from_settings(settings)
+    if settings.is_embedded_tracking:
+        # a moved or copied home: its experiments still name the old home's artifact folder
+        reroot_embedded_store(settings.mlflow_dir / "mlflow.db", settings.artifact_root)
     return MlflowStore(connect(target, probe_timeout_s=probe_timeout_s), target)
