@@ -64,6 +64,22 @@ def register(app: typer.Typer) -> None:
         chunk: Annotated[
             int, typer.Option("--chunk", min=1, help="Series adapted and recorded per batch.")
         ] = 2048,
+        gc: Annotated[
+            bool,
+            typer.Option(
+                "--gc",
+                help="After a successful job, delete the family's model files no registry row "
+                "references (as `mamlctl gc`, for this family only).",
+            ),
+        ] = False,
+        gc_grace: Annotated[
+            str | None,
+            typer.Option(
+                "--gc-grace",
+                help="With --gc: keep unreferenced files younger than this (default 24h; 0 for "
+                "none). Longer than any adaptation job of the family running at the same time.",
+            ),
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
     ) -> None:
         """Adapt every (or the selected / stale) series of FAMILY from its champion initializer.
@@ -78,7 +94,11 @@ def register(app: typer.Typer) -> None:
         from mamlctl.maml.adaptation import AdaptConfig
         from mamlctl.registry.mlflow_store import open_store
         from mamlctl.stages.adapt import AdaptRequest, run_adaptation
-        from mamlctl.timeseries.durations import parse_timedelta
+        from mamlctl.timeseries.durations import parse_duration, parse_timedelta
+
+        if gc_grace is not None and not gc:
+            raise ConfigError("--gc-grace needs --gc")
+        gc_grace_s = parse_duration(gc_grace or "24h", allow_zero=True) if gc else None
 
         try:
             config = AdaptConfig(
@@ -97,6 +117,7 @@ def register(app: typer.Typer) -> None:
             stale_after=parse_timedelta(stale_after) if stale_after else None,
             force=force,
             chunk_series=chunk,
+            gc_grace_s=gc_grace_s,
         )
         settings = load_settings()
         settings.ensure_home()
@@ -108,9 +129,16 @@ def register(app: typer.Typer) -> None:
                 bar.update(task, completed=done, total=total, info=f"{done}/{total} series")
 
             report = run_adaptation(settings, store, request, config, progress=on_chunk)
+        for line in report.warnings:
+            typer.echo(f"warning: {line}", err=True)
         if as_json:
             emit_json(report)
             return
+        if report.stale_runs_ended:
+            typer.echo(
+                f"ended {len(report.stale_runs_ended)} stale MLflow run(s) KILLED (their process "
+                f"was gone): {', '.join(report.stale_runs_ended)}"
+            )
         typer.echo(
             f"{report.family}: {report.adapted} adapted, {report.zero_shot} zero-shot, "
             f"{report.up_to_date} up to date, "
@@ -129,6 +157,13 @@ def register(app: typer.Typer) -> None:
                 f"zero-shot (served by the un-adapted initializer until they hold "
                 f"{report.plan['support'] + report.plan['calibration']} points): "
                 f"{report.zero_shot} series"
+            )
+        if report.gc is not None:
+            typer.echo(
+                f"gc: removed {len(report.gc.removed)} unreferenced model file(s) of "
+                f"{report.family}, {report.gc.removed_bytes} bytes; kept "
+                f"{report.gc.kept_referenced} referenced and {report.gc.kept_young} younger "
+                f"than {gc_grace or '24h'}"
             )
         if report.too_short:
             typer.echo(

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
+    from mamlctl.domain import InitializerRef
     from mamlctl.settings import Settings
 
 
@@ -37,7 +38,7 @@ def register(app: typer.Typer) -> None:
         settings.ensure_home()
         store = open_store(settings)
         ref = store.set_alias(family=family, version=version, alias=alias)
-        mirrored = _mirror_in_registry_db(settings, family=family, alias=alias, version=version)
+        mirrored = _mirror_in_registry_db(settings, family=family, alias=alias, ref=ref)
         if as_json:
             emit_json(
                 {
@@ -58,7 +59,9 @@ def register(app: typer.Typer) -> None:
         )
 
 
-def _mirror_in_registry_db(settings: Settings, *, family: str, alias: str, version: int) -> bool:
+def _mirror_in_registry_db(
+    settings: Settings, *, family: str, alias: str, ref: InitializerRef
+) -> bool:
     """Record the served version in the registry database if it knows the family."""
     from mamlctl.registry.db import open_registry
     from mamlctl.registry.family_queries import find_family, set_family_champion
@@ -67,5 +70,5 @@ def _mirror_in_registry_db(settings: Settings, *, family: str, alias: str, versi
         known = find_family(session, family)
         if known is None or known.alias != alias:
             return False
-        set_family_champion(session, family, version)
+        set_family_champion(session, family, ref.version, run_id=ref.run_id)
         return True

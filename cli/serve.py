@@ -184,15 +184,19 @@ def register(app: typer.Typer) -> None:
         _check_port_free(host, port)
         import uvicorn
 
+        from mamlctl.timeseries.durations import format_seconds
+
         http = http_protocol()
-        os.environ["MAMLCTL_SERVE_RELOAD_INTERVAL"] = str(interval)
-        os.environ["MAMLCTL_SERVE_BUSY_POLL"] = str(busy)
+        # durations as plain decimals: the workers (float) and a later `serve` (the duration
+        # grammar) read them back; str(float) can give "1e-05", which the grammar refuses
+        os.environ["MAMLCTL_SERVE_RELOAD_INTERVAL"] = format_seconds(interval)
+        os.environ["MAMLCTL_SERVE_BUSY_POLL"] = format_seconds(busy)
         os.environ["MAMLCTL_SERVE_BATCH_THREADS"] = str(batch_threads)
         os.environ["MAMLCTL_SERVE_MAX_FAILED_SHARE"] = str(max_failed_share)
         os.environ["MAMLCTL_SERVE_ALLOW_EMPTY"] = "1" if allow_empty else "0"
         os.environ["MAMLCTL_SERVE_MAX_HEAD_BYTES"] = str(bounds.max_head_bytes)
-        os.environ["MAMLCTL_SERVE_HEAD_TIMEOUT"] = str(bounds.head_timeout)
-        os.environ["MAMLCTL_SERVE_BODY_TIMEOUT"] = str(bounds.body_timeout)
+        os.environ["MAMLCTL_SERVE_HEAD_TIMEOUT"] = format_seconds(bounds.head_timeout)
+        os.environ["MAMLCTL_SERVE_BODY_TIMEOUT"] = format_seconds(bounds.body_timeout)
         os.environ["MAMLCTL_SERVE_MAX_CONNECTIONS"] = str(bounds.max_connections)
         uvicorn.run(
             "mamlctl.serving.app:app_from_env",

@@ -104,6 +104,8 @@ class Family:
     alias: str = CHAMPION
     #: Version the alias pointed at when last promoted, as mirrored in the registry database.
     champion_version: int | None = None
+    #: The MLflow run of that version (a re-created registered model repeats version numbers).
+    champion_run_id: str | None = None
 
     @property
     def registered_model(self) -> str:

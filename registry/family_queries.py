@@ -20,6 +20,7 @@ def family_from_row(row: FamilyRow) -> Family:
         support=row.support,
         alias=row.alias,
         champion_version=row.champion_version,
+        champion_run_id=row.champion_run_id,
     )
 
 
@@ -71,12 +72,16 @@ def upsert_family(session: Session, family: Family, *, overwrite: bool = True) -
     """Insert ``family``, or update the existing one of that name.
 
     ``overwrite=False`` keeps an existing family unchanged (user-tuned L/H/K survive a
-    re-detection) and returns it as stored. ``champion_version`` is never changed here.
+    re-detection) and returns it as stored. The champion is never changed here.
     """
     validate_family(family)
     row = session.scalars(select(FamilyRow).where(FamilyRow.name == family.name)).one_or_none()
     if row is None:
-        row = FamilyRow(name=family.name, champion_version=family.champion_version)
+        row = FamilyRow(
+            name=family.name,
+            champion_version=family.champion_version,
+            champion_run_id=family.champion_run_id,
+        )
         session.add(row)
     elif not overwrite:
         return family_from_row(row)
@@ -90,9 +95,13 @@ def upsert_family(session: Session, family: Family, *, overwrite: bool = True) -
     return family_from_row(row)
 
 
-def set_family_champion(session: Session, name: str, version: int | None) -> Family:
-    """Mirror the MLflow alias promotion of ``name`` (the version now serving) in the database."""
+def set_family_champion(
+    session: Session, name: str, version: int | None, *, run_id: str | None = None
+) -> Family:
+    """Mirror the MLflow alias promotion of ``name`` (the version now serving, and its run) in
+    the database."""
     row = family_row(session, name)
     row.champion_version = version
+    row.champion_run_id = run_id if version is not None else None
     session.flush()
     return family_from_row(row)

@@ -1,5 +1,11 @@
 """One MLflow run as a context manager: params, batched step metrics, artifacts, and an end
 status that is never left RUNNING (FINISHED, FAILED on an exception, KILLED on Ctrl-C).
+
+When MLflow itself is gone (``kill -9`` of the process, a tracking server that stopped
+answering) the run stays RUNNING; the next run of the family ends it KILLED
+(:mod:`mamlctl.registry.run_owner`). Work committed elsewhere before the run ends (an
+adaptation job's registry rows) uses :meth:`TrackedRun.finish_best_effort`: MLflow failing
+afterwards is a warning, never the job's failure.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from types import TracebackType
@@ -18,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from mamlctl.errors import StoreError
 from mamlctl.registry.mlflow_client import translate_errors
+from mamlctl.registry.run_owner import mark_closed, mark_open
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -89,15 +96,19 @@ class TrackedRun:
         experiment_id: str,
         tracking_uri: str,
         flush_every_s: float = 5.0,
+        stale_ended: tuple[str, ...] = (),
     ) -> None:
         self._client = client
         self.run_id = run_id
+        #: RUNNING runs of dead processes that were ended KILLED before this one started.
+        self.stale_ended = stale_ended
         self.experiment_id = experiment_id
         self.tracking_uri = tracking_uri
         self._flush_every_s = flush_every_s
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
         self.status: str = RUNNING
+        mark_open(run_id)
 
     # --- logging ------------------------------------------------------------------------------
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -169,14 +180,49 @@ class TrackedRun:
     def end(self, status: str) -> None:
         """Flush metrics (best effort unless FINISHED) and set the terminal status."""
         try:
-            self.flush()
-        except StoreError:
-            if status == FINISHED:
-                raise
+            try:
+                self.flush()
+            except StoreError:
+                if status == FINISHED:
+                    raise
+            self._terminate(status)
+        finally:
+            mark_closed(self.run_id)  # RUNNING still (MLflow gone): the next run ends it
+
+    def _terminate(self, status: str) -> None:
         # A REST store prints "View run ..." links on stdout; keep stdout for --json output.
         with translate_errors(self.tracking_uri), contextlib.redirect_stdout(sys.stderr):
             self._client.set_terminated(self.run_id, status)
         self.status = status
+
+    def finish_best_effort(self, log: Callable[[TrackedRun], None]) -> str | None:
+        """End a run whose work is already committed elsewhere: ``log(self)`` (final metrics,
+        artifacts), flush, then FINISHED, none of which may fail the caller. Returns None, or
+        one line naming the run and what did not reach MLflow (the caller warns with it)."""
+        problem: StoreError | None = None
+        try:
+            log(self)
+            self.flush()
+        except StoreError as err:
+            problem = err
+            self._pending = []
+        try:
+            self._terminate(FINISHED)
+        except StoreError as err:
+            problem = problem or err
+        finally:
+            mark_closed(self.run_id)
+        if problem is None:
+            return None
+        state = (
+            "it ended FINISHED without them"
+            if self.status == FINISHED
+            else "it stays RUNNING until the next run of the family ends it KILLED"
+        )
+        return (
+            f"MLflow run {self.run_id}: the job's results are committed, but its final metrics "
+            f"or artifacts could not be logged ({problem}); {state}"
+        )
 
     def __enter__(self) -> TrackedRun:
         return self

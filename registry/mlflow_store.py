@@ -27,8 +27,10 @@ from mamlctl.domain import CHAMPION, InitializerRef, registered_model_name
 from mamlctl.errors import IntegrityError, StoreError
 from mamlctl.ports import INITIALIZER_ARTIFACT, InitializerStore
 from mamlctl.registry.mlflow_client import TrackingTarget, connect, translate_errors
+from mamlctl.registry.mlflow_home import reroot_embedded_store
 from mamlctl.registry.mlflow_models import InitializerVersion, ModelRegistry, models_uri
 from mamlctl.registry.mlflow_runs import TrackedRun
+from mamlctl.registry.run_owner import end_stale_runs, owner_tags
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -102,9 +104,13 @@ class MlflowStore:
     def start_run(
         self, *, family: str, run_name: str | None = None, tags: Mapping[str, Any] | None = None
     ) -> TrackedRun:
-        """Create a RUNNING run in the family's experiment; use the result as a context manager."""
+        """Create a RUNNING run in the family's experiment; use the result as a context manager.
+
+        The run is tagged with this host, pid and start time; first, the family's RUNNING runs
+        whose process on this host is gone are ended KILLED (``TrackedRun.stale_ended``)."""
         experiment_id = self.ensure_experiment(family)
-        run_tags = {"family": family, "mlflow.source.name": "mamlctl"}
+        stale = end_stale_runs(self.client, experiment_id, tracking_uri=self.tracking_uri)
+        run_tags = {"family": family, "mlflow.source.name": "mamlctl", **owner_tags()}
         run_tags.update({str(k): str(v) for k, v in (tags or {}).items()})
         with translate_errors(self.tracking_uri):
             run = self.client.create_run(experiment_id, tags=run_tags, run_name=run_name)
@@ -113,6 +119,7 @@ class MlflowStore:
             run_id=run.info.run_id,
             experiment_id=experiment_id,
             tracking_uri=self.tracking_uri,
+            stale_ended=tuple(stale),
         )
 
     def get_run_status(self, run_id: str) -> str:
@@ -181,8 +188,13 @@ class MlflowStore:
 def open_store(settings: Settings, *, probe_timeout_s: float = 3.0) -> MlflowStore:
     """The store the settings name: embedded SQLite under the home, or a tracking server.
 
-    A remote server is probed first and :class:`~mamlctl.errors.TrackingUnavailableError`
+    The embedded store is first re-rooted at this home if it was moved or copied
+    (:func:`~mamlctl.registry.mlflow_home.reroot_embedded_store`). A remote server is probed
+    first and :class:`~mamlctl.errors.TrackingUnavailableError`
     (naming the URI) is raised within ``probe_timeout_s`` if it does not answer.
     """
     target = TrackingTarget.from_settings(settings)
+    if settings.is_embedded_tracking:
+        # a moved or copied home: its experiments still name the old home's artifact folder
+        reroot_embedded_store(settings.mlflow_dir / "mlflow.db", settings.artifact_root)
     return MlflowStore(connect(target, probe_timeout_s=probe_timeout_s), target)

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from mamlctl.registry.model_files import iter_model_files
+from mamlctl.registry.model_files import iter_model_files, slug
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,15 +50,22 @@ def collect_unreferenced(
     grace_s: float,
     dry_run: bool = False,
     now: float | None = None,
+    family: str | None = None,
 ) -> GcReport:
     """Delete (or with ``dry_run`` only list) the model files below ``models_dir`` that are
-    not in ``referenced`` and were last modified more than ``grace_s`` seconds ago."""
+    not in ``referenced`` and were last modified more than ``grace_s`` seconds ago; with
+    ``family``, only the files of that family's folder."""
     root = Path(models_dir)
     keep = {PurePosixPath(p).as_posix() for p in referenced}
     clock = time.time() if now is None else now
     removed: list[Collected] = []
     kept_referenced = kept_young = 0
-    for rel in iter_model_files(root):
+    if family is None:
+        candidates = list(iter_model_files(root))
+    else:
+        folder = slug(family)
+        candidates = [f"{folder}/{rel}" for rel in iter_model_files(root / folder)]
+    for rel in candidates:
         if rel in keep:
             kept_referenced += 1
             continue

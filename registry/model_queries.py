@@ -38,7 +38,11 @@ def _naive_utc(dt: datetime | None) -> datetime:
 
 
 def _ref(row: InitializerVersionRow, fam: FamilyRow) -> InitializerRef:
-    aliases = (fam.alias,) if fam.champion_version == row.version else ()
+    if fam.champion_run_id is not None:  # versions restart at 1 in a re-created model
+        champion = fam.champion_run_id == row.run_id
+    else:
+        champion = fam.champion_version == row.version
+    aliases = (fam.alias,) if champion else ()
     return InitializerRef(
         family=fam.name,
         registered_model=row.registered_model,

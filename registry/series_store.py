@@ -52,4 +52,4 @@ class SqlSeriesStore:
                 created_at=ref.created_at,
             )
             if get_family(session, ref.family).alias in ref.aliases:
-                set_family_champion(session, ref.family, ref.version)
+                set_family_champion(session, ref.family, ref.version, run_id=ref.run_id)

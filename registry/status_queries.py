@@ -16,7 +16,8 @@ class FamilyStatus:
 
     ``serving_version`` is the champion version mirrored in the database, else the newest
     recorded version. An adapted model is *stale* when it was adapted from another initializer
-    version than the serving one (or from another family's initializer).
+    than the serving one (by MLflow run when the champion's run is mirrored, else by version
+    number), or from another family's initializer.
     """
 
     family: str | None
@@ -28,6 +29,8 @@ class FamilyStatus:
     serving_version: int | None
     adapted: int
     stale: int
+    #: The MLflow run of the serving version when the champion's run is mirrored.
+    serving_run_id: str | None = None
 
 
 def registry_status(session: Session) -> list[FamilyStatus]:
@@ -53,7 +56,12 @@ def registry_status(session: Session) -> list[FamilyStatus]:
     adapted: dict[int | None, int] = {}
     stale: dict[int | None, int] = {}
     rows = session.execute(
-        select(SeriesRow.family_id, InitializerVersionRow.family_id, InitializerVersionRow.version)
+        select(
+            SeriesRow.family_id,
+            InitializerVersionRow.family_id,
+            InitializerVersionRow.version,
+            InitializerVersionRow.run_id,
+        )
         .join(AdaptedModelRow, AdaptedModelRow.series_pk == SeriesRow.id)
         .join(
             InitializerVersionRow,
@@ -61,13 +69,18 @@ def registry_status(session: Session) -> list[FamilyStatus]:
         )
         .where(AdaptedModelRow.is_current)
     ).all()
-    for series_fid, init_fid, version in rows:
+    for series_fid, init_fid, version, run_id in rows:
         adapted[series_fid] = adapted.get(series_fid, 0) + 1
         fam = fams.get(series_fid) if series_fid is not None else None
         serving = None
-        if fam is not None:
-            serving = fam.champion_version or inits.get(fam.id, (0, None))[1]
-        if series_fid != init_fid or version != serving:
+        if fam is not None and fam.champion_run_id is not None:
+            # by run: a re-created registered model's v1 is not the old v1
+            current = run_id == fam.champion_run_id
+        else:
+            if fam is not None:
+                serving = fam.champion_version or inits.get(fam.id, (0, None))[1]
+            current = version == serving
+        if series_fid != init_fid or not current:
             stale[series_fid] = stale.get(series_fid, 0) + 1
     out: list[FamilyStatus] = []
     for fid, fam in fams.items():
@@ -82,6 +95,7 @@ def registry_status(session: Session) -> list[FamilyStatus]:
                 initializer_versions=n_init,
                 latest_version=latest,
                 serving_version=fam.champion_version or latest,
+                serving_run_id=fam.champion_run_id if fam.champion_version else None,
                 adapted=adapted.get(fid, 0),
                 stale=stale.get(fid, 0),
             )

@@ -73,6 +73,8 @@ class FamilyRow(Base):
     alias: Mapped[str] = mapped_column(String(64), default="champion")
     #: Version the family's alias pointed at when last promoted (mirrors MLflow; may be NULL).
     champion_version: Mapped[int | None] = mapped_column(Integer)
+    #: The MLflow run of that version: a re-created registered model repeats version numbers.
+    champion_run_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 

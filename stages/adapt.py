@@ -19,6 +19,13 @@ No row ever points at a missing or partial file. Re-running is idempotent: a ser
 model came from the same initializer version, the same support points (``support_end``) and the
 same adaptation settings (``adapt_hash``) is skipped as up to date unless ``force``.
 
+The MLflow run and the registry cannot disagree about success: the run is started (after
+ending the family's RUNNING runs whose process is gone, see
+:mod:`mamlctl.registry.run_owner`) before any row is written, and a failure before the last
+commit ends it FAILED and fails the job. Once the rows are committed the job has succeeded:
+its final metrics, parity artifact and FINISHED status are logged best effort, and if MLflow
+fails then, the report carries one warning naming the run (the CLI prints it on stderr).
+
 Zero-shot: a series of the family that holds one input window (L points) but fewer than the
 K + C points adaptation needs gets the family initializer, un-adapted, exported and recorded the
 same way with the lineage ``zero-shot`` (:mod:`mamlctl.maml.zero_shot`); it is adapted by the
@@ -27,9 +34,10 @@ first job that finds it with K + C points. Only a series with fewer than L point
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -39,7 +47,9 @@ from mamlctl.errors import InputError
 
 if TYPE_CHECKING:
     from mamlctl.maml.adaptation import AdaptConfig
+    from mamlctl.registry.mlflow_runs import TrackedRun
     from mamlctl.registry.mlflow_store import MlflowStore
+    from mamlctl.registry.model_gc import GcReport
     from mamlctl.settings import Settings
 
 #: Series parity-checked per job (1,000 random windows each), spread over the selection.
@@ -64,6 +74,9 @@ class AdaptRequest:
     parity_sample: int = PARITY_SAMPLE
     workers: int = 4
     log_to_mlflow: bool = True
+    #: After a successful job, collect the family's unreferenced model files older than this
+    #: many seconds (``mamlctl gc``'s collection); None: no collection.
+    gc_grace_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +96,12 @@ class AdaptReport:
     run_id: str | None = None
     #: Series served by the un-adapted initializer (L <= points < K + C); not in ``adapted``.
     zero_shot: int = 0
+    #: One line each: what went wrong after the job committed (MLflow logging is best effort).
+    warnings: tuple[str, ...] = ()
+    #: RUNNING runs of the family whose process was gone, ended KILLED before this job.
+    stale_runs_ended: tuple[str, ...] = ()
+    #: What ``gc_grace_s`` collected (None: not asked).
+    gc: GcReport | None = None
 
 
 def adapt_hash(initializer: InitializerRef, plan: dict[str, Any]) -> str:
@@ -210,10 +229,11 @@ def run_adaptation(
             now=now,
             run_id=run_ctx.run_id if run_ctx is not None else None,
         )
+        warnings: list[str] = []
         if run_ctx is None:
             counts = job.run(selected, current, adapt_histories, progress)
         else:
-            with run_ctx as run:
+            with _failing_run(run_ctx) as run:
                 run.log_params(
                     {
                         **{f"adapt.{k}": v for k, v in plan_doc.items()},
@@ -226,6 +246,9 @@ def run_adaptation(
                     }
                 )
                 counts = job.run(selected, current, adapt_histories, progress)
+
+            # The registry holds the job's rows now: from here MLflow is best effort.
+            def log_results(run: TrackedRun) -> None:
                 run.log_metrics(
                     {
                         "series_adapted": float(counts["adapted"]),
@@ -239,6 +262,15 @@ def run_adaptation(
                 )
                 if job.parity:
                     run.log_json(job.parity, artifact_file="parity.json")
+
+            problem = run_ctx.finish_best_effort(log_results)
+            if problem is not None:
+                warnings.append(problem)
+        collected = (
+            None
+            if request.gc_grace_s is None
+            else _collect_family_files(settings, factory, family.name, request.gc_grace_s)
+        )
     return AdaptReport(
         family=family.name,
         initializer=ref,
@@ -252,4 +284,32 @@ def run_adaptation(
         metrics=job.metrics(),
         parity=job.parity,
         run_id=job.run_id,
+        warnings=tuple(warnings),
+        stale_runs_ended=run_ctx.stale_ended if run_ctx is not None else (),
+        gc=collected,
     )
+
+
+def _collect_family_files(
+    settings: Settings, factory: Any, family: str, grace_s: float
+) -> GcReport:
+    """``mamlctl gc`` for one family's folder, after the job's rows are committed."""
+    from mamlctl.registry.model_gc import collect_unreferenced
+    from mamlctl.registry.model_queries import referenced_model_paths
+
+    with factory() as session:
+        referenced = referenced_model_paths(session)
+    return collect_unreferenced(
+        settings.models_dir, referenced=referenced, grace_s=grace_s, family=family
+    )
+
+
+@contextlib.contextmanager
+def _failing_run(run: TrackedRun) -> Iterator[TrackedRun]:
+    """The run while the job may still fail: an exception ends it FAILED (KILLED on Ctrl-C)
+    and propagates; success leaves it open for :meth:`TrackedRun.finish_best_effort`."""
+    try:
+        yield run
+    except BaseException as exc:
+        run.__exit__(type(exc), exc, exc.__traceback__)
+        raise

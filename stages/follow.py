@@ -87,7 +87,7 @@ class AdaptingFollower:
             self._settings, self._store(), request, self._config or AdaptConfig()
         )
         with transaction(self._settings) as session:
-            set_family_champion(session, family, ref.version)
+            set_family_champion(session, family, ref.version, run_id=ref.run_id)
         if self._on_report is not None:
             self._on_report(report)
         return int(report.adapted) + int(report.up_to_date)

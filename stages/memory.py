@@ -190,4 +190,6 @@ class MemorySeriesStore:
         self.initializers.append(ref)
         family = self.get_family(ref.family)
         if family.alias in ref.aliases:
-            self.families[ref.family] = replace(family, champion_version=ref.version)
+            self.families[ref.family] = replace(
+                family, champion_version=ref.version, champion_run_id=ref.run_id
+            )

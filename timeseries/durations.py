@@ -44,3 +44,14 @@ def parse_duration(text: str, *, allow_zero: bool = False) -> float:
 def parse_timedelta(text: str, *, allow_zero: bool = False) -> timedelta:
     """:func:`parse_duration` as a :class:`~datetime.timedelta`."""
     return timedelta(seconds=parse_duration(text, allow_zero=allow_zero))
+
+
+def format_seconds(seconds: float) -> str:
+    """``seconds`` as a plain decimal (``0.00009999999999999999``, never ``1e-05``) that both
+    :func:`parse_duration` and ``float()`` read back to the same float: what ``serve`` writes
+    into the environment its workers (and a later ``serve``) read."""
+    from decimal import Decimal
+
+    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise InputError(f"invalid duration {seconds!r}: must be a finite, non-negative number")
+    return format(Decimal(repr(float(seconds))), "f")

@@ -18,12 +18,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from initializer_fixtures import register_test_initializer as _register
 from typer.testing import CliRunner
 
 from mamlctl.cli.app import app
 from mamlctl.domain import AdaptedModelRecord, InitializerRef
 from mamlctl.maml.export import read_metadata
-from mamlctl.maml.initializer import save_initializer
 from mamlctl.maml.models import MLPConfig, build_model
 from mamlctl.registry.model_files import iter_model_files, open_verified
 from mamlctl.settings import Settings
@@ -34,35 +34,6 @@ runner = CliRunner()
 L, H, K = 24, 6, 60
 #: Run a test on SQLite only (the backend matrix is covered by the consistency tests).
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-
-
-def _register(
-    settings: Settings,
-    tmp: Path,
-    *,
-    seed: int = 0,
-    promote: bool = True,
-    season_skip: int = 0,
-    train: dict[str, Any] | None = None,
-) -> Any:
-    from mamlctl.registry.mlflow_store import INITIALIZER_ARTIFACT, open_store
-
-    config = MLPConfig(input_size=L, output_size=H, hidden=(16, 16), season_skip=season_skip)
-    torch.manual_seed(seed)
-    model = build_model(config)
-    folder = save_initializer(
-        tmp / f"init-{seed}",
-        model_config=config,
-        params=dict(model.state_dict()),
-        task_spec={"kind": "window", "window": L, "horizon": H, "support": K - L - H + 1},
-        train_config={"inner_steps": 2, "inner_lr": 0.05, **(train or {})},
-    )
-    store = open_store(settings)
-    with store.start_run(family="sines", run_name="test-init") as run:
-        run.log_artifacts(folder, artifact_path=INITIALIZER_ARTIFACT)
-    return store.register_initializer(
-        family="sines", run_id=run.run_id, tags={}, description="test", promote=promote
-    )
 
 
 @pytest.fixture

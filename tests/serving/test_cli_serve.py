@@ -160,3 +160,31 @@ def test_serve_falls_back_to_the_bounded_protocol(monkeypatch: pytest.MonkeyPatc
         broken("x", "mamlctl.serving.fastpath", "mamlctl.serving.bounds"),
     )
     assert serve.http_protocol() == "httptools"
+
+
+def test_a_second_serve_reads_back_what_the_first_wrote(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Regression: ``serve`` wrote ``MAMLCTL_SERVE_BUSY_POLL=9.999999999999999e-05`` (float
+    repr), which the duration grammar cannot read, so a second ``serve`` in the same process
+    environment failed. Oracle: every value written parses back to the same seconds."""
+    import uvicorn
+
+    from mamlctl.timeseries.durations import parse_duration
+
+    keys = ("BUSY_POLL", "RELOAD_INTERVAL", "HEAD_TIMEOUT", "BODY_TIMEOUT")
+    for key in keys:  # restored at teardown: serve writes them into os.environ
+        monkeypatch.setenv(f"MAMLCTL_SERVE_{key}", "1s")
+        monkeypatch.delenv(f"MAMLCTL_SERVE_{key}")
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: None)
+    monkeypatch.setenv("MAMLCTL_HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    first = CliRunner().invoke(app, ["serve", "--busy-poll", "100us", "--reload-interval", "10us"])
+    assert first.exit_code == 0, first.output
+    written = {key: os.environ[f"MAMLCTL_SERVE_{key}"] for key in keys}
+    assert parse_duration(written["BUSY_POLL"]) == 100 * 1e-6
+    assert parse_duration(written["RELOAD_INTERVAL"]) == 10 * 1e-6
+    assert float(written["BUSY_POLL"]) == 100 * 1e-6  # what the workers read
+    second = CliRunner().invoke(app, ["serve"])
+    assert second.exit_code == 0, second.output
+    assert {key: os.environ[f"MAMLCTL_SERVE_{key}"] for key in keys} == written

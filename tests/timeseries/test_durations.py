@@ -61,3 +61,13 @@ def test_the_commands_share_it() -> None:
             assert "invalid duration" not in result.output
         else:
             assert result.exit_code == 1 and "invalid duration 'soon'" in result.output, args
+
+
+@pytest.mark.parametrize("seconds", [100 * 1e-6, 1e-5, 0.0, 0.5, 2.0, 250e-6, 1e20, 123.456])
+def test_format_seconds_round_trips(seconds: float) -> None:
+    """Oracle: the float itself; the grammar and float() both read the text back exactly."""
+    from mamlctl.timeseries.durations import format_seconds
+
+    text = format_seconds(seconds)
+    assert "e" not in text.lower()
+    assert parse_duration(text, allow_zero=True) == seconds == float(text)
