@@ -87,6 +87,10 @@ def build_api(outer: ScoringApp) -> FastAPI:
 
     register_observe_routes(api, outer)
 
+    from mamlctl.serving.oip import register_oip_routes
+
+    register_oip_routes(api, outer)
+
     @api.get("/healthz", response_model=schemas.Health, summary="Liveness (no auth).")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}

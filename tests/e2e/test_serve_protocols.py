@@ -89,3 +89,85 @@ def test_workers_counters_add_up_on_every_scrape(seeded_registry: Any, tmp_path:
         )
     finally:
         proc.stop()
+
+
+def test_open_inference_protocol_with_the_triton_client(
+    seeded_registry: Any, tmp_path: Path
+) -> None:
+    """``/v2`` through ``tritonclient.http`` (JSON and binary tensors) equals ``/v1/score``."""
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    settings = seeded_registry.settings
+    ids = ["s0", "s1", "s2"]
+    record_models(settings, ids)
+    values = seeded_registry.values
+    windows = np.stack(
+        [
+            np.asarray(values[s])[-L - k : len(values[s]) - k]
+            for s, k in zip(ids, (0, 3, 7), strict=True)
+        ]
+    ).astype(np.float32)
+    port = free_port()
+    proc = _serve(settings.home, tmp_path, port)
+    try:
+        v1 = _post(
+            port,
+            "/v1/score",
+            {
+                "items": [
+                    {"series_id": s, "window": w.tolist()}
+                    for s, w in zip(ids, windows, strict=True)
+                ]
+            },
+        )["results"]
+        want_f = np.array([r["forecast"] for r in v1], dtype=np.float32)
+        want_s = np.array([r["sigma"] for r in v1], dtype=np.float32)
+
+        client = triton.InferenceServerClient(url=f"127.0.0.1:{port}")
+        assert client.is_server_live() and client.is_server_ready()
+        for name in ("sines", "maml-sines"):
+            assert client.is_model_ready(name)
+            meta = client.get_model_metadata(name)
+            assert meta["inputs"] == [
+                {"name": "window", "datatype": "FP32", "shape": [-1, L]},
+                {"name": "series_id", "datatype": "BYTES", "shape": [-1]},
+            ]
+            assert [(o["name"], o["datatype"], o["shape"]) for o in meta["outputs"]] == [
+                ("forecast", "FP32", [-1, 6]),
+                ("sigma", "FP32", [-1, 6]),
+            ]
+        for binary in (False, True):
+            window = triton.InferInput("window", list(windows.shape), "FP32")
+            window.set_data_from_numpy(windows, binary_data=binary)
+            series = triton.InferInput("series_id", [len(ids)], "BYTES")
+            series.set_data_from_numpy(np.array(ids, dtype=np.object_), binary_data=binary)
+            outputs = [
+                triton.InferRequestedOutput(o, binary_data=binary) for o in ("forecast", "sigma")
+            ]
+            result = client.infer("maml-sines", [window, series], outputs=outputs)
+            assert np.array_equal(result.as_numpy("forecast"), want_f)
+            assert np.array_equal(result.as_numpy("sigma"), want_s)
+        # one series for every row, named by a request parameter
+        window = triton.InferInput("window", [1, L], "FP32")
+        window.set_data_from_numpy(windows[1:2])
+        result = client.infer("sines", [window], parameters={"series_id": "s1"})
+        assert np.array_equal(result.as_numpy("forecast"), want_f[1:2])
+        # errors: OIP's {"error": ...} with a 4xx status
+        bad = triton.InferInput("window", [1, L - 1], "FP32")
+        bad.set_data_from_numpy(windows[:1, 1:])
+        for model, inputs, params, fragment in (
+            ("nope", [window], {"series_id": "s1"}, "unknown model"),
+            ("sines", [window], {"series_id": "zz"}, "'zz' is not served"),
+            ("sines", [bad], {"series_id": "s1"}, "expected 24"),
+            ("sines", [window], None, "name the series"),
+        ):
+            try:
+                client.infer(model, inputs, parameters=params)
+            except InferenceServerException as err:
+                assert fragment in err.message(), err.message()
+                assert err.status() in ("400", "404"), err.status()
+            else:
+                raise AssertionError(f"{model} {params} did not fail")
+    finally:
+        proc.stop()
