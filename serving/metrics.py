@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -69,7 +70,8 @@ class Metrics:
             from prometheus_client import PROCESS_COLLECTOR
 
             reg.register(PROCESS_COLLECTOR)  # process_* of this process
-        gauge_mode = "max"  # multiprocess: the largest over live workers (ignored otherwise)
+        # multiprocess: the largest over live workers (ignored otherwise)
+        gauge_mode: Literal["max"] = "max"
         return cls(
             registry=reg,
             requests=Counter(
@@ -152,7 +154,7 @@ class Metrics:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         scrape = CollectorRegistry()
-        MultiProcessCollector(scrape)
+        MultiProcessCollector(scrape)  # type: ignore[no-untyped-call]
         ProcessCollector(registry=scrape)  # the answering worker's process_* metrics
         return generate_latest(scrape)
 

@@ -95,7 +95,7 @@ class FamilyShape:
         return cls(**{k: v for k, v in config.items() if k in names})
 
 
-class InitializerForecaster(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class InitializerForecaster(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
     """The pyfunc model: see the module doc. State is read in :meth:`load_context`."""
 
     def __init__(self) -> None:
