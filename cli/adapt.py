@@ -144,7 +144,8 @@ def register(app: typer.Typer) -> None:
             f"{report.up_to_date} up to date, "
             f"{len(report.too_short)} too short (of {report.selected} selected) from "
             f"{report.initializer.registered_model} v{report.initializer.version} "
-            f"in {report.seconds:.2f} s; MLflow run {report.run_id}"
+            f"in {report.seconds:.2f} s; "
+            + (f"MLflow run {report.run_id}" if report.run_id else "no MLflow run (nothing to do)")
         )
         if report.parity:
             worst = max(p["max_rel_error"] for p in report.parity)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -198,17 +198,29 @@ def register(app: typer.Typer) -> None:
         os.environ["MAMLCTL_SERVE_HEAD_TIMEOUT"] = format_seconds(bounds.head_timeout)
         os.environ["MAMLCTL_SERVE_BODY_TIMEOUT"] = format_seconds(bounds.body_timeout)
         os.environ["MAMLCTL_SERVE_MAX_CONNECTIONS"] = str(bounds.max_connections)
-        uvicorn.run(
-            "mamlctl.serving.app:app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            loop="uvloop",
-            http=http,
-            ws="none",  # no websocket endpoint: skip importing a websocket stack at start
-            log_level=log_level,
-            access_log=False,
-            server_header=False,
-            date_header=False,
-        )
+        from contextlib import nullcontext
+
+        from mamlctl.serving.metrics import multiprocess_dir
+
+        # several workers: Prometheus values in shared files, so /metrics adds them up
+        with multiprocess_dir(os.environ) if workers > 1 else nullcontext():
+            _run_uvicorn(uvicorn, http=http, host=host, port=port, workers=workers, level=log_level)
+
+
+def _run_uvicorn(
+    uvicorn: Any, *, http: str, host: str, port: int, workers: int, level: str
+) -> None:
+    uvicorn.run(
+        "mamlctl.serving.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http=http,
+        ws="none",  # no websocket endpoint: skip importing a websocket stack at start
+        log_level=level,
+        access_log=False,
+        server_header=False,
+        date_header=False,
+    )

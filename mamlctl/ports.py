@@ -22,9 +22,13 @@ from mamlctl.domain import CHAMPION, Family, InitializerRef, Series
 
 T = TypeVar("T")
 
-#: Artifact folder of a run that holds the initializer (weights + config); a registered
-#: version's source is ``runs:/<run_id>/initializer``.
+#: Artifact folder of a run that holds the initializer (weights + config). Versions registered
+#: before the pyfunc flavor have ``runs:/<run_id>/initializer`` as their source; later ones the
+#: run's MLflow Model folder (:data:`MODEL_ARTIFACT`), which holds the same folder as its
+#: ``initializer`` artifact.
 INITIALIZER_ARTIFACT = "initializer"
+#: Artifact folder of a training run that holds the initializer as an MLflow Model (pyfunc).
+MODEL_ARTIFACT = "model"
 
 
 class RunLog(Protocol):
@@ -43,6 +47,12 @@ class RunLog(Protocol):
     def log_artifacts(self, local_dir: Path, *, artifact_path: str | None = None) -> None: ...
 
     def log_json(self, obj: Any, *, artifact_file: str) -> None: ...
+
+    def log_dataset(
+        self, frame: Any, *, name: str, digest: str | None = None, context: str = "training"
+    ) -> None:
+        """Record a (pandas) frame as a dataset input of the run."""
+        ...
 
     def __enter__(self) -> RunLog: ...
 

@@ -19,6 +19,7 @@ from mamlctl.domain import (
     registered_model_name,
 )
 from mamlctl.errors import ConfigError, NotFoundError, StoreError
+from mamlctl.ports import INITIALIZER_ARTIFACT
 from mamlctl.registry.mlflow_client import translate_errors
 from mamlctl.registry.mlflow_runs import FINISHED
 
@@ -56,6 +57,23 @@ def validate_alias(alias: str) -> str:
             f"invalid alias {alias!r}: use letters, digits, '_' or '-', not 'latest' or 'v<N>'"
         )
     return alias
+
+
+def initializer_folder(folder: Path) -> Path:
+    """The initializer folder inside a downloaded version: ``folder`` itself for a version whose
+    source is a run's ``initializer/`` artifact (before the pyfunc flavor), else, for an MLflow
+    Model folder (``MLmodel`` present), the path its ``python_function`` flavor records for the
+    ``initializer`` artifact (``artifacts/initializer``)."""
+    mlmodel = folder / "MLmodel"
+    if not mlmodel.is_file():
+        return folder
+    from mlflow.models import Model
+
+    flavor = Model.load(str(mlmodel)).flavors.get("python_function", {})
+    entry = (flavor.get("artifacts") or {}).get(INITIALIZER_ARTIFACT)
+    if not entry:
+        raise StoreError(f"MLflow Model at {folder} has no '{INITIALIZER_ARTIFACT}' artifact")
+    return folder / str(entry["path"])
 
 
 def _family_of(mv: ModelVersion) -> str:
@@ -278,4 +296,4 @@ class ModelRegistry:
                     tracking_uri=self._uri,
                     registry_uri=self._registry_uri,
                 )
-        return Path(local)
+        return initializer_folder(Path(local))

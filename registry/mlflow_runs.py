@@ -167,6 +167,21 @@ class TrackedRun:
         with translate_errors(self.tracking_uri):
             self._client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
+    def log_dataset(
+        self, frame: Any, *, name: str, digest: str | None = None, context: str = "training"
+    ) -> None:
+        """Record ``frame`` (a pandas DataFrame, e.g. the series a run saw) as one of the run's
+        dataset inputs (``mlflow.log_input`` on the explicit client): its schema, profile and
+        ``digest`` (computed by MLflow when None), tagged with ``mlflow.data.context``."""
+        import mlflow.data
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = mlflow.data.from_pandas(frame, name=name, digest=digest)
+        entity = Dataset(**dataset.to_dict())
+        tags = [InputTag(key="mlflow.data.context", value=context)]
+        with translate_errors(self.tracking_uri):
+            self._client.log_inputs(self.run_id, datasets=[DatasetInput(entity, tags=tags)])
+
     def log_json(self, obj: Any, *, artifact_file: str) -> None:
         """Write ``obj`` as JSON to ``artifact_file`` (e.g. ``"series_ids.json"``) in the run."""
         artifact = Path(artifact_file)

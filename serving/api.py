@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from mamlctl.serving import schemas
 from mamlctl.serving.app import SCORE_PATH
@@ -87,6 +87,10 @@ def build_api(outer: ScoringApp) -> FastAPI:
 
     register_observe_routes(api, outer)
 
+    from mamlctl.serving.oip import register_oip_routes
+
+    register_oip_routes(api, outer)
+
     @api.get("/healthz", response_model=schemas.Health, summary="Liveness (no auth).")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -104,6 +108,6 @@ def build_api(outer: ScoringApp) -> FastAPI:
     @api.get("/metrics", summary="Prometheus metrics.", response_class=Response)
     async def metrics() -> Response:
         outer.flush_metrics()
-        return Response(generate_latest(outer.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(outer.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     return api

@@ -76,5 +76,8 @@ class StateHolder:
             self.metrics.models_loaded.set(new.n_series)
             self.metrics.generation.set(new.generation)
             self.metrics.load_failures.set(len(new.failures))
+            self.metrics.set_model_info(
+                (e.family, str(e.initializer_version)) for e in new.entries.values()
+            )
             log.info("serving generation %d: %s", new.generation, new.summary())
             return True

@@ -154,7 +154,7 @@ def run_adaptation(
     from mamlctl.registry import queries as q
     from mamlctl.registry.db import open_registry
     from mamlctl.registry.model_files import remove_temporaries
-    from mamlctl.stages.adapt_chunks import ChunkedJob
+    from mamlctl.stages.adapt_chunks import ChunkedJob, has_work
 
     started = time.perf_counter()
     now = datetime.now(UTC)
@@ -216,6 +216,15 @@ def run_adaptation(
                 },
             )
             if request.log_to_mlflow
+            and has_work(  # a job with nothing to do opens no run
+                factory,
+                selected,
+                current,
+                plan=plan,
+                ref=ref,
+                job_hash=job_hash,
+                force=request.force,
+            )
             else None
         )
         job = ChunkedJob(

@@ -22,6 +22,53 @@ if TYPE_CHECKING:
     from mamlctl.stages.adapt import AdaptRequest
 
 
+def up_to_date(
+    rec: AdaptedModelRecord | None, *, end: int, mode: str, ref: InitializerRef, job_hash: str
+) -> bool:
+    """A series' current model is what this job would make: the same support end, initializer
+    run, job hash and lineage (a zero-shot model is replaced once its series can adapt)."""
+    return (
+        rec is not None
+        and rec.support_end == end
+        and rec.initializer_run_id == ref.run_id
+        and rec.metadata.get(META_ADAPT_HASH) == job_hash
+        and rec.adaptation == mode
+    )
+
+
+def has_work(
+    factory: sessionmaker[Session],
+    selected: list[str],
+    current: dict[str, AdaptedModelRecord],
+    *,
+    plan: Any,
+    ref: InitializerRef,
+    job_hash: str,
+    force: bool,
+) -> bool:
+    """Whether a job over ``selected`` would adapt or zero-shot any series (stops at the first
+    one), so that a job with nothing to do opens no MLflow run."""
+    from mamlctl.maml.zero_shot import can_zero_shot
+    from mamlctl.registry import queries as q
+
+    if force:
+        return bool(selected)
+    with factory() as session:
+        for sid in selected:
+            values, positions = q.last_points(session, sid, plan.full_points)
+            n = int(values.shape[0])
+            if n >= plan.min_points:
+                mode = ADAPTED
+            elif can_zero_shot(n, plan):
+                mode = ZERO_SHOT
+            else:
+                continue  # too short: nothing to record
+            end = int(positions[-1])
+            if not up_to_date(current.get(sid), end=end, mode=mode, ref=ref, job_hash=job_hash):
+                return True
+    return False
+
+
 class _Todo:
     """Series of one chunk that take one path (adapted or zero-shot)."""
 
@@ -126,14 +173,8 @@ class ChunkedJob:
                         self.too_short.append(sid)
                         continue
                     end = int(positions[-1])
-                    rec = current.get(sid)
-                    if (
-                        not self.request.force
-                        and rec is not None
-                        and rec.support_end == end
-                        and rec.initializer_run_id == self.ref.run_id
-                        and rec.metadata.get(META_ADAPT_HASH) == self.job_hash
-                        and rec.adaptation == mode
+                    if not self.request.force and up_to_date(
+                        current.get(sid), end=end, mode=mode, ref=self.ref, job_hash=self.job_hash
                     ):
                         counts["up_to_date"] += 1
                         continue

@@ -44,6 +44,8 @@ class MemoryRun:
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     status: str = "RUNNING"
+    #: ``(name, digest, context, frame)`` of each :meth:`log_dataset`
+    datasets: list[tuple[str, str | None, str, Any]] = field(default_factory=list)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self.params.update({str(k): str(v) for k, v in params.items()})
@@ -69,6 +71,11 @@ class MemoryRun:
         path = self.root / artifact_file
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+
+    def log_dataset(
+        self, frame: Any, *, name: str, digest: str | None = None, context: str = "training"
+    ) -> None:
+        self.datasets.append((name, digest, context, frame.copy()))
 
     def __enter__(self) -> MemoryRun:
         return self
@@ -161,7 +168,9 @@ class MemoryInitializerStore:
         if isinstance(model, str):
             raise StoreError("the in-memory store loads by reference, not by URI")
         run_id, _, artifact = (model.source_uri or "").removeprefix("runs:/").partition("/")
-        return loader(self.runs[run_id].root / artifact)
+        from mamlctl.registry.mlflow_models import initializer_folder
+
+        return loader(initializer_folder(self.runs[run_id].root / artifact))
 
     def _ref(self, family: str, version: int) -> InitializerRef:
         aliases = tuple(sorted(a for a, v in self.aliases.get(family, {}).items() if v == version))

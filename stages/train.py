@@ -18,13 +18,21 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from mamlctl.domain import CHAMPION, Family, InitializerRef, Series
 from mamlctl.maml.family_data import FamilyTrainConfig, resolve
 from mamlctl.maml.family_split import FamilyData, prepare
 from mamlctl.maml.family_training import FamilyTrainingResult, ProgressFn, train_family
-from mamlctl.ports import INITIALIZER_ARTIFACT, InitializerStore, RunLog, SeriesStore
+from mamlctl.ports import (
+    INITIALIZER_ARTIFACT,
+    MODEL_ARTIFACT,
+    InitializerStore,
+    RunLog,
+    SeriesStore,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,13 +104,21 @@ def run_training(
     ``record`` (e.g. the registry-database insert) runs only after registration succeeded.
     """
     from mamlctl.maml.family_artifacts import write_artifacts
+    from mamlctl.stages.pyfunc_model import example_frame, save_pyfunc_model
 
     plan = data.plan
     family = plan.family
-    with store.start_run(family=family.name, tags=dict(run_tags or {})) as run:
+    run_name = f"train-{family.name}-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    with store.start_run(family=family.name, run_name=run_name, tags=dict(run_tags or {})) as run:
         run.log_config(plan.as_params())
         run.log_params({"data.fingerprint": data.fingerprint, "data.n_train": len(data.train)})
         run.log_params({"data.n_validation": len(data.validation.series_ids)})
+        run.log_dataset(
+            training_series_frame(data),
+            name=f"{family.name}-series",
+            digest=data.fingerprint,
+            context="training",
+        )
         result = train_family(data, on_metrics=_metric_logger(run), on_progress=on_progress)
         with tempfile.TemporaryDirectory(prefix="mamlctl-train-") as tmp:
             paths = write_artifacts(result, Path(tmp))
@@ -110,6 +126,13 @@ def run_training(
             run.log_artifact(paths.onnx, artifact_path="onnx")
             run.log_artifact(paths.plot, artifact_path="plots")
             run.log_artifact(paths.series_ids, artifact_path=None)
+            model_dir = save_pyfunc_model(
+                Path(tmp) / MODEL_ARTIFACT,
+                initializer_dir=paths.initializer_dir,
+                family=family,
+                example=example_frame(data.train, points=2 * family.support),
+            )
+            run.log_artifacts(model_dir, artifact_path=MODEL_ARTIFACT)
     metrics = result.metrics
     gate = baseline_gate(metrics)
     ref = store.register_initializer(
@@ -128,6 +151,7 @@ def run_training(
         description=_description(result),
         promote=promote,
         eligible=gate is None,
+        artifact_path=MODEL_ARTIFACT,
     )
     ref = replace(ref, metrics={k: v for k, v in metrics.items() if k.startswith("val_")})
     if record is not None:
@@ -143,6 +167,21 @@ def run_training(
         fingerprint=data.fingerprint,
         gate=gate,
     )
+
+
+def training_series_frame(data: FamilyData) -> Any:
+    """The run's dataset input: one row per series it saw (``series_id``, ``role`` train or
+    validation, ``n_points``) and the data fingerprint."""
+    import pandas as pd
+
+    rows = [(s.series_id, "train", len(s)) for s in data.train]
+    held = data.validation
+    rows += [
+        (sid, "validation", len(h)) for sid, h in zip(held.series_ids, held.histories, strict=True)
+    ]
+    frame = pd.DataFrame(rows, columns=["series_id", "role", "n_points"])
+    frame["fingerprint"] = data.fingerprint
+    return frame
 
 
 def _metric_logger(run: RunLog) -> Callable[[int, Mapping[str, float]], None]:

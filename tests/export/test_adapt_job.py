@@ -66,6 +66,14 @@ def _adapt(*args: str) -> dict[str, Any]:
     return dict(json.loads(result.stdout))
 
 
+def _runs(settings: Settings) -> list[str]:
+    from mamlctl.registry.mlflow_store import open_store
+
+    store = open_store(settings)
+    experiment = store.client.get_experiment_by_name("maml-sines")
+    return sorted(r.info.run_id for r in store.client.search_runs([experiment.experiment_id]))
+
+
 def _assert_consistent(settings: Settings) -> dict[str, AdaptedModelRecord]:
     """Every current row points at a complete file whose hash and metadata match."""
     current = _current(settings)
@@ -168,8 +176,11 @@ def test_rerun_is_idempotent_and_force_keeps_history(registered: Any) -> None:
     _adapt()
     first = _current(settings)
     files = list(iter_model_files(settings.models_dir))
+    runs_before = _runs(settings)
     again = _adapt()
     assert (again["adapted"], again["up_to_date"]) == (0, 6)
+    # a job with nothing to do opens no MLflow run
+    assert again["run_id"] is None and _runs(settings) == runs_before
     assert _current(settings) == first
     assert list(iter_model_files(settings.models_dir)) == files
     forced = _adapt("--force", "--series", "s2")

@@ -117,7 +117,7 @@ def test_train_end_to_end(backend: str, seeded_registry: Any, tmp_path: Path) ->
     for key in ("val_mase", "val_pretrained_mase", "val_seasonal_naive_mase", "val_initial_mase"):
         assert run.data.metrics[key] == pytest.approx(first["metrics"][key])
     artifacts = {a.path for a in store.client.list_artifacts(first["run_id"])}
-    assert artifacts == {"initializer", "onnx", "plots", "series_ids.json"}
+    assert artifacts == {"initializer", "model", "onnx", "plots", "series_ids.json"}
     ids_file = store.client.download_artifacts(first["run_id"], "series_ids.json", str(tmp_path))
     ids = json.loads(Path(ids_file).read_text())
     assert sorted(ids["train"] + ids["validation"]) == [f"s{i}" for i in range(6)]
