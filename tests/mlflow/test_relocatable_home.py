@@ -38,9 +38,7 @@ def test_a_copied_home_works_after_the_original_is_deleted(
     seeded_registry.settings.ensure_home()
     shutil.copyfile(mlflow_db_template, seeded_registry.settings.mlflow_dir / "mlflow.db")
     register_test_initializer(Settings(home=original), tmp_path)
-    before = open_store(Settings(home=original)).load(
-        models_uri("sines"), loader=load_initializer
-    )
+    before = open_store(Settings(home=original)).load(models_uri("sines"), loader=load_initializer)
     first = runner.invoke(app, ["adapt", "--family", "sines", "--json"])
     assert first.exit_code == 0, first.output
 

@@ -35,21 +35,39 @@ def test_a_zero_window_never_spins() -> None:
     assert (spins, spinning) == (0, False)
 
 
-def test_touch_while_spinning_extends_the_window_without_a_second_spinner() -> None:
-    async def main() -> tuple[int, int]:
+def test_touch_while_spinning_extends_the_window_without_a_second_spinner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a controlled clock (the property, not the machine's scheduling, is under test): a
+    second touch 3 ms into a 4 ms window keeps the one spinner going until 4 ms after it."""
+    import types
+
+    import mamlctl.serving.busypoll as busypoll
+
+    now = [0.0]
+    monkeypatch.setattr(busypoll, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+    async def turns(n: int = 20) -> None:  # let the loop run n iterations
+        for _ in range(n):
+            await asyncio.sleep(0)
+
+    async def main() -> tuple[int, bool, bool, bool]:
         poll = BusyPoll(0.004)
         poll.touch()
-        await asyncio.sleep(0.003)
+        now[0] = 0.003
+        await turns()
         poll.touch()  # the window restarts from here; still one callback in the queue
         queued = sum(1 for h in asyncio.get_running_loop()._ready if "_spin" in repr(h))  # type: ignore[attr-defined]
-        await asyncio.sleep(0.002)
-        still = int(poll._spinning)
-        await asyncio.sleep(0.02)
-        return queued, still + 2 * int(poll._spinning)
+        now[0] = 0.005  # 5 ms after the first touch, 2 ms after the second
+        await turns()
+        still = poll._spinning
+        now[0] = 0.0071  # past the second window
+        await turns()
+        return queued, still, poll._spinning, poll.spins > 0
 
-    queued, state = asyncio.run(main())
+    queued, still, after, spun = asyncio.run(main())
     assert queued <= 1
-    assert state == 1  # spinning 2 ms after the second touch (5 ms after the first), then not
+    assert still and not after and spun
 
 
 @settings(max_examples=25, deadline=None)
