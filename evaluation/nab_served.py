@@ -33,6 +33,10 @@ after the previous row's is what the server refuses or answers as a duplicate (4
 ``conflict`` / ``out_of_order``, or ``duplicate``): it scores 0, and in the probation it is left
 out of the ingest (8 NAB files have such rows, 38 rows in all).
 
+A series with a seasonal-naive in-sample error of 0 (constant, or exactly periodic at lag P)
+is left out of training (:func:`trainable`): the train stage's MASE is undefined for it and
+it refuses the whole family. Such a file is still scored: its probation joins the family.
+
 The adapt jobs run without their sampled ONNX-torch parity check (``parity_sample=0``): on
 ``ec2_request_latency_system_failure`` the file differed from torch by 2.06e-5 of its scale
 against a limit of 1e-5 (float32 rounding), which aborts the job; parity is the export tests'
@@ -151,6 +155,16 @@ def nab_family(interval_seconds: float, probation: int) -> Family:
     return replace(with_window(family, window), name=f"{family.name}-L{window}")
 
 
+def trainable(values: FloatArray, family: Family) -> bool:
+    """The train stage can use the series: its seasonal-naive in-sample error (lag P, or 1
+    without a cycle; before the last H points) is not 0. A constant or exactly periodic
+    series (NAB's ``art_flatline``, ``art_daily_no_noise``) has MASE undefined, and the train
+    stage refuses the whole family for it."""
+    m = family.period or 1
+    x = np.asarray(values, dtype=np.float64)[: max(0, values.shape[0] - family.horizon)]
+    return x.shape[0] > m and bool(np.mean(np.abs(x[m:] - x[:-m])) > 0)
+
+
 def kept_rows(timestamps: npt.NDArray[np.datetime64]) -> npt.NDArray[np.bool_]:
     """Rows whose timestamp is after every earlier row's (what the server appends)."""
     ts = np.asarray(timestamps, dtype="datetime64[ns]").astype(np.int64)
@@ -227,14 +241,15 @@ def run_fold(
         train_values = {
             f"train:{fam_name}:{o.key}": o.values
             for o in others
-            if interval_label(interval_of(o)) == label
+            if interval_label(interval_of(o)) == label and trainable(o.values, family)
         }
         own, joining = {}, {}
         for s in targets:
             p = probationary_length(len(s))
             values = s.values[:p][kept[s.key]]
             stamps = s.timestamps[:p][kept[s.key]]
-            (own if values.shape[0] >= training_need(family) else joining)[s.key] = (
+            fits = values.shape[0] >= training_need(family) and trainable(values, family)
+            (own if fits else joining)[s.key] = (
                 values,
                 stamps,
             )

@@ -22,7 +22,7 @@ from mamlctl.evaluation.nab import load_corpus
 from mamlctl.evaluation.nab_data import probationary_length, read_results
 from mamlctl.evaluation.nab_scoring import prepare_file, score_corpus
 from mamlctl.evaluation.nab_served import interval_of as _interval
-from mamlctl.evaluation.nab_served import kept_rows, nab_family, row_score
+from mamlctl.evaluation.nab_served import kept_rows, nab_family, row_score, trainable
 from mamlctl.timeseries.stream_detector import StreamState, run_stream, threshold_z
 
 #: rows, spike row (None: no anomaly) per file; 600 rows -> probation 90 < K = 120
@@ -139,3 +139,11 @@ def test_cli_evaluate_nab_bad_input_is_one_line(
     result = CliRunner().invoke(app, [*args, *extra])
     assert result.exit_code == 1
     assert result.output.strip() == message
+
+
+def test_flat_and_exactly_periodic_series_do_not_train() -> None:
+    family = nab_family(300.0, 750)  # 5min: P = 288, H = 12
+    day = np.random.default_rng(0).normal(size=288)
+    assert not trainable(np.full(2000, 3.0), family)
+    assert not trainable(np.tile(day, 7), family)  # seasonal naive is exact
+    assert trainable(np.tile(day, 7) + 1e-3 * (np.arange(7 * 288) % 7), family)
