@@ -251,6 +251,14 @@ def register(app: typer.Typer) -> None:
         batch: Annotated[
             int, typer.Option("--batch", help="served: observations per POST /v1/observe.")
         ] = 256,
+        readapt_days: Annotated[
+            float,
+            typer.Option(
+                "--readapt-days",
+                help="served: run the adapt stage again every this many days of each file's "
+                "data, on the points stored so far (0: adapt once, on the probation).",
+            ),
+        ] = 0.0,
         time_budget: Annotated[
             float,
             typer.Option(
@@ -323,7 +331,9 @@ def register(app: typer.Typer) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         if path not in ("served", "recipe"):
             raise InputError(f"--path must be served or recipe, got {path!r}")
-        served = ServedOptions(folds=folds, iterations=iterations, seed=seed, batch=batch)
+        served = ServedOptions(
+            folds=folds, iterations=iterations, seed=seed, batch=batch, readapt_days=readapt_days
+        )
         served.check()
         torch.set_num_threads(1)
         began = time.perf_counter()
@@ -386,7 +396,13 @@ def register(app: typer.Typer) -> None:
             "path": path,
             "wall_s": round(wall, 1),
             "config": (
-                {"folds": folds, "iterations": iterations, "seed": seed, "batch": batch}
+                {
+                    "folds": folds,
+                    "iterations": iterations,
+                    "seed": seed,
+                    "batch": batch,
+                    "readapt_days": readapt_days,
+                }
                 if path == "served"
                 else cfg.model_dump(mode="json")
             ),
@@ -404,6 +420,7 @@ def register(app: typer.Typer) -> None:
                     "trained": r.trained,
                     "adapted": r.adapted,
                     "zero_shot": r.zero_shot,
+                    "readapted": r.readapted,
                     "answers": dict(r.answers),
                     "train_s": round(r.train_s, 1),
                     "adapt_s": round(r.adapt_s, 1),

@@ -13,6 +13,10 @@ embedded MLflow, models folder: :mod:`mamlctl.evaluation.product_home`)::
       -> adapt + export (stages.adapt, the version just trained) on each file's probation
       -> create_app(settings, RegistrySource) in-process (an ASGI test client, no network)
       -> the rows after the probation, in order, ``POST /v1/observe`` in batches of ``batch``
+      -> optionally (``readapt_days`` D > 0) by the data's own clock: the fold's files are
+         streamed D days of their data at a time, and after each round the adapt stage runs
+         again (``force``, same initializer version) on the points stored so far, and the
+         server picks up the new models (its reload + stream sync) before the next round
 
 **Family rule** (per file, from its interval, inferred from its timestamps, and its probation
 ``p``): the calendar family of the interval with the product's defaults (5min: P=288, L=288,
@@ -89,6 +93,8 @@ class ServedOptions:
     seed: int = 0
     #: observations per ``POST /v1/observe`` request (one series, in order)
     batch: int = 256
+    #: re-adapt every this many days of each file's own data (its clock; 0: adapt once)
+    readapt_days: float = 0.0
 
     def check(self) -> None:
         if self.folds < 2:
@@ -97,6 +103,8 @@ class ServedOptions:
             raise InputError(f"--iterations must be >= 1, got {self.iterations}")
         if self.batch < 1:
             raise InputError(f"--batch must be >= 1, got {self.batch}")
+        if not (self.readapt_days >= 0 and np.isfinite(self.readapt_days)):
+            raise InputError(f"--readapt-days must be >= 0, got {self.readapt_days}")
         if self.seed < 0:
             raise InputError(f"--seed must be >= 0, got {self.seed}")
 
@@ -110,6 +118,7 @@ class FoldReport:
     trained: list[dict[str, Any]] = field(default_factory=list)
     adapted: int = 0
     zero_shot: int = 0
+    readapted: int = 0
     answers: Counter[str] = field(default_factory=Counter)
     train_s: float = 0.0
     adapt_s: float = 0.0
@@ -235,6 +244,8 @@ def run_fold(
         fam = nab_family(iv, int(kept[s.key].sum()))
         plans.setdefault(fam.name, (fam, iv, []))[2].append(s)
 
+    store_of: dict[str, Any] = {}
+    version_of: dict[str, int] = {}
     for fam_name, (family, iv, targets) in plans.items():
         step(f"{name}: train {fam_name}")
         label = interval_label(iv)
@@ -272,6 +283,7 @@ def run_fold(
             settings, fam_name, iterations=options.iterations, seed=options.seed
         )
         report.train_s += time.perf_counter() - began
+        store_of[fam_name], version_of[fam_name] = store, outcome.ref.version
         report.trained.append(
             {
                 "family": fam_name,
@@ -311,29 +323,58 @@ def run_fold(
             raise InputError(f"{name}: {adapted.too_short[0]} is too short to serve")
 
     step(f"{name}: serve")
+    adapt_before = report.adapt_s
     began = time.perf_counter()
+    answers: dict[str, list[dict[str, Any]]] = {s.key: [] for s in members}
+    with Serving(settings, max_batch=options.batch) as server:
+        cursor = {s.key: probationary_length(len(s)) for s in members}
+        rounds = 0
+        while any(cursor[s.key] < len(s) for s in members):
+            for s in members:
+                a = cursor[s.key]
+                b = len(s) if not options.readapt_days else a + _rows_per_round(s, options)
+                got = stream(server.post, s.key, s.timestamps[a:b], s.values[a:b], options.batch)
+                answers[s.key] += got
+                cursor[s.key] = min(b, len(s))
+            rounds += 1
+            if options.readapt_days:  # the adapt stage again, on the points stored so far
+                began_adapt = time.perf_counter()
+                for fam_name, (_, _, targets) in plans.items():
+                    live = [s.key for s in targets if cursor[s.key] < len(s)]
+                    if live:
+                        adapt_home(
+                            settings,
+                            store_of[fam_name],
+                            fam_name,
+                            live,
+                            version=version_of[fam_name],
+                            force=True,
+                            log_to_mlflow=False,
+                            parity_sample=0,
+                        )
+                        report.readapted += len(live)
+                server.reload()
+                report.adapt_s += time.perf_counter() - began_adapt
     scores: dict[str, FloatArray] = {}
-    with Serving(settings, max_batch=options.batch) as post:
-        for s in members:
-            p = probationary_length(len(s))
-            answers = stream(post, s.key, s.timestamps[p:], s.values[p:], batch=options.batch)
-            report.answers.update(a.get("status", "error") for a in answers)
-            out = np.zeros(len(s))
-            out[p:] = [row_score(a) for a in answers]
-            scores[s.key] = out
-    report.stream_s = time.perf_counter() - began
+    for s in members:
+        p = probationary_length(len(s))
+        report.answers.update(a.get("status", "error") for a in answers[s.key])
+        out = np.zeros(len(s))
+        out[p:] = [row_score(a) for a in answers[s.key]]
+        scores[s.key] = out
+    report.stream_s = time.perf_counter() - began - (report.adapt_s - adapt_before)
     return report, scores
 
 
 class Serving:
-    """``create_app`` over the home's registry, models loaded and streams synced; yields
-    ``post(body) -> answers`` through an in-process ASGI client."""
+    """``create_app`` over the home's registry, models loaded and streams synced; ``post``
+    goes through an in-process ASGI client."""
 
     def __init__(self, settings: Settings, *, max_batch: int) -> None:
         self.settings = settings
         self.max_batch = max_batch
 
-    def __enter__(self) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
+    def __enter__(self) -> Serving:
         import httpx
 
         from mamlctl.serving.app import ServeOptions, create_app
@@ -349,15 +390,21 @@ class Serving:
         self.client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=self.app), base_url="http://mamlctl"
         )
+        return self
 
-        def post(body: dict[str, Any]) -> list[dict[str, Any]]:
-            response = self.loop.run_until_complete(self.client.post("/v1/observe", json=body))
-            if response.status_code != 200:
-                raise InputError(f"/v1/observe answered {response.status_code}: {response.text}")
-            results: list[dict[str, Any]] = response.json()["results"]
-            return results
+    def post(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """One ``POST /v1/observe``; its per-item answers."""
+        response = self.loop.run_until_complete(self.client.post("/v1/observe", json=body))
+        if response.status_code != 200:
+            raise InputError(f"/v1/observe answered {response.status_code}: {response.text}")
+        results: list[dict[str, Any]] = response.json()["results"]
+        return results
 
-        return post
+    def reload(self) -> None:
+        """Pick up models recorded since (what the server's poller does)."""
+        assert self.app.observer is not None
+        self.app.holder.reload(force=True)
+        self.app.observer.sync(self.app.holder.state)
 
     def __exit__(self, *exc: object) -> None:
         self.loop.run_until_complete(self.client.aclose())
@@ -365,12 +412,16 @@ class Serving:
         self.source.close()
 
 
+def _rows_per_round(series: NabSeries, options: ServedOptions) -> int:
+    """Rows of ``options.readapt_days`` days of the file's data (its inferred interval)."""
+    return max(1, round(options.readapt_days * 86400.0 / interval_of(series)))
+
+
 def stream(
     post: Callable[[dict[str, Any]], list[dict[str, Any]]],
     series_id: str,
     timestamps: npt.NDArray[np.datetime64],
     values: FloatArray,
-    *,
     batch: int,
 ) -> list[dict[str, Any]]:
     """POST the rows in order, ``batch`` per request; one answer per row."""

@@ -147,3 +147,29 @@ def test_flat_and_exactly_periodic_series_do_not_train() -> None:
     assert not trainable(np.full(2000, 3.0), family)
     assert not trainable(np.tile(day, 7), family)  # seasonal naive is exact
     assert trainable(np.tile(day, 7) + 1e-3 * (np.arange(7 * 288) % 7), family)
+
+
+@pytest.mark.slow
+def test_readapt_by_the_datas_clock_runs_the_adapt_stage_each_round(tmp_path: Path) -> None:
+    from mamlctl.evaluation.nab_served import FoldReport, ServedOptions, served_detector
+
+    corpus = load_corpus(make_corpus(tmp_path / "nab"))
+    scores: dict[float, dict[str, np.ndarray]] = {}
+    reports: dict[float, list[FoldReport]] = {}
+    for days in (0.0, 5.0):
+        reports[days] = []
+        options = ServedOptions(folds=2, iterations=5, readapt_days=days)
+        detect = served_detector(
+            corpus, options, workdir=tmp_path / f"d{days}", reports=reports[days]
+        )
+        scores[days] = {s.key: detect(s, probationary_length(len(s))) for s in corpus}
+    # 5 days of hourly data = 120 rows a round; a re-adapt after every round that leaves rows:
+    # a (680 rows after its probation): 5, c: 5, b (510): 4
+    assert {r.name: r.readapted for r in reports[5.0]} == {"fold0": 10, "fold1": 4}
+    assert all(r.readapted == 0 for r in reports[0.0])
+    for s in corpus:
+        p = probationary_length(len(s))
+        once, daily = scores[0.0][s.key], scores[5.0][s.key]
+        # the first round is served by the same (seeded) models; later rounds by re-adapted ones
+        np.testing.assert_array_equal(once[: p + 120], daily[: p + 120])
+        assert not np.array_equal(once[p + 120 :], daily[p + 120 :])
