@@ -56,7 +56,7 @@ def plot_command(
         since=_since(since),
         k=k,
         width=width,
-        height=height,  # type: ignore[arg-type]
+        height=height,
     )
     typer.echo(f"{out}: {data.values.shape[0]} points, {data.flagged_positions.size} flagged")
 

@@ -148,20 +148,23 @@ def nab_family(interval_seconds: float, probation: int) -> Family:
     rule of the module doc)."""
     from mamlctl.timeseries.families import calendar_period, family_for, with_window
 
-    family = family_for(calendar_period(interval_seconds), interval_seconds)
+    family: Family = family_for(calendar_period(interval_seconds), interval_seconds)
     if probation >= family.support:
         return family
+    smaller: Family
     if family.period is not None:
         window = (probation - family.period) // WINDOW_STEP * WINDOW_STEP
         if window >= family.period:
-            return replace(with_window(family, window), name=f"{family.name}-L{window}")
+            smaller = with_window(family, window)
+            return replace(smaller, name=f"{family.name}-L{window}")
         family = family_for(None, interval_seconds)
         if probation >= family.support:
             return family
     window = probation - family.horizon
     if window < 2:
         raise InputError(f"a probation of {probation} points is too short for any family")
-    return replace(with_window(family, window), name=f"{family.name}-L{window}")
+    smaller = with_window(family, window)
+    return replace(smaller, name=f"{family.name}-L{window}")
 
 
 def trainable(values: FloatArray, family: Family) -> bool:
@@ -254,7 +257,8 @@ def run_fold(
             for o in others
             if interval_label(interval_of(o)) == label and trainable(o.values, family)
         }
-        own, joining = {}, {}
+        own: dict[str, tuple[FloatArray, npt.NDArray[np.datetime64]]] = {}
+        joining: dict[str, tuple[FloatArray, npt.NDArray[np.datetime64]]] = {}
         for s in targets:
             p = probationary_length(len(s))
             values = s.values[:p][kept[s.key]]
