@@ -4,15 +4,14 @@ The stage is :func:`mamlctl.stages.plot.plot_series`."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 
-def _since(text: str | None) -> object:
-    from datetime import datetime
-
+def _since(text: str | None) -> datetime | int | None:
     from mamlctl.errors import InputError
 
     if text is None:
