@@ -49,6 +49,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     # forecasts and anomaly scans from the exported files, as Nixtla frames
     "forecast",
     "detect",
+    # one series drawn: history, served forecast and band, flags
+    "plot",
     # promotion follows the MLflow alias into live scoring
     "watch",
     # the one-command tour on the data shipped in the package

@@ -233,9 +233,37 @@ def register(app: typer.Typer) -> None:
     def nab(
         data: Annotated[Path, typer.Option("--data", help=DATA_HELP, envvar="MAMLCTL_NAB_DATA")],
         out: Annotated[Path, typer.Option("--out", help="Output folder (NAB results layout).")],
+        path: Annotated[
+            str,
+            typer.Option(
+                "--path",
+                help="served: each fold's files go through ingest, train (other folds' files), "
+                "adapt and POST /v1/observe in a fresh home; recipe: the older in-memory "
+                "recipe (nab_maml), kept for comparison.",
+            ),
+        ] = "served",
+        iterations: Annotated[
+            int,
+            typer.Option(
+                "--iterations", help="served: meta-iterations of each `train` (fixed, seeded)."
+            ),
+        ] = 300,
+        batch: Annotated[
+            int, typer.Option("--batch", help="served: observations per POST /v1/observe.")
+        ] = 256,
+        readapt_days: Annotated[
+            float,
+            typer.Option(
+                "--readapt-days",
+                help="served: run the adapt stage again every this many days of each file's "
+                "data, on the points stored so far (0: adapt once, on the probation).",
+            ),
+        ] = 0.0,
         time_budget: Annotated[
             float,
-            typer.Option("--time-budget", help="Seconds of meta-training in total (all folds)."),
+            typer.Option(
+                "--time-budget", help="recipe: seconds of meta-training in total (all folds)."
+            ),
         ] = 240.0,
         folds: Annotated[
             int, typer.Option("--folds", help="Files are scored by initializers of other folds.")
@@ -280,7 +308,12 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
     ) -> None:
         """Run mamlctl as a streaming detector over the NAB corpus and score it with NAB's
-        scoring (standard, reward-low-FP, reward-low-FN); writes NAB's results layout."""
+        scoring (standard, reward-low-FP, reward-low-FN); writes NAB's results layout.
+
+        By default through the served path: per fold a fresh home under --out/homes, the
+        files' probations ingested, an initializer trained on the other folds' files
+        (--iterations), adapted, and the remaining rows streamed through POST /v1/observe;
+        each row's score is m / (1 + m) of the answer's magnitude m."""
         import json
         import os
         import time
@@ -293,8 +326,15 @@ def register(app: typer.Typer) -> None:
         from mamlctl.evaluation.nab import load_corpus, null_detector, run_nab, windowed_gaussian
         from mamlctl.evaluation.nab_data import probationary_length, read_results
         from mamlctl.evaluation.nab_maml import NabDetectorConfig, maml_detector
+        from mamlctl.evaluation.nab_served import FoldReport, ServedOptions, served_detector
 
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+        if path not in ("served", "recipe"):
+            raise InputError(f"--path must be served or recipe, got {path!r}")
+        served = ServedOptions(
+            folds=folds, iterations=iterations, seed=seed, batch=batch, readapt_days=readapt_days
+        )
+        served.check()
         torch.set_num_threads(1)
         began = time.perf_counter()
         corpus = load_corpus(data)
@@ -326,7 +366,17 @@ def register(app: typer.Typer) -> None:
             def on_fit(method: str, frac: float) -> None:
                 bar.update(task, info=f"meta-training {100 * frac:.0f}%")
 
-            detectors = {"mamlctl": maml_detector(corpus, cfg, on_progress=on_fit)}
+            def on_step(info: str) -> None:
+                bar.update(task, info=info)
+
+            folds_done: list[FoldReport] = []
+            if path == "served":
+                detect = served_detector(
+                    corpus, served, workdir=out / "homes", reports=folds_done, on_step=on_step
+                )
+            else:
+                detect = maml_detector(corpus, cfg, on_progress=on_fit)
+            detectors = {"mamlctl": detect}
             if baselines:
                 detectors["windowedGaussian"] = windowed_gaussian
                 detectors["null"] = null_detector
@@ -343,14 +393,41 @@ def register(app: typer.Typer) -> None:
         wall = time.perf_counter() - began
         summary: dict[str, Any] = {
             "files": len(corpus),
+            "path": path,
             "wall_s": round(wall, 1),
-            "config": cfg.model_dump(mode="json"),
+            "config": (
+                {
+                    "folds": folds,
+                    "iterations": iterations,
+                    "seed": seed,
+                    "batch": batch,
+                    "readapt_days": readapt_days,
+                }
+                if path == "served"
+                else cfg.model_dump(mode="json")
+            ),
             "scores": {
                 name: {p: r.score for p, r in rep.results.items()}
                 for name, rep in run.reports.items()
             },
             "detect_wall_s": run.wall_s,
         }
+        if path == "served":
+            summary["folds"] = [
+                {
+                    "name": r.name,
+                    "files": r.files,
+                    "trained": r.trained,
+                    "adapted": r.adapted,
+                    "zero_shot": r.zero_shot,
+                    "readapted": r.readapted,
+                    "answers": dict(r.answers),
+                    "train_s": round(r.train_s, 1),
+                    "adapt_s": round(r.adapt_s, 1),
+                    "stream_s": round(r.stream_s, 1),
+                }
+                for r in folds_done
+            ]
         if not no_mlflow:
             metrics = {
                 f"{name}.{p}": s for name, d in summary["scores"].items() for p, s in d.items()
@@ -363,7 +440,7 @@ def register(app: typer.Typer) -> None:
             return
         profiles = list(next(iter(run.reports.values())).results)
         print_table(
-            f"NAB, {len(corpus)} files ({wall:.0f} s)",
+            f"NAB, {len(corpus)} files, {path} path ({wall:.0f} s)",
             ["detector", *profiles, "wall s"],
             [
                 (

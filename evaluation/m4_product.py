@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from mamlctl.domain import Family, Series
+from mamlctl.domain import Family
 from mamlctl.errors import InputError
 from mamlctl.evaluation.m4 import M4Data
 
@@ -211,51 +211,31 @@ def _one_home(
 ) -> tuple[HomeReport, dict[str, np.ndarray]]:
     """Train on ``train_values``, then adapt and score ``target_values`` (which, for the
     ``new-series`` protocol, join the family after training)."""
-    from mamlctl.maml.adaptation import AdaptConfig
-    from mamlctl.maml.family_data import make_config
     from mamlctl.registry import queries as q
     from mamlctl.registry.db import transaction
-    from mamlctl.registry.mlflow_store import open_store
-    from mamlctl.registry.series_store import SqlSeriesStore
-    from mamlctl.settings import Settings
-    from mamlctl.stages.adapt import AdaptRequest, run_adaptation
     from mamlctl.stages.score import forecast_series
-    from mamlctl.stages.train import train
 
-    # explicit URIs: an MLFLOW_TRACKING_URI or MAMLCTL_* in the environment must not redirect
-    settings = Settings(
-        home=home,
-        database_url=None,  # the embedded SQLite registry of the home
-        tracking_uri=f"sqlite:///{home / 'mlflow' / 'mlflow.db'}",
-    )
-    settings.ensure_home()
+    from .product_home import adapt_home, home_settings, ingest_values, servable, train_home
+
+    settings = home_settings(home)
     joining = {sid: v for sid, v in target_values.items() if sid not in train_values}
-    with transaction(settings) as session:
-        q.upsert_family(session, family)
-    _ingest(settings, family, train_values, interval)
+    ingest_values(settings, family, train_values, interval, source="m4")
 
     began = time.perf_counter()
-    config = make_config(iterations=options.iterations, seed=options.seed, time_budget_s=None)
-    outcome = train(
-        family.name,
-        config,
-        series_store=SqlSeriesStore(settings),
-        initializer_store=(store := open_store(settings)),
+    outcome, store = train_home(
+        settings, family.name, iterations=options.iterations, seed=options.seed
     )
     train_s = time.perf_counter() - began
 
     if joining:  # new series join the trained family: ingest + assign, no retraining
-        _ingest(settings, family, joining, interval)
+        ingest_values(settings, family, joining, interval, source="m4")
     began = time.perf_counter()
-    run_adaptation(
+    adapt_home(
         settings,
         store,
-        AdaptRequest(
-            family=family.name,
-            series=tuple(sid for sid in target_values if _servable(target_values[sid], family)),
-            version=outcome.ref.version,
-        ),
-        AdaptConfig(),
+        family.name,
+        [sid for sid in target_values if servable(target_values[sid], family)],
+        version=outcome.ref.version,
     )
     adapt_s = time.perf_counter() - began
     with transaction(settings) as session:
@@ -279,28 +259,3 @@ def _one_home(
         unserved=dict(result.missing),
     )
     return report, forecasts
-
-
-def _servable(values: np.ndarray, family: Family) -> bool:
-    return int(values.shape[0]) >= family.window
-
-
-def _ingest(settings: Any, family: Family, values: dict[str, np.ndarray], interval: float) -> None:
-    """``mamlctl ingest`` + ``families assign`` of ``values`` (integer positions)."""
-    from mamlctl.registry import queries as q
-    from mamlctl.registry.db import transaction
-    from mamlctl.registry.ingest import IncomingSeries, store_series
-
-    incoming = [
-        IncomingSeries(
-            series=Series(series_id=sid, values=np.asarray(v, dtype=np.float64)),
-            source="m4",
-            interval_seconds=interval,
-        )
-        for sid, v in values.items()
-    ]
-    servable: Sequence[str] = [sid for sid, v in values.items() if _servable(v, family)]
-    with transaction(settings) as session:
-        store_series(session, incoming)
-        if servable:
-            q.assign_family(session, family.name, list(servable))

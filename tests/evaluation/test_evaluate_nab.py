@@ -110,7 +110,7 @@ def test_cli_evaluate_nab_layout_and_scores(tmp_path: Path) -> None:
         app,
         [
             *("evaluate", "nab", "--data", str(root), "--out", str(out)),
-            *("--time-budget", "2", "--folds", "2", "--json"),
+            *("--path", "recipe", "--time-budget", "2", "--folds", "2", "--json"),
         ],
     )
     assert result.exit_code == 0, result.output
