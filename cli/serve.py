@@ -194,6 +194,8 @@ def register(app: typer.Typer) -> None:
         os.environ["MAMLCTL_SERVE_BATCH_THREADS"] = str(batch_threads)
         os.environ["MAMLCTL_SERVE_MAX_FAILED_SHARE"] = str(max_failed_share)
         os.environ["MAMLCTL_SERVE_ALLOW_EMPTY"] = "1" if allow_empty else "0"
+        # workers share one socket: each takes connections only once its models are loaded
+        os.environ["MAMLCTL_SERVE_LOAD_BEFORE_ACCEPT"] = "1" if workers > 1 else "0"
         os.environ["MAMLCTL_SERVE_MAX_HEAD_BYTES"] = str(bounds.max_head_bytes)
         os.environ["MAMLCTL_SERVE_HEAD_TIMEOUT"] = format_seconds(bounds.head_timeout)
         os.environ["MAMLCTL_SERVE_BODY_TIMEOUT"] = format_seconds(bounds.body_timeout)

@@ -93,6 +93,12 @@ class ServeOptions(BaseModel):
     allow_empty: bool = Field(
         default=False, description="/readyz answers 200 with no model loaded (else 503)."
     )
+    load_before_accept: bool = Field(
+        default=False,
+        description="Finish the first load inside lifespan startup, so this process accepts no"
+        " connection before its models are loaded (set by `serve --workers N`, N > 1: workers"
+        " share one socket, and a loading worker would answer 503 while the others serve).",
+    )
 
 
 @dataclass(slots=True)
@@ -101,12 +107,16 @@ class _Poller:
     interval: float
     enabled: bool
 
-    async def run(self) -> None:
-        holder = self.outer.holder
-        await asyncio.to_thread(holder.reload, force=True)
+    async def first_load(self) -> None:
+        await asyncio.to_thread(self.outer.holder.reload, force=True)
         # ready now; build the FastAPI part (docs, /metrics, /v1/series) off the cold start
         await asyncio.to_thread(lambda: self.outer.api)
         await asyncio.to_thread(sync_observer, self.outer)  # observe streams: stored windows
+
+    async def run(self, *, loaded: bool = False) -> None:
+        holder = self.outer.holder
+        if not loaded:
+            await self.first_load()
         while self.enabled:
             await asyncio.sleep(self.interval)
             if await asyncio.to_thread(holder.reload):
@@ -228,7 +238,12 @@ class ScoringApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self._poll_task = asyncio.create_task(self._poller.run(), name="mamlctl-reload")
+                loaded = self.options.load_before_accept
+                if loaded:  # uvicorn starts accepting on the socket only after this answer
+                    await self._poller.first_load()
+                self._poll_task = asyncio.create_task(
+                    self._poller.run(loaded=loaded), name="mamlctl-reload"
+                )
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._poll_task is not None:
@@ -386,7 +401,8 @@ def app_from_env() -> ScoringApp:
     ``MAMLCTL_SERVE_RELOAD_INTERVAL`` sets the poll interval, ``MAMLCTL_SERVE_BUSY_POLL`` the
     busy-poll window in seconds, ``MAMLCTL_SERVE_BATCH_THREADS`` the batch session's
     threads, ``MAMLCTL_SERVE_MAX_FAILED_SHARE`` and ``MAMLCTL_SERVE_ALLOW_EMPTY`` (``1``) the
-    readiness rules (``mamlctl serve`` passes all five).
+    readiness rules, ``MAMLCTL_SERVE_LOAD_BEFORE_ACCEPT`` (``1``) the first load inside
+    startup (``mamlctl serve`` passes all six).
     """
     import os
 
@@ -403,5 +419,6 @@ def app_from_env() -> ScoringApp:
         batch_threads=threads,
         max_failed_share=share,
         allow_empty=os.environ.get("MAMLCTL_SERVE_ALLOW_EMPTY", "0") == "1",
+        load_before_accept=os.environ.get("MAMLCTL_SERVE_LOAD_BEFORE_ACCEPT", "0") == "1",
     )
     return create_app(settings, RegistrySource(settings), options=options)

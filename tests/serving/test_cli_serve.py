@@ -37,6 +37,8 @@ def test_serve_runs_uvicorn_with_the_factory(
     assert os.environ["MAMLCTL_SERVE_BATCH_THREADS"] == "3"
     assert os.environ["MAMLCTL_SERVE_MAX_FAILED_SHARE"] == "0.1"
     assert os.environ["MAMLCTL_SERVE_ALLOW_EMPTY"] == "0"
+    # two workers share one socket: each loads before it accepts (no 503 from a loading one)
+    assert os.environ["MAMLCTL_SERVE_LOAD_BEFORE_ACCEPT"] == "1"
 
 
 def test_an_empty_api_token_refuses_to_serve(

@@ -248,3 +248,40 @@ def test_readiness_with_no_model_loaded(tmp_path: Path, allow_empty: bool) -> No
     ready = Client(app).get("/readyz")
     assert ready.status_code == (200 if allow_empty else 503)
     assert ready.json()["status"] == ("ready" if allow_empty else "degraded")
+
+
+@pytest.mark.parametrize("before_accept", [True, False])
+def test_load_before_accept_finishes_the_first_load_inside_startup(
+    tmp_path: Path, before_accept: bool
+) -> None:
+    """``serve --workers N`` workers share one socket and uvicorn accepts on it only after
+    lifespan startup: with ``load_before_accept`` the models are loaded when startup completes
+    (so no request meets a loading worker's 503); without it the load runs in the background."""
+    import asyncio
+
+    settings = Settings(home=tmp_path / "home")
+    records = write_series(settings.models_dir, MLP, IDS, seed=1, version=1)
+    source = StaticSource(records, models_dir=settings.models_dir)
+    options = ServeOptions(reload=False, load_before_accept=before_accept)
+    app = create_app(settings, source, options=options)
+
+    async def drive() -> bool:
+        inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+        sent: list[dict[str, Any]] = []
+        await inbox.put({"type": "lifespan.startup"})
+
+        async def send(message: Any) -> None:
+            sent.append(dict(message))
+            if message["type"] == "lifespan.startup.complete":
+                loaded.append(bool(app.holder.ready))
+                await inbox.put({"type": "lifespan.shutdown"})
+
+        loaded: list[bool] = []
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send)
+        assert [m["type"] for m in sent] == [
+            "lifespan.startup.complete",
+            "lifespan.shutdown.complete",
+        ]
+        return loaded[0]
+
+    assert asyncio.run(drive()) is before_accept
