@@ -28,12 +28,12 @@ to ``p - H`` if even that does not fit. On NAB: 41 five-minute files keep ``5min
 ``5min-nocycle``. Families are not detected (detection on 169-750 points of 5-minute data
 either finds the daily cycle or files the series nowhere).
 
-**Per-row score** (documented map): a row answered ``scored`` gets ``m / (1 + m)`` with ``m``
-the answer's ``magnitude`` (``-log10`` of the two-sided Gaussian tail probability of its ``z``,
-unsaturated), strictly increasing in ``z`` where ``anomaly_score = erf(z / sqrt 2)`` ties at 1.0
-from z ~ 8.3 on; NAB sweeps every distinct score, so any strictly increasing map of ``z`` scores
-the same. Probationary rows score 0 (NAB does not score them). A row whose timestamp is not
-after the previous row's is what the server refuses or answers as a duplicate (409
+**Per-row score**: a row answered ``scored`` gets the answer's ``rank_score``, the served
+detector's ranking score (:mod:`mamlctl.timeseries.stream_detector`: 1 for a value beyond its
+series' range by 5%, else the log-scaled anomaly likelihood of the series' recent residuals);
+NAB sweeps one threshold over every file's scores, which is what that score is made for.
+Probationary rows score 0 (NAB does not score them). A row whose timestamp is not after the
+previous row's is what the server refuses or answers as a duplicate (409
 ``conflict`` / ``out_of_order``, or ``duplicate``): it scores 0, and in the probation it is left
 out of the ingest (8 NAB files have such rows, 38 rows in all).
 
@@ -126,12 +126,11 @@ class FoldReport:
 
 
 def row_score(answer: dict[str, Any]) -> float:
-    """The NAB score of one ``/v1/observe`` answer: ``m / (1 + m)`` of its magnitude when
-    ``scored``, else 0."""
+    """The NAB score of one ``/v1/observe`` answer: its ``rank_score`` when ``scored``, else
+    0."""
     if answer.get("status") != "scored":
         return 0.0
-    m = float(answer["magnitude"])
-    return m / (1.0 + m)
+    return float(answer["rank_score"])
 
 
 def interval_of(series: NabSeries) -> float:
@@ -359,6 +358,7 @@ def run_fold(
                         report.readapted += len(live)
                 server.reload()
                 report.adapt_s += time.perf_counter() - began_adapt
+    save_answers(home / "answers.npz", answers)
     scores: dict[str, FloatArray] = {}
     for s in members:
         p = probationary_length(len(s))
@@ -368,6 +368,32 @@ def run_fold(
         scores[s.key] = out
     report.stream_s = time.perf_counter() - began - (report.adapt_s - adapt_before)
     return report, scores
+
+
+#: Numeric fields of a ``scored`` answer kept by :func:`save_answers` (NaN for other rows).
+ANSWER_FIELDS = (
+    "value",
+    "forecast",
+    "sigma",
+    "z",
+    "magnitude",
+    "is_anomaly",
+    "anomaly_likelihood",
+    "out_of_range",
+    "rank_score",
+)
+
+
+def save_answers(path: Path, answers: dict[str, list[dict[str, Any]]]) -> None:
+    """The server's answers of each file after its probation, one ``<key>/<field>`` array per
+    field of :data:`ANSWER_FIELDS`, for inspecting a run (the fold's home keeps them)."""
+    arrays: dict[str, FloatArray] = {}
+    for key, got in answers.items():
+        for name in ANSWER_FIELDS:
+            arrays[f"{key}/{name}"] = np.array(
+                [float(a[name]) if a.get("status") == "scored" else np.nan for a in got]
+            )
+    np.savez_compressed(path, **arrays)
 
 
 class Serving:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from mamlctl.registry.ingest import insert_points
@@ -42,6 +42,11 @@ class StoredTail:
     values: FloatArray
     flagged: npt.NDArray[np.bool_]
     replacement: FloatArray
+    #: The stored ranking state (JSON), None before the first observation.
+    detector_state: str | None = None
+    #: The range of every stored value (NaN for none).
+    low: float = float("nan")
+    high: float = float("nan")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +65,7 @@ class SeriesCounters:
     n_points: int
     first_ts: datetime | None
     last_ts: datetime | None
+    detector_state: str | None = None
 
 
 def load_tails(session: Session, lengths: dict[str, int]) -> dict[str, StoredTail]:
@@ -92,6 +98,13 @@ def load_tails(session: Session, lengths: dict[str, int]) -> dict[str, StoredTai
                 flagged[k] = True
                 if replaced:
                     replacement[k] = forecast
+        low = high = None
+        if row.detector_state is None:  # a fresh ranking state takes the stored values' range
+            low, high = conn.execute(
+                select(func.min(PointRow.value), func.max(PointRow.value)).where(
+                    PointRow.series_pk == row.id
+                )
+            ).one()
         out[row.series_id] = StoredTail(
             series_pk=row.id,
             series_id=row.series_id,
@@ -103,6 +116,9 @@ def load_tails(session: Session, lengths: dict[str, int]) -> dict[str, StoredTai
             values=values,
             flagged=flagged,
             replacement=replacement,
+            detector_state=row.detector_state,
+            low=float("nan") if low is None else float(low),
+            high=float("nan") if high is None else float(high),
         )
     return out
 
@@ -168,10 +184,17 @@ def write_observations(
                 n_points=bindparam("n"),
                 first_ts=bindparam("first"),
                 last_ts=bindparam("last"),
+                detector_state=bindparam("state"),
                 updated_at=now,
             ),
             [
-                {"pk": c.series_pk, "n": c.n_points, "first": c.first_ts, "last": c.last_ts}
+                {
+                    "pk": c.series_pk,
+                    "n": c.n_points,
+                    "first": c.first_ts,
+                    "last": c.last_ts,
+                    "state": c.detector_state,
+                }
                 for c in counters
             ],
         )

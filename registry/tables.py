@@ -97,6 +97,9 @@ class SeriesRow(Base):
     n_points: Mapped[int] = mapped_column(Integer, default=0)
     first_ts: Mapped[datetime | None] = mapped_column(DateTime)
     last_ts: Mapped[datetime | None] = mapped_column(DateTime)
+    #: The observe loop's ranking state (JSON, :func:`~mamlctl.timeseries.stream_detector.
+    #: ranking_to_json`), written with the counters; NULL before the first observation.
+    detector_state: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 

@@ -10,8 +10,9 @@ made from the series' window *before* it (:mod:`mamlctl.timeseries.stream_detect
 Answer (``status``):
 
 * ``scored``: ``forecast``, ``sigma``, ``residual``, ``z``, ``anomaly_score``, ``magnitude``,
-  ``is_anomaly``, ``threshold_z``, ``position``, ``gap``, ``anomaly_id`` (the record of a flagged
-  one) and the model ``lineage``;
+  ``is_anomaly``, ``threshold_z``, the ranking score's ``anomaly_likelihood``, ``out_of_range``
+  and ``rank_score`` (one scale across series, for ranking and sweeps), ``position``, ``gap``,
+  ``anomaly_id`` (the record of a flagged one) and the model ``lineage``;
 * ``warming_up``: the series holds fewer than L points: stored, not scored;
 * ``duplicate``: the series already holds this timestamp with this value: nothing is stored
   again; the recorded answer comes back if the server still holds it (its latest
@@ -70,6 +71,8 @@ from mamlctl.timeseries.stream_detector import (
     DetectorConfig,
     StreamState,
     append,
+    observe_range,
+    ranking_to_json,
     step,
     threshold_z,
 )
@@ -183,13 +186,19 @@ class Observer:
         head = {"series_id": item.sid, "timestamp": ts_out(item.key), "position": position}
         if got is None:  # fewer than L points: stored, not scored
             grown = append(stream.detector.window, item.value, length=stream.window)
-            stream.detector = StreamState(grown, 0)
+            ranking = observe_range(stream.detector.ranking, item.value)
+            stream.detector = StreamState(grown, 0, ranking)
             item.answer = {**head, "status": "warming_up", "value": item.value, "gap": item.gap}
             item.answer["lineage"] = entry.lineage_json
             return
         z_thr = threshold_z(entry.threshold, self.config)
         stream.detector, v = step(
-            stream.detector, item.value, *got, z_threshold=z_thr, config=self.config
+            stream.detector,
+            item.value,
+            *got,
+            z_threshold=z_thr,
+            scale=entry.scale,
+            config=self.config,
         )
         item.answer = {
             **head,
@@ -203,6 +212,9 @@ class Observer:
             "magnitude": v.magnitude,
             "is_anomaly": v.is_anomaly,
             "threshold_z": z_thr,
+            "anomaly_likelihood": v.anomaly_likelihood,
+            "out_of_range": v.out_of_range,
+            "rank_score": v.rank_score,
             "gap": item.gap,
             "anomaly_id": None,
             "lineage": entry.lineage_json,
@@ -273,7 +285,11 @@ class Observer:
         ]
         counters = [
             SeriesCounters(
-                series_pk=s.series_pk, n_points=s.n_points, first_ts=s.first_ts, last_ts=s.last_ts
+                series_pk=s.series_pk,
+                n_points=s.n_points,
+                first_ts=s.first_ts,
+                last_ts=s.last_ts,
+                detector_state=ranking_to_json(s.detector.ranking),
             )
             for s in work.values()
         ]

@@ -60,6 +60,8 @@ class SeriesEntry:
     horizon: int
     threshold: float
     residual_scale: float
+    #: The series' normalisation scale (the file's ``scale``): the ranking score's unit.
+    scale: float
     registered_model: str
     initializer_version: int
     initializer_run_id: str
@@ -241,6 +243,7 @@ def _entry(item: _Loaded, *, group: int, row: int, generation: int) -> SeriesEnt
         horizon=rec.horizon,
         threshold=float(rec.threshold),
         residual_scale=float(rec.residual_scale),
+        scale=float(pick("scale", rec.residual_scale)),
         registered_model=registered,
         initializer_version=version,
         initializer_run_id=run_id,

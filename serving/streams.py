@@ -1,12 +1,13 @@
 """The observe loop's in-memory state: one :class:`Stream` per served series, kept in step
 with the serving state (:func:`sync_streams`).
 
-A stream holds what the next observation of its series needs: the model window and run of
-flags (:class:`~mamlctl.timeseries.stream_detector.StreamState`), the stored length and last
-timestamp (order and duplicate checks), and the answers to its latest observations (a
-duplicate gets the recorded answer back). It is loaded from the registry's stored points and
-anomaly records (:func:`mamlctl.registry.observations.load_tails`), so a restarted server
-continues exactly where the last acknowledged observation left it.
+A stream holds what the next observation of its series needs: the model window, run of
+flags and ranking state (:class:`~mamlctl.timeseries.stream_detector.StreamState`), the
+stored length and last timestamp (order and duplicate checks), and the answers to its latest
+observations (a duplicate gets the recorded answer back). It is loaded from the registry's
+stored points and anomaly records (:func:`mamlctl.registry.observations.load_tails`), so a
+restarted server continues exactly where the last acknowledged observation left it (the
+ranking state, which depends on past forecasts, is stored with the series' counters).
 
 On a reload, a series whose model did not change keeps its stream untouched; a re-adapted
 series (new file, same window length L) keeps its window too; a series whose L changed, or
@@ -24,7 +25,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mamlctl.registry.observations import StoredTail, load_tails
 from mamlctl.serving.state import ServingState
-from mamlctl.timeseries.stream_detector import DetectorConfig, StreamState, restore_state
+from mamlctl.timeseries.stream_detector import (
+    DetectorConfig,
+    Ranking,
+    StreamState,
+    ranking_from_json,
+    restore_state,
+)
 
 #: Answers kept per series for duplicates (older duplicates are answered from the database).
 RECENT_ANSWERS = 64
@@ -84,9 +91,23 @@ def stream_of(tail: StoredTail, *, window: int, sha256: str) -> Stream:
         window=window,
         sha256=sha256,
         detector=restore_state(
-            tail.values, window=window, flagged=tail.flagged, replacement=tail.replacement
+            tail.values,
+            window=window,
+            flagged=tail.flagged,
+            replacement=tail.replacement,
+            ranking=_ranking(tail),
         ),
     )
+
+
+def _ranking(tail: StoredTail) -> Ranking:
+    """The stored ranking state, else a fresh one over the stored values' range."""
+    stored = ranking_from_json(tail.detector_state)
+    if stored is not None:
+        return stored
+    if tail.low <= tail.high:  # not NaN: the series holds values
+        return Ranking(low=tail.low, high=tail.high)
+    return Ranking()
 
 
 def tail_length(window: int, config: DetectorConfig) -> int:

@@ -143,6 +143,19 @@ def onnx_forecaster(path: Path) -> Any:
     return forecast
 
 
+def offline_start(path: Path, stored: np.ndarray, window: int) -> tuple[Any, float]:
+    """The detector state a server starts a series with (its last ``window`` stored values, a
+    fresh ranking over their range) and the ranking's unit (the file's ``scale``)."""
+    from mamlctl.contract import key
+    from mamlctl.timeseries.stream_detector import Ranking, StreamState
+
+    session = ort.InferenceSession(path.read_bytes(), providers=["CPUExecutionProvider"])
+    # the server's rule: the file's scale, else the record's residual scale (SIGMA here)
+    scale = session.get_modelmeta().custom_metadata_map.get(key("scale"), SIGMA)
+    ranking = Ranking(low=float(stored.min()), high=float(stored.max()))
+    return StreamState(stored[-window:].copy(), 0, ranking), float(scale)
+
+
 def stored_series(settings: Settings, series_id: str) -> Any:
     """The registry's :class:`~mamlctl.domain.Series` (values, timestamps) of ``series_id``."""
     from mamlctl.registry.db import open_registry

@@ -26,9 +26,36 @@ For each observation ``y_t`` of a series with model window ``w`` (its last ``L``
   shift that lasts longer enters the window from its ``max_replaced + 1``-th point on and is
   absorbed (flagged from its onset until the window has learnt it).
 
+**The ranking score** (``rank_score`` in [0, 1], what NAB's threshold sweep is run on; the
+flag above stays the calibrated ``z`` rule). Flags compare one series with its own threshold;
+ranking anomalies *across* series needs a score that means the same on every series, which a
+fixed residual scale does not (one calibrated on a quiet stretch makes every later row look
+extreme). Per series, O(1) state (:class:`Ranking`):
+
+* ``out_of_range``: the value lies more than ``spatial_tolerance`` (5%) of the range of the
+  series' earlier values beyond that range (Numenta's "spatial" check; the range is that of
+  every stored value, probation included, from the first observation on);
+* ``anomaly_likelihood``: Numenta's anomaly likelihood (Ahmad et al. 2017;
+  :mod:`mamlctl.timeseries.anomaly_likelihood` is the batch form) of the raw score
+  ``erf(|residual| / scale / sqrt 2)`` (``scale``: the series' own normalisation scale, the
+  model's ``scale`` metadata): the mean of the last ``short_window`` (10) raw scores against
+  the running mean and variance of those averages (exact over the first ``historic_window``
+  (8640) averages, exponentially weighted with weight ``1 / historic_window`` after), floored
+  as Numenta floors them (mean 0.03, variance 0.0003); one-sided upper tail; a red tail
+  (<= 1e-5) right after a red tail is raised to 1e-3; 0.5 until ``estimation_samples`` (100)
+  averages are in (no estimate yet);
+* ``rank_score`` = 1 when ``out_of_range``, else NAB's log scaling of the likelihood
+  ``log(1.0000000001 - L) / log(1e-10)`` clipped to [0, 1].
+
+Chosen on NAB's odd-ranked files (``benchmarks/RESULTS.md``, issue 15): on one served run, the
+spatial check alone, the likelihood alone and the two together were compared, with Numenta's
+published parameters and no fitted ones; the two together won.
+
 The state (window, run of consecutive flags) is a function of the stored values and of which
 of them were flagged and replaced: :func:`restore_state` rebuilds it from the registry's
-points and anomaly records, so a restarted server continues exactly where it stopped.
+points and anomaly records, so a restarted server continues exactly where it stopped. The
+ranking state is not (it depends on past forecasts): the server stores it with the series'
+counters in the same transaction as the points (:func:`ranking_to_json`).
 
 numpy and the standard library only.
 """
@@ -37,7 +64,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 
 import numpy as np
@@ -45,14 +72,20 @@ import numpy.typing as npt
 
 from mamlctl.errors import InputError
 from mamlctl.timeseries.anomaly import MAX_THRESHOLD_Z, score_from_z
+from mamlctl.timeseries.anomaly_likelihood import MIN_MEAN, MIN_VARIANCE, RED_TAIL, YELLOW_TAIL
 
 FloatArray = npt.NDArray[np.float64]
 
 __all__ = [
     "DetectorConfig",
+    "Ranking",
     "StreamState",
     "Verdict",
     "append",
+    "observe_range",
+    "rank",
+    "ranking_from_json",
+    "ranking_to_json",
     "restore_state",
     "run_stream",
     "step",
@@ -65,6 +98,8 @@ _SQRT_PI = math.sqrt(math.pi)
 #: Above this ``x = z / sqrt 2`` the asymptotic series of ``erfc`` replaces ``math.erfc``
 #: (exact to ~1e-10 relative there; ``math.erfc`` underflows past x ~ 26).
 _ASYMPTOTIC_X = 20.0
+_SQRT2 = math.sqrt(2.0)
+_LOG_EPS = math.log(1e-10)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,12 +109,35 @@ class DetectorConfig:
     min_z: float = 3.0
     max_z: float = MAX_THRESHOLD_Z
     max_replaced: int = 3
+    # the ranking score (Numenta's published values)
+    short_window: int = 10
+    historic_window: int = 8640
+    estimation_samples: int = 100
+    spatial_tolerance: float = 0.05
 
     def __post_init__(self) -> None:
         if not (0.0 < self.min_z <= self.max_z and math.isfinite(self.max_z)):
             raise InputError(f"need 0 < min_z <= max_z, got {self.min_z}, {self.max_z}")
         if self.max_replaced < 0:
             raise InputError(f"max_replaced must be >= 0, got {self.max_replaced}")
+        if min(self.short_window, self.historic_window) < 1 or self.estimation_samples < 0:
+            raise InputError("short_window and historic_window must be >= 1, estimation >= 0")
+        if not (self.spatial_tolerance >= 0.0 and math.isfinite(self.spatial_tolerance)):
+            raise InputError(f"spatial_tolerance must be >= 0, got {self.spatial_tolerance}")
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking:
+    """A series' ranking state (see the module docstring): its last raw scores, the running
+    statistics of their short-term averages, whether the last tail was red, its value range."""
+
+    recent: tuple[float, ...] = ()
+    count: int = 0
+    mean: float = 0.0
+    var: float = 0.0
+    red: bool = False
+    low: float = math.inf
+    high: float = -math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +146,7 @@ class StreamState:
 
     window: FloatArray
     run: int = 0
+    ranking: Ranking = Ranking()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,6 +163,9 @@ class Verdict:
     is_anomaly: bool
     #: The window holds ``forecast`` in this observation's place (a short run of flags).
     replaced: bool
+    anomaly_likelihood: float
+    out_of_range: bool
+    rank_score: float
 
 
 def tail_magnitude(z: float) -> float:
@@ -133,6 +195,96 @@ def threshold_z(score_threshold: float, config: DetectorConfig | None = None) ->
     return float(min(max(z, cfg.min_z), cfg.max_z))
 
 
+def observe_range(ranking: Ranking, value: float) -> Ranking:
+    """``ranking`` with ``value`` in its range (a value stored without a score)."""
+    if ranking.low <= value <= ranking.high:
+        return ranking
+    return replace(ranking, low=min(ranking.low, value), high=max(ranking.high, value))
+
+
+def rank(
+    ranking: Ranking, value: float, raw: float, config: DetectorConfig | None = None
+) -> tuple[Ranking, float, bool, float]:
+    """One row of the ranking score (module docstring): the next state, the anomaly
+    likelihood, ``out_of_range`` and ``rank_score`` of ``value`` with raw score ``raw``."""
+    cfg = config or DetectorConfig()
+    spread = ranking.high - ranking.low
+    slack = cfg.spatial_tolerance * spread
+    outside = spread > 0 and (value > ranking.high + slack or value < ranking.low - slack)
+    recent = (*ranking.recent, raw)[-cfg.short_window :]
+    average = math.fsum(recent) / len(recent)
+    red = False
+    likelihood = 0.5
+    if ranking.count >= max(cfg.estimation_samples, 1):
+        mean = max(ranking.mean, MIN_MEAN)
+        sd = math.sqrt(max(ranking.var, MIN_VARIANCE))
+        tail = 0.5 * math.erfc((average - mean) / sd / _SQRT2)
+        red = tail <= RED_TAIL
+        likelihood = 1.0 - (YELLOW_TAIL if red and ranking.red else tail)
+    count = ranking.count + 1
+    alpha = max(1.0 / count, 1.0 / cfg.historic_window)
+    delta = average - ranking.mean
+    nxt = Ranking(
+        recent=recent,
+        count=count,
+        mean=ranking.mean + alpha * delta,
+        var=(1.0 - alpha) * (ranking.var + alpha * delta * delta),
+        red=red,
+        low=min(ranking.low, value),
+        high=max(ranking.high, value),
+    )
+    if outside:
+        return nxt, likelihood, True, 1.0
+    score = math.log(1.0000000001 - likelihood) / _LOG_EPS
+    return nxt, likelihood, False, min(max(score, 0.0), 1.0)
+
+
+def ranking_to_json(ranking: Ranking) -> str:
+    """The ranking state as the registry stores it (a JSON object; infinities as null)."""
+    import json
+
+    def num(x: float) -> float | None:
+        return x if math.isfinite(x) else None
+
+    return json.dumps(
+        {
+            "v": 1,
+            "recent": list(ranking.recent),
+            "count": ranking.count,
+            "mean": ranking.mean,
+            "var": ranking.var,
+            "red": ranking.red,
+            "low": num(ranking.low),
+            "high": num(ranking.high),
+        },
+        separators=(",", ":"),
+    )
+
+
+def ranking_from_json(text: str | None) -> Ranking | None:
+    """The stored ranking state; None for none or one this version cannot read."""
+    import json
+
+    if not text:
+        return None
+    try:
+        doc = json.loads(text)
+        if doc.get("v") != 1:
+            return None
+        low, high = doc["low"], doc["high"]
+        return Ranking(
+            recent=tuple(float(x) for x in doc["recent"]),
+            count=int(doc["count"]),
+            mean=float(doc["mean"]),
+            var=float(doc["var"]),
+            red=bool(doc["red"]),
+            low=math.inf if low is None else float(low),
+            high=-math.inf if high is None else float(high),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def step(
     state: StreamState,
     value: float,
@@ -140,9 +292,12 @@ def step(
     sigma: float,
     *,
     z_threshold: float,
+    scale: float | None = None,
     config: DetectorConfig | None = None,
 ) -> tuple[StreamState, Verdict]:
-    """Score ``value`` against the forecast made from ``state.window``; the next state."""
+    """Score ``value`` against the forecast made from ``state.window``; the next state.
+    ``scale``: the series' normalisation scale for the ranking's raw score (``sigma`` when
+    not given or not positive)."""
     cfg = config or DetectorConfig()
     if not math.isfinite(value):
         raise InputError(f"observation is not finite: {value}")
@@ -155,6 +310,9 @@ def step(
     flagged = z >= z_threshold
     run = state.run + 1 if flagged else 0
     replaced = flagged and run <= cfg.max_replaced
+    unit = scale if scale is not None and math.isfinite(scale) and scale > 0 else sigma
+    raw = math.erf(abs(residual) / unit / _SQRT2)
+    ranking, likelihood, outside, rank_score = rank(state.ranking, value, raw, cfg)
     verdict = Verdict(
         value=value,
         forecast=forecast,
@@ -165,8 +323,12 @@ def step(
         magnitude=tail_magnitude(z),
         is_anomaly=flagged,
         replaced=replaced,
+        anomaly_likelihood=likelihood,
+        out_of_range=outside,
+        rank_score=rank_score,
     )
-    return StreamState(append(state.window, forecast if replaced else value), run), verdict
+    held = forecast if replaced else value
+    return StreamState(append(state.window, held), run, ranking), verdict
 
 
 def append(window: FloatArray, value: float, *, length: int | None = None) -> FloatArray:
@@ -185,11 +347,13 @@ def restore_state(
     window: int,
     flagged: Sequence[bool] | npt.NDArray[np.bool_],
     replacement: Sequence[float] | FloatArray,
+    ranking: Ranking | None = None,
 ) -> StreamState:
     """The state after the stored tail ``values`` (oldest first), where ``flagged[i]`` says
     the i-th was flagged and ``replacement[i]`` is the forecast the window held in its place
     (NaN: the value itself). Give at least ``window`` values (all there are otherwise) and
-    ``max_replaced + 1`` for an exact run."""
+    ``max_replaced + 1`` for an exact run. ``ranking``: the stored ranking state (default:
+    a fresh one whose range is that of ``values``)."""
     v = np.asarray(values, dtype=np.float64)
     rep = np.asarray(replacement, dtype=np.float64)
     flags = np.asarray(flagged, dtype=np.bool_)
@@ -201,7 +365,11 @@ def restore_state(
         if not f:
             break
         run += 1
-    return StreamState(np.ascontiguousarray(held), run)
+    if ranking is None:
+        ranking = Ranking()
+        if v.size:
+            ranking = Ranking(low=float(v.min()), high=float(v.max()))
+    return StreamState(np.ascontiguousarray(held), run, ranking)
 
 
 def run_stream(
@@ -210,6 +378,7 @@ def run_stream(
     forecaster: Callable[[FloatArray], tuple[float, float]],
     *,
     z_threshold: float,
+    scale: float | None = None,
     config: DetectorConfig | None = None,
 ) -> tuple[StreamState, list[Verdict]]:
     """:func:`step` over ``values`` in order, ``forecaster(window) -> (forecast, sigma)``
@@ -217,6 +386,8 @@ def run_stream(
     out: list[Verdict] = []
     for value in np.asarray(values, dtype=np.float64).tolist():
         forecast, sigma = forecaster(state.window)
-        state, verdict = step(state, value, forecast, sigma, z_threshold=z_threshold, config=config)
+        state, verdict = step(
+            state, value, forecast, sigma, z_threshold=z_threshold, scale=scale, config=config
+        )
         out.append(verdict)
     return state, out

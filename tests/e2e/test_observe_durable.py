@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 from local_processes import Proc, free_port, mamlctl_argv, start, wait_http
-from observe_fixtures import L, onnx_forecaster, record_models, stored_series
+from observe_fixtures import L, offline_start, onnx_forecaster, record_models, stored_series
 
-from mamlctl.timeseries.stream_detector import StreamState, run_stream
+from mamlctl.timeseries.stream_detector import run_stream
 
 
 def _serve(home: Path, tmp_path: Path, port: int, name: str) -> Proc:
@@ -67,11 +67,13 @@ def test_sigkill_after_the_answer_loses_nothing_and_the_restart_continues(  # ty
 
     # every acknowledged point and record is in the registry
     assert np.array_equal(stored_series(settings, "s0").values, np.r_[seeded, stream[:30]])
+    start, scale = offline_start(paths["s0"], np.asarray(seeded), L)
     offline = run_stream(
-        StreamState(seeded[-L:].copy()),
+        start,
         stream,
         onnx_forecaster(paths["s0"]),
         z_threshold=acked[0]["threshold_z"],
+        scale=scale,
     )[1]
     assert [a["forecast"] for a in acked] == [v.forecast for v in offline[:30]]
 
@@ -87,5 +89,7 @@ def test_sigkill_after_the_answer_loses_nothing_and_the_restart_continues(  # ty
         proc.stop()
     assert [a["forecast"] for a in rest] == [v.forecast for v in offline[30:]]
     assert [a["is_anomaly"] for a in rest] == [v.is_anomaly for v in offline[30:]] == [False] * 6
+    # the ranking state was committed with the acknowledged points: the scores continue
+    assert [a["rank_score"] for a in acked + rest] == [v.rank_score for v in offline]
     assert again[0]["status"] == "duplicate" and again[0]["value"] == items[29]["value"]
     assert len(stored_series(settings, "s0").values) == 240 + 36

@@ -2,7 +2,7 @@
 
 Oracles: each results file's scores equal the detector module run offline
 (:func:`~mamlctl.timeseries.stream_detector.run_stream`) on the same stream with the home's
-exported model run by onnxruntime, mapped by ``m / (1 + m)``; NAB's score of the results files
+exported model run by onnxruntime (its ``rank_score``); NAB's score of the results files
 equals the harness' figures; the family rule by hand."""
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from observe_fixtures import onnx_forecaster
 from typer.testing import CliRunner
 
 from mamlctl.cli.app import app
+from mamlctl.contract import parse_metadata
 from mamlctl.evaluation.nab import load_corpus
 from mamlctl.evaluation.nab_data import probationary_length, read_results
 from mamlctl.evaluation.nab_scoring import prepare_file, score_corpus
 from mamlctl.evaluation.nab_served import interval_of as _interval
 from mamlctl.evaluation.nab_served import kept_rows, nab_family, row_score, trainable
-from mamlctl.timeseries.stream_detector import StreamState, run_stream, threshold_z
+from mamlctl.serving.runtime import make_session
+from mamlctl.timeseries.stream_detector import Ranking, StreamState, run_stream, threshold_z
 
 #: rows, spike row (None: no anomaly) per file; 600 rows -> probation 90 < K = 120
 SPEC = (("catA", "a", 800, 500), ("catA", "b", 600, 400), ("catB", "c", 800, None))
@@ -62,9 +64,9 @@ def test_kept_rows_drop_repeated_and_backward_timestamps() -> None:
     assert kept_rows(ts).tolist() == [True, True, False, False, True]
 
 
-def test_row_score_is_increasing_in_magnitude_and_zero_unscored() -> None:
-    assert row_score({"status": "scored", "magnitude": 3.0}) == 0.75
-    assert row_score({"status": "duplicate", "magnitude": 3.0}) == 0.0
+def test_row_score_is_the_rank_score_and_zero_unscored() -> None:
+    assert row_score({"status": "scored", "magnitude": 3.0, "rank_score": 0.25}) == 0.25
+    assert row_score({"status": "duplicate", "rank_score": 0.25}) == 0.0
     assert row_score({"error": {"status": 409}}) == 0.0
 
 
@@ -104,16 +106,24 @@ def test_cli_evaluate_nab_served_scores_are_the_servers(tmp_path: Path) -> None:
                 r for r in q.current_adapted_models(session, family.name) if r.series_id == s.key
             ]
         assert record.window == family.window
-        forecaster = onnx_forecaster(settings.models_dir / record.path)
-        start = StreamState(np.asarray(s.values[:p][kept_rows(s.timestamps[:p])][-record.window :]))
+        path = settings.models_dir / record.path
+        forecaster = onnx_forecaster(path)
+        scale = float(parse_metadata(make_session(path).get_modelmeta().custom_metadata_map).scale)
+        stored = s.values[:p][kept_rows(s.timestamps[:p])]
+        ranking = Ranking(low=float(stored.min()), high=float(stored.max()))
+        start = StreamState(np.asarray(stored[-record.window :]), 0, ranking)
         _, verdicts = run_stream(
-            start, s.values[p:], forecaster, z_threshold=threshold_z(record.threshold)
+            start,
+            s.values[p:],
+            forecaster,
+            z_threshold=threshold_z(record.threshold),
+            scale=scale,
         )
-        expected = np.array([v.magnitude / (1.0 + v.magnitude) for v in verdicts])
+        expected = np.array([v.rank_score for v in verdicts])
         np.testing.assert_allclose(got[p:], expected, rtol=1e-6, atol=1e-9)
         spike = dict((f"{c}/{n}.csv", k) for c, n, _, k in SPEC)[s.key]
-        if spike is not None:  # the injected 60-sigma spike is the file's top score
-            assert int(np.argmax(got)) == spike
+        if spike is not None:  # the injected 60-sigma spike scores the file's top score
+            assert got[spike] == got.max() == 1.0
 
     rescored = score_corpus(
         [prepare_file(s.key, read_results(out, "mamlctl", s.key), s.windows) for s in corpus]

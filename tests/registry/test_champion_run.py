@@ -129,7 +129,7 @@ def test_migration_0004_backfills_unambiguous_champions(tmp_path: Path) -> None:
                     ),
                     {"f": fid, "m": f"maml-{fid}", "v": version, "r": run},
                 )
-        assert upgrade_schema(engine) == "0004_champion_run"
+        assert upgrade_schema(engine, "0004_champion_run") == "0004_champion_run"
         with engine.connect() as conn:
             rows = dict(conn.execute(text("SELECT name, champion_run_id FROM families")).all())
         assert rows == {"one": "a2", "two": None, "none": None}

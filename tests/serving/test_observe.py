@@ -20,6 +20,7 @@ from observe_fixtures import (
     L,
     Served,
     add_timestamped_series,
+    offline_start,
     onnx_forecaster,
     record_models,
     stored_series,
@@ -147,14 +148,20 @@ def test_restart_and_reload_keep_windows_and_records(home, served) -> None:  # t
     assert [a["position"] for a in first if a["is_anomaly"]] == [268, 269]
     again = Served(settings)  # a new server on the same registry
     second = again.observe(*items[30:])["results"]
+    start, scale = offline_start(paths["s2"], values["s2"], L)
     offline = run_stream(
-        StreamState(values["s2"][-L:].copy()),
+        start,
         clean,
         onnx_forecaster(paths["s2"]),
         z_threshold=first[0]["threshold_z"],
+        scale=scale,
     )[1]
     assert [a["forecast"] for a in first + second] == [v.forecast for v in offline]
     assert [a["is_anomaly"] for a in first + second] == [v.is_anomaly for v in offline]
+    # the ranking state (likelihood statistics, range) is stored and continues too
+    assert [a["rank_score"] for a in first + second] == [v.rank_score for v in offline]
+    assert [a["out_of_range"] for a in first + second] == [v.out_of_range for v in offline]
+    assert first[28]["out_of_range"] and first[28]["rank_score"] == 1.0  # the dropout
     assert len(again.client.get("/v1/series/s2/anomalies").json()["anomalies"]) == 2
     # re-adapted (version 2, a model reading one step later): the window is kept
     new_paths = record_models(settings, ["s2"], version=2, lag_shift=1)
