@@ -15,8 +15,8 @@ Answer (``status``):
   ``anomaly_id`` (the record of a flagged one) and the model ``lineage``;
 * ``warming_up``: the series holds fewer than L points: stored, not scored;
 * ``duplicate``: the series already holds this timestamp with this value: nothing is stored
-  again; the recorded answer comes back if the server still holds it (its latest
-  :data:`~mamlctl.serving.streams.RECENT_ANSWERS`), else the stored value.
+  again; the recorded answer comes back if the server still holds it (the latest
+  :data:`~mamlctl.serving.streams.RECENT_ANSWERS` of all series), else the stored value.
 
 Per-item errors (``{"series_id", "timestamp", "error": {"status", "type", "msg", "loc"}}``; a
 single observation answers the status itself), the rest of a batch is processed as without it:
@@ -66,7 +66,7 @@ from mamlctl.serving.observe_items import (
 )
 from mamlctl.serving.scoring import ClientError
 from mamlctl.serving.state import ServingState
-from mamlctl.serving.streams import Stream, sync_streams
+from mamlctl.serving.streams import RecentAnswers, Stream, sync_streams
 from mamlctl.timeseries.stream_detector import (
     DetectorConfig,
     StreamState,
@@ -87,6 +87,7 @@ class Observer:
         self.factory = factory
         self.config = config or DetectorConfig()
         self.streams: dict[str, Stream] = {}
+        self.recent = RecentAnswers()
         self._generation = -1
         self._lock = threading.Lock()
 
@@ -149,7 +150,7 @@ class Observer:
         self.streams.update(work)  # committed: the working streams become the served ones
         for item in items:
             if item.kind == "new" and item.answer is not None:
-                work[item.sid].remember(item.key, item.answer)  # type: ignore[index,arg-type]
+                self.recent.remember(item.sid, item.key, item.answer)  # type: ignore[arg-type]
         return [i.answer or {} for i in items], flagged
 
     def _score_rounds(
@@ -243,9 +244,8 @@ class Observer:
         for item in items:
             if item.kind != "dup":
                 continue
-            stream = work[item.sid]  # type: ignore[index]
             done = in_batch.get((item.sid, item.key))
-            recorded = done.answer if done is not None else stream.recent.get(item.key)  # type: ignore[arg-type]
+            recorded = done.answer if done is not None else self.recent.get(item.sid, item.key)  # type: ignore[arg-type]
             if recorded is not None and "error" not in recorded:
                 answer_duplicate(item, recorded.get("value"), recorded)
             elif recorded is not None:

@@ -3,11 +3,12 @@ with the serving state (:func:`sync_streams`).
 
 A stream holds what the next observation of its series needs: the model window, run of
 flags and ranking state (:class:`~mamlctl.timeseries.stream_detector.StreamState`), the
-stored length and last timestamp (order and duplicate checks), and the answers to its latest
-observations (a duplicate gets the recorded answer back). It is loaded from the registry's
-stored points and anomaly records (:func:`mamlctl.registry.observations.load_tails`), so a
-restarted server continues exactly where the last acknowledged observation left it (the
-ranking state, which depends on past forecasts, is stored with the series' counters).
+stored length and last timestamp (order and duplicate checks). It is loaded from the
+registry's stored points and anomaly records (:func:`mamlctl.registry.observations.
+load_tails`), so a restarted server continues exactly where the last acknowledged
+observation left it (the ranking state, which depends on past forecasts, is stored with the
+series' counters). The answers to the server's latest observations are kept in one bounded
+:class:`RecentAnswers` for all series (a duplicate gets the recorded answer back).
 
 On a reload, a series whose model did not change keeps its stream untouched; a re-adapted
 series (new file, same window length L) keeps its window too; a series whose L changed, or
@@ -17,7 +18,7 @@ that is newly served, is loaded from the registry; a series no longer served is 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -33,8 +34,10 @@ from mamlctl.timeseries.stream_detector import (
     restore_state,
 )
 
-#: Answers kept per series for duplicates (older duplicates are answered from the database).
-RECENT_ANSWERS = 64
+#: Answers kept for duplicates, over all series together (the latest ones; an older duplicate
+#: is answered from the database with its stored value). One bound for the whole server, so
+#: the memory per series does not grow with it: ~1 KB per kept answer.
+RECENT_ANSWERS = 16384
 
 Key = datetime | int
 
@@ -51,7 +54,6 @@ class Stream:
     window: int
     sha256: str
     detector: StreamState
-    recent: OrderedDict[Key, dict[str, Any]] = field(default_factory=OrderedDict)
 
     @property
     def last_key(self) -> Key | None:
@@ -71,13 +73,23 @@ class Stream:
             window=self.window,
             sha256=self.sha256,
             detector=self.detector,
-            recent=OrderedDict(self.recent),
         )
 
-    def remember(self, key: Key, answer: dict[str, Any]) -> None:
-        self.recent[key] = answer
-        while len(self.recent) > RECENT_ANSWERS:
-            self.recent.popitem(last=False)
+
+class RecentAnswers:
+    """The answers to the latest :data:`RECENT_ANSWERS` new observations, by (series, key)."""
+
+    def __init__(self, size: int = RECENT_ANSWERS) -> None:
+        self.size = size
+        self._answers: OrderedDict[tuple[str, Key], dict[str, Any]] = OrderedDict()
+
+    def get(self, series_id: str, key: Key) -> dict[str, Any] | None:
+        return self._answers.get((series_id, key))
+
+    def remember(self, series_id: str, key: Key, answer: dict[str, Any]) -> None:
+        self._answers[(series_id, key)] = answer
+        while len(self._answers) > self.size:
+            self._answers.popitem(last=False)
 
 
 def stream_of(tail: StoredTail, *, window: int, sha256: str) -> Stream:

@@ -264,3 +264,21 @@ def test_bad_observations_get_per_item_errors_and_the_rest_is_processed(home, se
     assert served.client.post("/v1/observe", json={"items": []}).status_code == 422
     assert served.client.get("/v1/anomalies", params={"family": "nope"}).status_code == 404
     assert served.client.get("/v1/anomalies", params={"status": "odd"}).status_code == 422
+
+
+def test_recent_answers_are_one_bound_for_all_series() -> None:
+    """The answers kept for duplicates are bounded for the whole server, oldest out first, so a
+    server's memory per series does not grow with the observations it answered."""
+    from mamlctl.serving.streams import RecentAnswers
+
+    recent = RecentAnswers(size=3)
+    for k in range(5):
+        recent.remember(f"s{k % 2}", k, {"position": k})
+    assert [recent.get(f"s{k % 2}", k) for k in range(5)] == [
+        None,
+        None,
+        {"position": 2},
+        {"position": 3},
+        {"position": 4},
+    ]
+    assert recent.get("s1", 4) is None  # keyed by series and timestamp

@@ -1,0 +1,190 @@
+"""``POST /v1/observe`` benchmark: throughput, single-observation latency, state memory.
+
+What it does (one JSON document on stdout; progress on stderr):
+
+1. A registry home with M4 Hourly's 414 series x ``--copies`` (``bench_serve.build_home``: the
+   real series ingested, one exported model per series, int8-delta files as the product writes
+   them), SQLite, persistence on (every request commits its points before the answer).
+2. ``mamlctl serve`` (one worker) as a subprocess on loopback; one client on one keep-alive
+   connection (``http.client``), so the figure is the server's per-request cost plus one
+   loopback round trip:
+   * batches of ``--batch`` (256) observations, each of a different series (round-robin over
+     all series, each series' next position, a value near its last), ``--batches`` of them:
+     observations/s (client wall clock) and the server's CPU per observation (``/proc``);
+   * ``--singles`` single-observation requests: p50 / p99 latency.
+3. In-process: the observe loop's state after loading every series, and after ``--steps``
+   observations per series (the answers it keeps for duplicates included), measured with
+   ``tracemalloc`` and divided by the series count: the memory of the kept state beyond the
+   model.
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_observe.py [--copies 25] [--batches 200]``.
+The machine should be otherwise idle: record ``uptime`` beside the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import bench_serve as bs
+
+
+def _post(conn: http.client.HTTPConnection, doc: Any) -> tuple[int, bytes]:
+    body = json.dumps(doc).encode()
+    conn.request("POST", "/v1/observe", body, {"content-type": "application/json"})
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def _observations(
+    ids: list[str], last: dict[str, float], position: dict[str, int], count: int, rng: Any
+) -> list[dict[str, Any]]:
+    """The next ``count`` observations, round-robin over ``ids`` (each series' next position)."""
+    out = []
+    for k in range(count):
+        sid = ids[(position["_cursor"] + k) % len(ids)]
+        value = last[sid] * (1.0 + 0.01 * rng.standard_normal())
+        out.append({"series_id": sid, "timestamp": position[sid], "value": value})
+        position[sid] += 1
+        last[sid] = value
+    position["_cursor"] += count
+    return out
+
+
+def serve_figures(
+    home: Path, ids: list[str], values: dict[str, np.ndarray], args: argparse.Namespace
+) -> dict[str, Any]:
+    from mamlctl.settings import Settings
+
+    port = bs._free_port()
+    proc, cold = bs.start_mamlctl(home, port)
+    rng = np.random.default_rng(0)
+    from mamlctl.registry.db import open_registry
+    from mamlctl.registry.tables import SeriesRow
+
+    with open_registry(Settings(home=home)) as factory, factory() as session:
+        stored = {r.series_id: r.n_points for r in session.query(SeriesRow)}
+    position: dict[str, int] = {"_cursor": 0, **stored}
+    last = {sid: float(values[sid.split("-c")[0]][-1]) for sid in ids}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        status, _ = _post(conn, _observations(ids, last, position, 1, rng)[0])  # warm up
+        assert status == 200, status
+        batches = [
+            {"items": _observations(ids, last, position, args.batch, rng)}
+            for _ in range(args.batches)
+        ]
+        cpu0, t0 = bs.cpu_seconds(proc.pid), time.perf_counter()
+        for doc in batches:
+            status, body = _post(conn, doc)
+            if status != 200:
+                raise SystemExit(f"batch answered {status}: {body[:200]!r}")
+        wall, cpu = time.perf_counter() - t0, bs.cpu_seconds(proc.pid) - cpu0
+        n_obs = args.batch * args.batches
+        singles = [_observations(ids, last, position, 1, rng)[0] for _ in range(args.singles)]
+        latencies = []
+        for doc in singles:
+            s0 = time.perf_counter()
+            status, body = _post(conn, doc)
+            latencies.append(time.perf_counter() - s0)
+            if status != 200:
+                raise SystemExit(f"single answered {status}: {body[:200]!r}")
+        rss = bs.rss_mb(proc.pid)
+    finally:
+        conn.close()
+        bs.stop(proc)
+    latencies.sort()
+    return {
+        "cold_start_s": round(cold, 2),
+        "batch": args.batch,
+        "batches": args.batches,
+        "observations_per_s": round(n_obs / wall, 1),
+        "server_cpu_us_per_observation": round(1e6 * cpu / n_obs, 2),
+        "single_p50_us": round(1e6 * statistics.median(latencies), 1),
+        "single_p99_us": round(1e6 * latencies[int(0.99 * (len(latencies) - 1))], 1),
+        "server_rss_mb_after": rss,
+    }
+
+
+def state_memory(home: Path, ids: list[str], steps: int) -> dict[str, Any]:
+    """Bytes per series of the observe loop's streams: loaded, then after ``steps``
+    observations per series (in-process, the same Observer the server runs)."""
+    from mamlctl.serving.app import ServeOptions, create_app
+    from mamlctl.serving.source import RegistrySource
+    from mamlctl.settings import Settings
+
+    settings = Settings(home=home)
+    app = create_app(settings, RegistrySource(settings), options=ServeOptions(reload=False))
+    assert app.holder.reload(force=True) and app.observer is not None
+    observer, state = app.observer, app.holder.state
+    tracemalloc.start()
+    base = tracemalloc.take_snapshot()
+    observer.sync(state)
+    loaded = tracemalloc.take_snapshot()
+    stored = {sid: observer.streams[sid].n_points for sid in ids}
+    last = {sid: float(observer.streams[sid].detector.window[-1]) for sid in ids}
+    rng = np.random.default_rng(1)
+    for k in range(steps):
+        items = [
+            {"series_id": sid, "timestamp": stored[sid] + k, "value": last[sid] + rng.normal()}
+            for sid in ids
+        ]
+        for i in range(0, len(items), 256):
+            observer.observe(state, items[i : i + 256], is_batch=True)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+
+    def grown(a: Any, b: Any) -> int:
+        return sum(s.size_diff for s in b.compare_to(a, "filename"))
+
+    n = len(ids)
+    window = next(iter(observer.streams.values())).window
+    return {
+        "series": n,
+        "window": window,
+        "bytes_per_series_loaded": round(grown(base, loaded) / n, 1),
+        "bytes_per_series_after_steps": round(grown(base, after) / n, 1),
+        "steps": steps,
+        "window_array_bytes": 8 * window,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--copies", type=int, default=25, help="x 414 series (25: 10,350)")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--singles", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=8, help="observations per series (memory)")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    values = bs.load_m4_hourly()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-observe-"))
+    home = work / f"home-x{args.copies}"
+    bs.log(f"building {home}")
+    ids, _ = bs.build_home(home, values, copies=args.copies, seed=0, store_points=bs.K)
+    out: dict[str, Any] = {"series": len(ids), "load_before": os.getloadavg()}
+    bs.log("serving")
+    out["serve"] = serve_figures(home, ids, values, args)
+    bs.log("state memory")
+    out["state"] = state_memory(home, ids, args.steps)
+    out["load_after"] = os.getloadavg()
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
