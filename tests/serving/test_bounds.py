@@ -221,10 +221,14 @@ def test_a_pipelining_client_that_never_reads_is_paused(
     rss_before = _rss_bytes()
     sender = threading.Thread(target=sock.sendall, args=(payload,), daemon=True)
     sender.start()
-    (server_side,) = _Probe.instances
     deadline, received = time.monotonic() + 30, -1
-    while received != server_side.received and time.monotonic() < deadline:
-        received = server_side.received  # until it reads nothing more for half a second
+    while not _Probe.instances and time.monotonic() < deadline:  # accepted (a loaded box: later)
+        time.sleep(0.01)
+    (server_side,) = _Probe.instances
+    while time.monotonic() < deadline:  # until it stopped reading and read nothing for 0.5 s
+        if received == server_side.received and not server_side.transport.is_reading():
+            break
+        received = server_side.received
         time.sleep(0.5)
     buffered = server_side.transport.get_write_buffer_size()
     growth = _rss_bytes() - rss_before
