@@ -93,7 +93,8 @@ def register(app: typer.Typer) -> None:
         from mamlctl.errors import ConfigError
         from mamlctl.maml.adaptation import AdaptConfig
         from mamlctl.registry.mlflow_store import open_store
-        from mamlctl.stages.adapt import AdaptRequest, run_adaptation
+        from mamlctl.stages.adapt import AdaptRequest
+        from mamlctl.stages.api import run_adaptation
         from mamlctl.timeseries.durations import parse_duration, parse_timedelta
 
         if gc_grace is not None and not gc:

@@ -229,7 +229,8 @@ def _train(
 def _adapt(settings: Settings, family: str, stages: Stages) -> dict[str, Any]:
     from mamlctl.maml.adaptation import AdaptConfig
     from mamlctl.registry.mlflow_store import open_store
-    from mamlctl.stages.adapt import AdaptRequest, run_adaptation
+    from mamlctl.stages.adapt import AdaptRequest
+    from mamlctl.stages.api import run_adaptation
 
     store = open_store(settings)
     with stages.stage("adapt + export ONNX per series") as note:

@@ -233,38 +233,21 @@ def register(app: typer.Typer) -> None:
     def nab(
         data: Annotated[Path, typer.Option("--data", help=DATA_HELP, envvar="MAMLCTL_NAB_DATA")],
         out: Annotated[Path, typer.Option("--out", help="Output folder (NAB results layout).")],
-        path: Annotated[
-            str,
-            typer.Option(
-                "--path",
-                help="served: each fold's files go through ingest, train (other folds' files), "
-                "adapt and POST /v1/observe in a fresh home; recipe: the older in-memory "
-                "recipe (nab_maml), kept for comparison.",
-            ),
-        ] = "served",
         iterations: Annotated[
             int,
-            typer.Option(
-                "--iterations", help="served: meta-iterations of each `train` (fixed, seeded)."
-            ),
+            typer.Option("--iterations", help="Meta-iterations of each `train` (fixed, seeded)."),
         ] = 300,
         batch: Annotated[
-            int, typer.Option("--batch", help="served: observations per POST /v1/observe.")
+            int, typer.Option("--batch", help="Observations per POST /v1/observe.")
         ] = 256,
         readapt_days: Annotated[
             float,
             typer.Option(
                 "--readapt-days",
-                help="served: run the adapt stage again every this many days of each file's "
+                help="Run the adapt stage again every this many days of each file's "
                 "data, on the points stored so far (0: adapt once, on the probation).",
             ),
         ] = 0.0,
-        time_budget: Annotated[
-            float,
-            typer.Option(
-                "--time-budget", help="recipe: seconds of meta-training in total (all folds)."
-            ),
-        ] = 240.0,
         folds: Annotated[
             int, typer.Option("--folds", help="Files are scored by initializers of other folds.")
         ] = 4,
@@ -279,29 +262,6 @@ def register(app: typer.Typer) -> None:
             int | None, typer.Option("--limit", help="Only the first N files (quick runs).")
         ] = None,
         seed: Annotated[int, typer.Option("--seed", help="Training seed.")] = 0,
-        scoring: Annotated[
-            str,
-            typer.Option(
-                "--scoring",
-                help="likelihood: Numenta's anomaly likelihood, published defaults (untuned); "
-                "rolling: the older scores whose settings were chosen on NAB itself.",
-            ),
-        ] = "likelihood",
-        readapt: Annotated[
-            bool,
-            typer.Option(
-                "--readapt/--no-readapt",
-                help="likelihood scoring: re-adapt every probation-length rows on the latest ones.",
-            ),
-        ] = False,
-        spatial: Annotated[
-            bool,
-            typer.Option(
-                "--spatial/--no-spatial",
-                help="likelihood scoring: NAB Numenta detector's spatial check (value 5% beyond "
-                "the past range scores 1).",
-            ),
-        ] = True,
         no_mlflow: Annotated[
             bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")
         ] = False,
@@ -310,7 +270,7 @@ def register(app: typer.Typer) -> None:
         """Run mamlctl as a streaming detector over the NAB corpus and score it with NAB's
         scoring (standard, reward-low-FP, reward-low-FN); writes NAB's results layout.
 
-        By default through the served path: per fold a fresh home under --out/homes, the
+        Through the served path: per fold a fresh home under --out/homes, the
         files' probations ingested, an initializer trained on the other folds' files
         (--iterations), adapted, and the remaining rows streamed through POST /v1/observe;
         each row's score is m / (1 + m) of the answer's magnitude m."""
@@ -321,16 +281,13 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from mamlctl.cli.output import emit_json, print_table, progress
-        from mamlctl.errors import ConfigError, InputError
+        from mamlctl.errors import InputError
         from mamlctl.evaluation.eval_plots import plot_nab_example
         from mamlctl.evaluation.nab import load_corpus, null_detector, run_nab, windowed_gaussian
         from mamlctl.evaluation.nab_data import probationary_length, read_results
-        from mamlctl.evaluation.nab_maml import NabDetectorConfig, maml_detector
         from mamlctl.evaluation.nab_served import FoldReport, ServedOptions, served_detector
 
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-        if path not in ("served", "recipe"):
-            raise InputError(f"--path must be served or recipe, got {path!r}")
         served = ServedOptions(
             folds=folds, iterations=iterations, seed=seed, batch=batch, readapt_days=readapt_days
         )
@@ -342,19 +299,8 @@ def register(app: typer.Typer) -> None:
             if limit < 1:
                 raise InputError(f"--limit must be >= 1, got {limit}")
             corpus = corpus[:limit]
-        try:
-            cfg = NabDetectorConfig(
-                time_budget_s=time_budget,
-                folds=folds,
-                seed=seed,
-                scoring=scoring,
-                readapt=readapt,
-                spatial=spatial,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"invalid NAB detector option: {exc}".splitlines()[0]) from None
-        if len(corpus) < cfg.folds:
-            raise InputError(f"{len(corpus)} files cannot be split into {cfg.folds} folds")
+        if len(corpus) < served.folds:
+            raise InputError(f"{len(corpus)} files cannot be split into {served.folds} folds")
         with progress(transient=True) as bar:
             task = bar.add_task("nab", total=len(corpus), info="")
 
@@ -363,19 +309,13 @@ def register(app: typer.Typer) -> None:
                     bar.advance(task)
                 bar.update(task, description=f"{name}", info=key)
 
-            def on_fit(method: str, frac: float) -> None:
-                bar.update(task, info=f"meta-training {100 * frac:.0f}%")
-
             def on_step(info: str) -> None:
                 bar.update(task, info=info)
 
             folds_done: list[FoldReport] = []
-            if path == "served":
-                detect = served_detector(
-                    corpus, served, workdir=out / "homes", reports=folds_done, on_step=on_step
-                )
-            else:
-                detect = maml_detector(corpus, cfg, on_progress=on_fit)
+            detect = served_detector(
+                corpus, served, workdir=out / "homes", reports=folds_done, on_step=on_step
+            )
             detectors = {"mamlctl": detect}
             if baselines:
                 detectors["windowedGaussian"] = windowed_gaussian
@@ -393,41 +333,35 @@ def register(app: typer.Typer) -> None:
         wall = time.perf_counter() - began
         summary: dict[str, Any] = {
             "files": len(corpus),
-            "path": path,
             "wall_s": round(wall, 1),
-            "config": (
-                {
-                    "folds": folds,
-                    "iterations": iterations,
-                    "seed": seed,
-                    "batch": batch,
-                    "readapt_days": readapt_days,
-                }
-                if path == "served"
-                else cfg.model_dump(mode="json")
-            ),
+            "config": {
+                "folds": folds,
+                "iterations": iterations,
+                "seed": seed,
+                "batch": batch,
+                "readapt_days": readapt_days,
+            },
             "scores": {
                 name: {p: r.score for p, r in rep.results.items()}
                 for name, rep in run.reports.items()
             },
             "detect_wall_s": run.wall_s,
         }
-        if path == "served":
-            summary["folds"] = [
-                {
-                    "name": r.name,
-                    "files": r.files,
-                    "trained": r.trained,
-                    "adapted": r.adapted,
-                    "zero_shot": r.zero_shot,
-                    "readapted": r.readapted,
-                    "answers": dict(r.answers),
-                    "train_s": round(r.train_s, 1),
-                    "adapt_s": round(r.adapt_s, 1),
-                    "stream_s": round(r.stream_s, 1),
-                }
-                for r in folds_done
-            ]
+        summary["folds"] = [
+            {
+                "name": r.name,
+                "files": r.files,
+                "trained": r.trained,
+                "adapted": r.adapted,
+                "zero_shot": r.zero_shot,
+                "readapted": r.readapted,
+                "answers": dict(r.answers),
+                "train_s": round(r.train_s, 1),
+                "adapt_s": round(r.adapt_s, 1),
+                "stream_s": round(r.stream_s, 1),
+            }
+            for r in folds_done
+        ]
         if not no_mlflow:
             metrics = {
                 f"{name}.{p}": s for name, d in summary["scores"].items() for p, s in d.items()
@@ -440,7 +374,7 @@ def register(app: typer.Typer) -> None:
             return
         profiles = list(next(iter(run.reports.values())).results)
         print_table(
-            f"NAB, {len(corpus)} files, {path} path ({wall:.0f} s)",
+            f"NAB, {len(corpus)} files, served path ({wall:.0f} s)",
             ["detector", *profiles, "wall s"],
             [
                 (

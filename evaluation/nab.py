@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,7 @@ Detector = Callable[[NabSeries, int], FloatArray]
 __all__ = [
     "Detector",
     "NabRun",
+    "fold_of",
     "load_corpus",
     "markdown_table",
     "null_detector",
@@ -82,6 +83,12 @@ def windowed_gaussian(
     if n:
         scores[0] = 0.0
     return np.asarray(scores, dtype=np.float64)
+
+
+def fold_of(keys: Sequence[str], folds: int) -> dict[str, int]:
+    """Fold of each file for cross-fitting (a file is scored by an initializer trained on the
+    other folds' files): its rank among the sorted keys modulo ``folds``."""
+    return {k: i % folds for i, k in enumerate(sorted(keys))}
 
 
 def load_corpus(root: str | Path) -> list[NabSeries]:

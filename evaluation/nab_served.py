@@ -63,8 +63,8 @@ import numpy.typing as npt
 from mamlctl.domain import Family
 from mamlctl.errors import InputError
 
+from .nab import fold_of
 from .nab_data import NabSeries, probationary_length
-from .nab_maml import fold_of
 
 if TYPE_CHECKING:
     from mamlctl.settings import Settings

@@ -93,16 +93,13 @@ def ingest_values(
 def train_home(
     settings: Settings, family: str, *, iterations: int, seed: int
 ) -> tuple[TrainOutcome, MlflowStore]:
-    """The train stage on the family's series, a fixed number of meta-iterations."""
-    from mamlctl.maml.family_data import make_config
+    """The train stage on the family's series, a fixed number of meta-iterations; returns
+    the outcome and the home's model store."""
     from mamlctl.registry.mlflow_store import open_store
-    from mamlctl.registry.series_store import SqlSeriesStore
-    from mamlctl.stages.train import train
+    from mamlctl.stages.api import train
 
-    config = make_config(iterations=iterations, seed=seed, time_budget_s=None)
-    store = open_store(settings)
-    outcome = train(family, config, series_store=SqlSeriesStore(settings), initializer_store=store)
-    return outcome, store
+    outcome = train(family, settings=settings, iterations=iterations, seed=seed, time_budget_s=None)
+    return outcome, open_store(settings)
 
 
 def adapt_home(
@@ -114,13 +111,13 @@ def adapt_home(
     version: int,
     **request: Any,
 ) -> AdaptReport:
-    """The adapt stage (adapt + export) of ``series`` from initializer ``version``."""
-    from mamlctl.maml.adaptation import AdaptConfig
-    from mamlctl.stages.adapt import AdaptRequest, run_adaptation
+    """The adapt stage (adapt + export, ``adapt``'s default settings) of ``series`` from
+    initializer ``version``."""
+    from mamlctl.stages.adapt import AdaptRequest
+    from mamlctl.stages.api import run_adaptation
 
     return run_adaptation(
         settings,
         store,
         AdaptRequest(family=family, series=tuple(series), version=version, **request),
-        AdaptConfig(),
     )

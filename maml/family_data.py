@@ -9,15 +9,16 @@ forecasts the points after the support, so a task needs only K + 1 points and K 
 ``>= L + 1``; see :mod:`mamlctl.timeseries.windows`. ``partial=False`` is the older full-pair
 form (K >= L + H).
 
-The default recipe (the one :mod:`mamlctl.evaluation.m4_maml` showed beats seasonal naive on M4
-Hourly and Weekly): the network predicts the residual to the seasonal-naive forecast of its own
-window (``season_skip`` = the period when it fits the window, else 1 = naive), it is trained
-and adapted on MAE, and its raw-unit forecasts are bounded below when every training series is
-non-negative (``nonnegative``, resolved by :func:`prepare`): by ``floor_fraction`` times the
-minimum of the forecast's input window (:func:`mamlctl.maml.onnx_contract.apply_floor`). Unless
-set, the fraction is chosen by ``train`` among :data:`FLOOR_CANDIDATES` on the held-out series
-(lowest MASE, then sMAPE, then the larger fraction); 0 is the clip at 0 of older initializers,
-which zeroed the forecasts of low-count series.
+The default recipe (the one the old in-memory evaluation code, removed in session 6, showed
+beats seasonal naive on M4 Hourly and Weekly): the network predicts the residual to the
+seasonal-naive forecast of its own window (``season_skip`` = the period when it fits the window,
+else 1 = naive), it is trained and adapted on MAE, and its raw-unit forecasts are bounded below
+when every training series is non-negative (``nonnegative``, resolved by :func:`prepare`): by
+``floor_fraction`` times the minimum of the forecast's input window
+(:func:`mamlctl.maml.onnx_contract.apply_floor`). Unless set, the fraction is chosen by
+``train`` among :data:`FLOOR_CANDIDATES` on the held-out series (lowest MASE, then sMAPE, then
+the larger fraction); 0 is the clip at 0 of older initializers, which zeroed the forecasts of
+low-count series.
 """
 
 from __future__ import annotations

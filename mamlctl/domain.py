@@ -158,6 +158,19 @@ class InitializerRef:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NewModel:
+    """One adapted-model row to record (the file is already complete and hashed)."""
+
+    series_id: str
+    path: str
+    sha256: str
+    residual_scale: float
+    threshold: float
+    support_end: int | None
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AdaptedModelRecord:
     """A per-series adapted model file, as recorded in the registry database."""
 

@@ -8,17 +8,30 @@ third-party package: a port names what a stage needs, not how it is done.
 * :class:`SeriesStore` -- families and their series (the registry database);
 * :class:`InitializerStore` -- runs, registered initializer versions and aliases (MLflow);
 * :class:`RunLog` -- one open training or adaptation run (a context manager that ends the run
-  FINISHED, FAILED or KILLED).
+  FINISHED, FAILED or KILLED);
+* :class:`AdaptedModelStore` -- what the adapt stage reads and records in the registry
+  database (members, latest points, current adapted models, one transaction per chunk);
+  :class:`AdaptInitializerStore` / :class:`AdaptRun` -- the model store as the adapt stage
+  uses it (a version by URI, a run finished best effort after the rows are committed). The
+  model files are the third port of the adapt stage: a folder (``models_dir``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
-from mamlctl.domain import CHAMPION, Family, InitializerRef, Series
+from mamlctl.domain import (
+    CHAMPION,
+    AdaptedModelRecord,
+    Family,
+    InitializerRef,
+    NewModel,
+    Series,
+)
 
 T = TypeVar("T")
 
@@ -108,4 +121,70 @@ class SeriesStore(Protocol):
 
     def record_initializer(self, ref: InitializerRef) -> None:
         """Record a registered version (and mirror the champion when its alias is served)."""
+        ...
+
+
+class AdaptRun(RunLog, Protocol):
+    """An adaptation run: it also ends best effort once the job's rows are committed."""
+
+    #: RUNNING runs of dead processes that were ended KILLED before this one started.
+    stale_ended: tuple[str, ...]
+
+    def finish_best_effort(self, log: Callable[[Any], None]) -> str | None:
+        """``log(self)``, then FINISHED, none of which may fail the caller; None, or one line
+        saying what did not reach the store."""
+        ...
+
+
+class AdaptInitializerStore(Protocol):
+    """What the adapt stage needs from a model store."""
+
+    def start_run(
+        self, *, family: str, run_name: str | None = None, tags: Mapping[str, Any] | None = None
+    ) -> AdaptRun: ...
+
+    def resolve(self, model: str | InitializerRef) -> InitializerRef:
+        """A version from ``models:/<registered model>/<version>`` (or a ref, unchanged)."""
+        ...
+
+    def resolve_alias(self, family: str, alias: str = CHAMPION) -> InitializerRef: ...
+
+    def load(self, model: str | InitializerRef, *, loader: Callable[[Path], T]) -> T: ...
+
+
+class AdaptedModelStore(Protocol):
+    """What the adapt stage reads and records: each call is one transaction."""
+
+    def get_family(self, name: str) -> Family: ...
+
+    def series_ids(self, family: str) -> list[str]:
+        """Ids of the family's series, in ingest order."""
+        ...
+
+    def current_models(self, family: str) -> list[AdaptedModelRecord]: ...
+
+    def note_initializer(self, ref: InitializerRef) -> None:
+        """Record the version a job adapts from (idempotent; the champion mirror is not
+        touched)."""
+        ...
+
+    def last_points(self, series_ids: Sequence[str], n: int) -> list[tuple[Any, Any]]:
+        """Per series, in order: its last ``n`` values and their positions (arrays)."""
+        ...
+
+    def record_models(
+        self,
+        *,
+        ref: InitializerRef,
+        support: int,
+        window: int,
+        horizon: int,
+        adapted_at: datetime,
+        entries: Sequence[NewModel],
+    ) -> None:
+        """Record one chunk's models: each becomes its series' current one, all or none."""
+        ...
+
+    def referenced_model_paths(self) -> set[str]:
+        """Relative paths of every model file a row points at (current and history)."""
         ...

@@ -8,27 +8,17 @@ series with a handful of statements instead, with the same semantics (a test com
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from mamlctl.domain import NewModel
 from mamlctl.errors import InputError
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NewModel:
-    """One adapted-model row to record (the file is already complete and hashed)."""
-
-    series_id: str
-    path: str
-    sha256: str
-    residual_scale: float
-    threshold: float
-    support_end: int | None
-    metadata: dict[str, str]
+__all__ = ["NewModel", "record_models_bulk"]
 
 
 def record_models_bulk(

@@ -1,6 +1,10 @@
 """The daily adaptation job: champion initializer -> adapted, exported, recorded per-series models.
 
-Edges only (MLflow store, registry database, model files); the numerical work is
+A stage over three ports (:mod:`mamlctl.ports`): the registry database as an
+:class:`~mamlctl.ports.AdaptedModelStore`, the model store as an
+:class:`~mamlctl.ports.AdaptInitializerStore`, and the models folder; the caller builds them
+(:func:`mamlctl.stages.api.run_adaptation` the real ones; :mod:`mamlctl.stages.memory` has
+in-memory twins). The numerical work is
 :func:`mamlctl.maml.adaptation.adapt_histories` and :mod:`mamlctl.maml.export`. This module
 selects the series and runs the job inside its MLflow run; the per-chunk work (steps 1-3
 below, and the parity sample) is :class:`mamlctl.stages.adapt_chunks.ChunkedJob`.
@@ -40,6 +44,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mamlctl.domain import CHAMPION, ZERO_SHOT, AdaptedModelRecord, InitializerRef
@@ -47,10 +52,8 @@ from mamlctl.errors import InputError
 
 if TYPE_CHECKING:
     from mamlctl.maml.adaptation import AdaptConfig
-    from mamlctl.registry.mlflow_runs import TrackedRun
-    from mamlctl.registry.mlflow_store import MlflowStore
+    from mamlctl.ports import AdaptedModelStore, AdaptInitializerStore, AdaptRun
     from mamlctl.registry.model_gc import GcReport
-    from mamlctl.settings import Settings
 
 #: Series parity-checked per job (1,000 random windows each), spread over the selection.
 PARITY_SAMPLE = 4
@@ -140,146 +143,138 @@ def select_series(
     return out
 
 
-def run_adaptation(
-    settings: Settings,
-    store: MlflowStore,
+def adapt_family(
     request: AdaptRequest,
     config: AdaptConfig,
     *,
+    models: AdaptedModelStore,
+    initializers: AdaptInitializerStore,
+    models_dir: Path,
     progress: Progress | None = None,
 ) -> AdaptReport:
-    """Run one adaptation job (see module doc). ``progress(done, total)`` after each chunk."""
+    """Run one adaptation job (see module doc) over its ports: ``models`` (the registry),
+    ``initializers`` (the model store), ``models_dir`` (the model files, an existing folder).
+    ``progress(done, total)`` after each chunk."""
     from mamlctl.maml.adaptation import adapt_histories, plan_adaptation
     from mamlctl.maml.initializer import load_initializer
-    from mamlctl.registry import queries as q
-    from mamlctl.registry.db import open_registry
     from mamlctl.registry.model_files import remove_temporaries
     from mamlctl.stages.adapt_chunks import ChunkedJob, has_work
 
     started = time.perf_counter()
     now = datetime.now(UTC)
-    settings.ensure_home()
-    with open_registry(settings) as factory:
-        with factory.begin() as session:
-            family = q.get_family(session, request.family)
-            if request.version is not None:
-                ref = store.resolve(f"models:/{family.registered_model}/{request.version}")
-            else:
-                ref = store.resolve_alias(family.name, family.alias or CHAMPION)
-            if ref.family != family.name:
-                raise InputError(f"{ref.registered_model} is not an initializer of {family.name}")
-            members = q.series_ids_in_family(session, family.name)
-            if request.series:
-                unknown = sorted(set(request.series) - set(members))
-                if unknown:
-                    raise InputError(
-                        f"series {unknown[0]!r} is not in family {family.name} "
-                        "(see `mamlctl series list`)"
-                    )
-                candidates = list(dict.fromkeys(request.series))
-            else:
-                candidates = members
-            current = {r.series_id: r for r in q.current_adapted_models(session, family.name)}
-            q.record_initializer_version(
-                session,
-                family=family.name,
-                version=ref.version,
-                run_id=ref.run_id,
-                registered_model=ref.registered_model,
-                source_uri=ref.source_uri,
+    store = initializers
+    family = models.get_family(request.family)
+    if request.version is not None:
+        ref = store.resolve(f"models:/{family.registered_model}/{request.version}")
+    else:
+        ref = store.resolve_alias(family.name, family.alias or CHAMPION)
+    if ref.family != family.name:
+        raise InputError(f"{ref.registered_model} is not an initializer of {family.name}")
+    members = models.series_ids(family.name)
+    if request.series:
+        unknown = sorted(set(request.series) - set(members))
+        if unknown:
+            raise InputError(
+                f"series {unknown[0]!r} is not in family {family.name} (see `mamlctl series list`)"
             )
-        initializer = store.load(ref, loader=load_initializer)
-        plan = plan_adaptation(
-            initializer,
-            window=family.window,
-            horizon=family.horizon,
-            support=family.support,
-            period=family.period,
-            config=config,
-        )
-        plan_doc = plan.as_dict()
-        job_hash = adapt_hash(ref, plan_doc)
-        selected = select_series(
-            current, candidates, initializer=ref, stale_after=request.stale_after, now=now
-        )
-        remove_temporaries(settings.models_dir, family=family.name)
+        candidates = list(dict.fromkeys(request.series))
+    else:
+        candidates = members
+    current = {r.series_id: r for r in models.current_models(family.name)}
+    models.note_initializer(ref)
+    initializer = store.load(ref, loader=load_initializer)
+    plan = plan_adaptation(
+        initializer,
+        window=family.window,
+        horizon=family.horizon,
+        support=family.support,
+        period=family.period,
+        config=config,
+    )
+    plan_doc = plan.as_dict()
+    job_hash = adapt_hash(ref, plan_doc)
+    selected = select_series(
+        current, candidates, initializer=ref, stale_after=request.stale_after, now=now
+    )
+    remove_temporaries(models_dir, family=family.name)
 
-        run_ctx = (
-            store.start_run(
-                family=family.name,
-                run_name=f"adapt-{now:%Y%m%dT%H%M%S}",
-                tags={
-                    "mamlctl.kind": "adapt",
-                    "mamlctl.registered_model": ref.registered_model,
-                    "mamlctl.initializer_version": ref.version,
-                    "mamlctl.initializer_run_id": ref.run_id,
-                },
-            )
-            if request.log_to_mlflow
-            and has_work(  # a job with nothing to do opens no run
-                factory,
-                selected,
-                current,
-                plan=plan,
-                ref=ref,
-                job_hash=job_hash,
-                force=request.force,
-            )
-            else None
+    run_ctx = (
+        store.start_run(
+            family=family.name,
+            run_name=f"adapt-{now:%Y%m%dT%H%M%S}",
+            tags={
+                "mamlctl.kind": "adapt",
+                "mamlctl.registered_model": ref.registered_model,
+                "mamlctl.initializer_version": ref.version,
+                "mamlctl.initializer_run_id": ref.run_id,
+            },
         )
-        job = ChunkedJob(
-            settings=settings,
-            factory=factory,
-            request=request,
-            initializer=initializer,
-            ref=ref,
+        if request.log_to_mlflow
+        and has_work(  # a job with nothing to do opens no run
+            models,
+            selected,
+            current,
             plan=plan,
+            ref=ref,
             job_hash=job_hash,
-            now=now,
-            run_id=run_ctx.run_id if run_ctx is not None else None,
+            force=request.force,
+            chunk=request.chunk_series,
         )
-        warnings: list[str] = []
-        if run_ctx is None:
+        else None
+    )
+    job = ChunkedJob(
+        models_dir=models_dir,
+        models=models,
+        request=request,
+        initializer=initializer,
+        ref=ref,
+        plan=plan,
+        job_hash=job_hash,
+        now=now,
+        run_id=run_ctx.run_id if run_ctx is not None else None,
+    )
+    warnings: list[str] = []
+    if run_ctx is None:
+        counts = job.run(selected, current, adapt_histories, progress)
+    else:
+        with _failing_run(run_ctx) as run:
+            run.log_params(
+                {
+                    **{f"adapt.{k}": v for k, v in plan_doc.items()},
+                    "registered_model": ref.registered_model,
+                    "initializer_version": ref.version,
+                    "initializer_run_id": ref.run_id,
+                    "selected": len(selected),
+                    "force": request.force,
+                    "stale_after": str(request.stale_after),
+                }
+            )
             counts = job.run(selected, current, adapt_histories, progress)
-        else:
-            with _failing_run(run_ctx) as run:
-                run.log_params(
-                    {
-                        **{f"adapt.{k}": v for k, v in plan_doc.items()},
-                        "registered_model": ref.registered_model,
-                        "initializer_version": ref.version,
-                        "initializer_run_id": ref.run_id,
-                        "selected": len(selected),
-                        "force": request.force,
-                        "stale_after": str(request.stale_after),
-                    }
-                )
-                counts = job.run(selected, current, adapt_histories, progress)
 
-            # The registry holds the job's rows now: from here MLflow is best effort.
-            def log_results(run: TrackedRun) -> None:
-                run.log_metrics(
-                    {
-                        "series_adapted": float(counts["adapted"]),
-                        "series_up_to_date": float(counts["up_to_date"]),
-                        "series_zero_shot": float(counts["zero_shot"]),
-                        "series_too_short": float(len(job.too_short)),
-                        "duration_s": time.perf_counter() - started,
-                        **job.metrics(),
-                    },
-                    step=0,
-                )
-                if job.parity:
-                    run.log_json(job.parity, artifact_file="parity.json")
+        # The registry holds the job's rows now: from here MLflow is best effort.
+        def log_results(run: AdaptRun) -> None:
+            run.log_metrics(
+                {
+                    "series_adapted": float(counts["adapted"]),
+                    "series_up_to_date": float(counts["up_to_date"]),
+                    "series_zero_shot": float(counts["zero_shot"]),
+                    "series_too_short": float(len(job.too_short)),
+                    "duration_s": time.perf_counter() - started,
+                    **job.metrics(),
+                },
+                step=0,
+            )
+            if job.parity:
+                run.log_json(job.parity, artifact_file="parity.json")
 
-            problem = run_ctx.finish_best_effort(log_results)
-            if problem is not None:
-                warnings.append(problem)
-        collected = (
-            None
-            if request.gc_grace_s is None
-            else _collect_family_files(settings, factory, family.name, request.gc_grace_s)
-        )
+        problem = run_ctx.finish_best_effort(log_results)
+        if problem is not None:
+            warnings.append(problem)
+    collected = (
+        None
+        if request.gc_grace_s is None
+        else _collect_family_files(models, models_dir, family.name, request.gc_grace_s)
+    )
     return AdaptReport(
         family=family.name,
         initializer=ref,
@@ -300,23 +295,20 @@ def run_adaptation(
 
 
 def _collect_family_files(
-    settings: Settings, factory: Any, family: str, grace_s: float
+    models: AdaptedModelStore, models_dir: Path, family: str, grace_s: float
 ) -> GcReport:
     """``mamlctl gc`` for one family's folder, after the job's rows are committed."""
     from mamlctl.registry.model_gc import collect_unreferenced
-    from mamlctl.registry.model_queries import referenced_model_paths
 
-    with factory() as session:
-        referenced = referenced_model_paths(session)
     return collect_unreferenced(
-        settings.models_dir, referenced=referenced, grace_s=grace_s, family=family
+        models_dir, referenced=models.referenced_model_paths(), grace_s=grace_s, family=family
     )
 
 
 @contextlib.contextmanager
-def _failing_run(run: TrackedRun) -> Iterator[TrackedRun]:
+def _failing_run(run: AdaptRun) -> Iterator[AdaptRun]:
     """The run while the job may still fail: an exception ends it FAILED (KILLED on Ctrl-C)
-    and propagates; success leaves it open for :meth:`TrackedRun.finish_best_effort`."""
+    and propagates; success leaves it open for its ``finish_best_effort``."""
     try:
         yield run
     except BaseException as exc:

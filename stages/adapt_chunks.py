@@ -7,18 +7,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mamlctl.domain import ADAPTATION_KEY, ADAPTED, ZERO_SHOT, AdaptedModelRecord, InitializerRef
+from mamlctl.domain import (
+    ADAPTATION_KEY,
+    ADAPTED,
+    ZERO_SHOT,
+    AdaptedModelRecord,
+    InitializerRef,
+    NewModel,
+)
 from mamlctl.errors import TrainingError
 from mamlctl.stages.adapt import META_ADAPT_HASH, META_JOB_RUN, Progress
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session, sessionmaker
-
-    from mamlctl.settings import Settings
+    from mamlctl.ports import AdaptedModelStore
     from mamlctl.stages.adapt import AdaptRequest
 
 
@@ -37,7 +43,7 @@ def up_to_date(
 
 
 def has_work(
-    factory: sessionmaker[Session],
+    models: AdaptedModelStore,
     selected: list[str],
     current: dict[str, AdaptedModelRecord],
     *,
@@ -45,17 +51,21 @@ def has_work(
     ref: InitializerRef,
     job_hash: str,
     force: bool,
+    chunk: int = 2048,
 ) -> bool:
     """Whether a job over ``selected`` would adapt or zero-shot any series (stops at the first
-    one), so that a job with nothing to do opens no MLflow run."""
+    chunk of ``chunk`` series that holds one), so that a job with nothing to do opens no
+    MLflow run."""
     from mamlctl.maml.zero_shot import can_zero_shot
-    from mamlctl.registry import queries as q
 
     if force:
         return bool(selected)
-    with factory() as session:
-        for sid in selected:
-            values, positions = q.last_points(session, sid, plan.full_points)
+    step = max(1, chunk)
+    for start in range(0, len(selected), step):
+        ids = selected[start : start + step]
+        for sid, (values, positions) in zip(
+            ids, models.last_points(ids, plan.full_points), strict=True
+        ):
             n = int(values.shape[0])
             if n >= plan.min_points:
                 mode = ADAPTED
@@ -91,8 +101,8 @@ class ChunkedJob:
     def __init__(
         self,
         *,
-        settings: Settings,
-        factory: sessionmaker[Session],
+        models_dir: Path,
+        models: AdaptedModelStore,
         request: AdaptRequest,
         initializer: Any,
         ref: InitializerRef,
@@ -101,8 +111,8 @@ class ChunkedJob:
         now: datetime,
         run_id: str | None,
     ) -> None:
-        self.settings = settings
-        self.factory = factory
+        self.models_dir = models_dir
+        self.models = models
         self.request = request
         self.initializer = initializer
         self.ref = ref
@@ -151,7 +161,6 @@ class ChunkedJob:
         this job would give: a zero-shot model is replaced once its series can adapt.
         """
         from mamlctl.maml.zero_shot import can_zero_shot, zero_shot_histories
-        from mamlctl.registry import queries as q
 
         need = self.plan.full_points  # K + C: what calibrating on a series' own points takes
         counts = {"adapted": 0, "zero_shot": 0, "up_to_date": 0}
@@ -161,24 +170,23 @@ class ChunkedJob:
         for start in range(0, total, step):
             ids = selected[start : start + step]
             todo = {ADAPTED: _Todo(), ZERO_SHOT: _Todo()}
-            with self.factory() as session:
-                for offset, sid in enumerate(ids):
-                    values, positions = q.last_points(session, sid, need)
-                    n = int(values.shape[0])
-                    if n >= self.plan.min_points:  # K: adapted (calibrated on what is left)
-                        mode = ADAPTED
-                    elif can_zero_shot(n, self.plan):
-                        mode = ZERO_SHOT
-                    else:
-                        self.too_short.append(sid)
-                        continue
-                    end = int(positions[-1])
-                    if not self.request.force and up_to_date(
-                        current.get(sid), end=end, mode=mode, ref=self.ref, job_hash=self.job_hash
-                    ):
-                        counts["up_to_date"] += 1
-                        continue
-                    todo[mode].add(sid, values, end, start + offset)
+            points = self.models.last_points(ids, need)
+            for offset, (sid, (values, positions)) in enumerate(zip(ids, points, strict=True)):
+                n = int(values.shape[0])
+                if n >= self.plan.min_points:  # K: adapted (calibrated on what is left)
+                    mode = ADAPTED
+                elif can_zero_shot(n, self.plan):
+                    mode = ZERO_SHOT
+                else:
+                    self.too_short.append(sid)
+                    continue
+                end = int(positions[-1])
+                if not self.request.force and up_to_date(
+                    current.get(sid), end=end, mode=mode, ref=self.ref, job_hash=self.job_hash
+                ):
+                    counts["up_to_date"] += 1
+                    continue
+                todo[mode].add(sid, values, end, start + offset)
             for mode, work in todo.items():
                 if not work.ids:
                     continue
@@ -231,7 +239,6 @@ class ChunkedJob:
     ) -> None:
         """Steps 2-3 of the consistency order for one batch: files first, then the rows."""
         from mamlctl.maml.export import SeriesBatch
-        from mamlctl.registry.bulk_models import NewModel, record_models_bulk
         from mamlctl.stages.export import export_to_files
 
         template = self._template()
@@ -247,7 +254,7 @@ class ChunkedJob:
         stored = export_to_files(
             template,
             batch,
-            models_dir=self.settings.models_dir,
+            models_dir=self.models_dir,
             initializer=self.ref,
             support=self.plan.support,
             adapted_at=self.now,
@@ -273,18 +280,14 @@ class ChunkedJob:
             )
             for i, (sid, file) in enumerate(zip(work.ids, stored, strict=True))
         ]
-        with self.factory.begin() as session:
-            record_models_bulk(
-                session,
-                registered_model=self.ref.registered_model,
-                initializer_version=self.ref.version,
-                initializer_run_id=self.ref.run_id,
-                support=self.plan.support,
-                window=self.plan.window,
-                horizon=self.plan.horizon,
-                adapted_at=self.now,
-                entries=entries,
-            )
+        self.models.record_models(
+            ref=self.ref,
+            support=self.plan.support,
+            window=self.plan.window,
+            horizon=self.plan.horizon,
+            adapted_at=self.now,
+            entries=entries,
+        )
 
     def _based(self, template: Any) -> Any:
         """``template.with_base`` of this job's initializer (computed once per job)."""
@@ -317,9 +320,7 @@ class ChunkedJob:
                 continue
             if batch.adaptation == ZERO_SHOT:
                 self._zero_shot_checked = True
-            blob = open_verified(
-                self.settings.models_dir, stored[i].relpath, sha256=stored[i].sha256
-            )
+            blob = open_verified(self.models_dir, stored[i].relpath, sha256=stored[i].sha256)
             loc, scale = float(batch.loc[i]), float(batch.scale[i])
             params, core = batch.params_of(i), self.initializer.model()
             numbers = {"loc": loc, "scale": scale, "residual_scale": float(batch.residual_scale[i])}

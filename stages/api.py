@@ -26,11 +26,21 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
+    from mamlctl.maml.adaptation import AdaptConfig
+    from mamlctl.ports import AdaptInitializerStore
     from mamlctl.settings import Settings
-    from mamlctl.stages.adapt import AdaptReport
+    from mamlctl.stages.adapt import AdaptReport, AdaptRequest, Progress
     from mamlctl.stages.train import TrainOutcome
 
-__all__ = ["IngestResult", "adapt", "detect", "forecast", "ingest_frame", "train"]
+__all__ = [
+    "IngestResult",
+    "adapt",
+    "detect",
+    "forecast",
+    "ingest_frame",
+    "run_adaptation",
+    "train",
+]
 
 
 def _settings(home: str | Path | None, settings: Settings | None) -> Settings:
@@ -173,16 +183,44 @@ def adapt(
     from mamlctl.errors import ConfigError
     from mamlctl.maml.adaptation import AdaptConfig
     from mamlctl.registry.mlflow_store import open_store
-    from mamlctl.stages.adapt import AdaptRequest, run_adaptation
+    from mamlctl.stages.adapt import AdaptRequest
 
     try:
         config = AdaptConfig(**options)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"invalid adaptation settings: {' '.join(str(err).split())}") from None
     cfg = _settings(home, settings)
-    cfg.ensure_home()
     request = AdaptRequest(family=family, series=tuple(series), version=version, force=force)
     return run_adaptation(cfg, open_store(cfg), request, config)
+
+
+def run_adaptation(
+    settings: Settings,
+    store: AdaptInitializerStore,
+    request: AdaptRequest,
+    config: AdaptConfig | None = None,
+    *,
+    progress: Progress | None = None,
+) -> AdaptReport:
+    """The adapt stage (:func:`mamlctl.stages.adapt.adapt_family`) on the real ports the
+    settings name: the registry database (opened, and migrated when embedded, for the job),
+    ``store`` (e.g. :func:`mamlctl.registry.mlflow_store.open_store`), the models folder.
+    ``config``: the adaptation settings (default: ``AdaptConfig()``, ``mamlctl adapt``'s)."""
+    from mamlctl.maml.adaptation import AdaptConfig
+    from mamlctl.registry.db import open_registry
+    from mamlctl.registry.series_store import SqlAdaptedModelStore
+    from mamlctl.stages.adapt import adapt_family
+
+    settings.ensure_home()
+    with open_registry(settings) as factory:
+        return adapt_family(
+            request,
+            config if config is not None else AdaptConfig(),
+            models=SqlAdaptedModelStore(factory),
+            initializers=store,
+            models_dir=settings.models_dir,
+            progress=progress,
+        )
 
 
 def _selection(series: str | Iterable[str] | pd.DataFrame | None) -> tuple[str, ...]:

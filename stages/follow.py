@@ -79,7 +79,8 @@ class AdaptingFollower:
         from mamlctl.maml.adaptation import AdaptConfig
         from mamlctl.registry.db import transaction
         from mamlctl.registry.family_queries import set_family_champion
-        from mamlctl.stages.adapt import AdaptRequest, run_adaptation
+        from mamlctl.stages.adapt import AdaptRequest
+        from mamlctl.stages.api import run_adaptation
 
         # Exactly the version the alias pointed at when polled (not "the alias now").
         request = AdaptRequest(family=family, version=ref.version, chunk_series=WHOLE_FAMILY_CHUNK)

@@ -22,8 +22,10 @@ from typing import Any, TypeVar
 from mamlctl.domain import (
     CHALLENGER,
     CHAMPION,
+    AdaptedModelRecord,
     Family,
     InitializerRef,
+    NewModel,
     Series,
     registered_model_name,
 )
@@ -46,6 +48,12 @@ class MemoryRun:
     status: str = "RUNNING"
     #: ``(name, digest, context, frame)`` of each :meth:`log_dataset`
     datasets: list[tuple[str, str | None, str, Any]] = field(default_factory=list)
+    stale_ended: tuple[str, ...] = ()
+
+    def finish_best_effort(self, log: Callable[[Any], None]) -> str | None:
+        log(self)
+        self.status = "FINISHED"
+        return None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self.params.update({str(k): str(v) for k, v in params.items()})
@@ -164,6 +172,17 @@ class MemoryInitializerStore:
             raise NotFoundError(f"{registered_model_name(family)} has no alias {alias!r}")
         return self._ref(family, version)
 
+    def resolve(self, model: str | InitializerRef) -> InitializerRef:
+        """A ref unchanged, or ``models:/<registered model>/<version>``."""
+        if isinstance(model, InitializerRef):
+            return model
+        name, _, version = model.removeprefix("models:/").rpartition("/")
+        for family, versions in self.versions.items():
+            ok = version.isdigit() and 1 <= int(version) <= len(versions)
+            if registered_model_name(family) == name and ok:
+                return self._ref(family, int(version))
+        raise NotFoundError(f"no model version {model!r}")
+
     def load(self, model: str | InitializerRef, *, loader: Callable[[Path], T]) -> T:
         if isinstance(model, str):
             raise StoreError("the in-memory store loads by reference, not by URI")
@@ -202,3 +221,83 @@ class MemorySeriesStore:
             self.families[ref.family] = replace(
                 family, champion_version=ref.version, champion_run_id=ref.run_id
             )
+
+
+class MemoryAdaptedModelStore:
+    """:class:`~mamlctl.ports.AdaptedModelStore` over families and series held in memory
+    (a series' positions are ``0 .. n-1``); recorded models are kept, current and history."""
+
+    def __init__(self, families: Sequence[Family] = (), series: Sequence[Series] = ()) -> None:
+        self.families = {f.name: f for f in families}
+        self.series = {s.series_id: s for s in series}
+        self.models: list[AdaptedModelRecord] = []
+        self.initializers: list[InitializerRef] = []
+
+    def get_family(self, name: str) -> Family:
+        family = self.families.get(name)
+        if family is None:
+            raise NotFoundError(f"unknown family {name!r}")
+        return family
+
+    def series_ids(self, family: str) -> list[str]:
+        self.get_family(family)
+        return [sid for sid, s in self.series.items() if s.family == family]
+
+    def current_models(self, family: str) -> list[AdaptedModelRecord]:
+        return [m for m in self.models if m.is_current and m.family == family]
+
+    def note_initializer(self, ref: InitializerRef) -> None:
+        if all((r.family, r.version) != (ref.family, ref.version) for r in self.initializers):
+            self.initializers.append(ref)
+
+    def last_points(self, series_ids: Sequence[str], n: int) -> list[tuple[Any, Any]]:
+        import numpy as np
+
+        out = []
+        for sid in series_ids:
+            if sid not in self.series:
+                raise NotFoundError(f"unknown series {sid!r}")
+            values = np.asarray(self.series[sid].values, dtype=np.float64)
+            start = max(0, values.shape[0] - n)
+            out.append((values[start:], np.arange(start, values.shape[0], dtype=np.int64)))
+        return out
+
+    def record_models(
+        self,
+        *,
+        ref: InitializerRef,
+        support: int,
+        window: int,
+        horizon: int,
+        adapted_at: datetime,
+        entries: Sequence[NewModel],
+    ) -> None:
+        ids = {e.series_id for e in entries}
+        if len(ids) != len(entries):
+            raise StoreError("a series appears twice in one batch of adapted models")
+        new = [
+            AdaptedModelRecord(
+                series_id=e.series_id,
+                family=self.series[e.series_id].family or ref.family,
+                registered_model=ref.registered_model,
+                initializer_version=ref.version,
+                initializer_run_id=ref.run_id,
+                path=e.path,
+                sha256=e.sha256,
+                adapted_at=adapted_at,
+                support=support,
+                window=window,
+                horizon=horizon,
+                residual_scale=e.residual_scale,
+                threshold=e.threshold,
+                metadata=dict(e.metadata),
+                support_end=e.support_end,
+            )
+            for e in entries
+        ]
+        self.models = [
+            replace(m, is_current=False) if m.series_id in ids else m for m in self.models
+        ] + new
+
+    def referenced_model_paths(self) -> set[str]:
+        return {m.path for m in self.models}

@@ -55,6 +55,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     ),
     "serving": ("torch", "mlflow", "mamlctl.maml", "mamlctl.stages", "mamlctl.cli"),
     "stages": ("mamlctl.cli",),
+    # The protocols call the stages (mamlctl.stages, its Python API included) and train
+    # nothing themselves: no torch, none of the models, engine, meta-training or adaptation.
+    "evaluation": ("torch", "onnx", "mamlctl.maml", "mamlctl.cli"),
 }
 
 
@@ -84,3 +87,25 @@ def test_the_checker_sees_function_level_imports(tmp_path: Path) -> None:
     src = tmp_path / "m.py"
     src.write_text("def f():\n    from mamlctl.registry.db import x\n    import torch\n")
     assert imports_of(src) == [(2, "mamlctl.registry.db"), (3, "torch")]
+
+
+def test_the_evaluation_rule_catches_a_training_loop_of_its_own(tmp_path: Path) -> None:
+    src = tmp_path / "recipe.py"
+    src.write_text(
+        "import torch\nfrom torch.func import grad\n"
+        "def f():\n    from mamlctl.maml.family_training import train_family\n"
+        "    from mamlctl.maml.adaptation import AdaptConfig\n"
+        "    from mamlctl.stages.api import train\n"
+    )
+    forbidden = FORBIDDEN["evaluation"]
+    caught = [
+        name
+        for _, name in imports_of(src)
+        if any(name == p or name.startswith(p + ".") for p in forbidden)
+    ]
+    assert caught == [
+        "torch",
+        "torch.func",
+        "mamlctl.maml.family_training",
+        "mamlctl.maml.adaptation",
+    ]

@@ -224,7 +224,8 @@ def test_a_recreated_registered_model_is_followed_by_run_id(
     model names the new run."""
     from mamlctl.maml.adaptation import AdaptConfig
     from mamlctl.registry.mlflow_store import open_store
-    from mamlctl.stages.adapt import AdaptRequest, run_adaptation
+    from mamlctl.stages.adapt import AdaptRequest
+    from mamlctl.stages.api import run_adaptation
 
     settings = sines_home.settings
     assert _register(settings, tmp_path, seed=0) == 1

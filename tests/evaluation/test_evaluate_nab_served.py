@@ -84,7 +84,6 @@ def test_cli_evaluate_nab_served_scores_are_the_servers(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["path"] == "served"
     corpus = load_corpus(root)
     # fold0 = a, c (rank 0, 2): trained on b; fold1 = b: trained on a and c
     trained = {r["name"]: r["trained"] for r in summary["folds"]}
@@ -136,7 +135,6 @@ def test_cli_evaluate_nab_served_scores_are_the_servers(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--path", "x"], "error: --path must be served or recipe, got 'x'"),
         (["--iterations", "0"], "error: --iterations must be >= 1, got 0"),
         (["--batch", "0"], "error: --batch must be >= 1, got 0"),
     ],

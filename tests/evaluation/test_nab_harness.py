@@ -11,6 +11,7 @@ from nab_corpus_files import write_corpus
 
 from mamlctl.errors import InputError
 from mamlctl.evaluation.nab import (
+    fold_of,
     load_corpus,
     markdown_table,
     null_detector,
@@ -76,3 +77,14 @@ def test_run_nab_rejects_bad_detectors(tmp_path: Path) -> None:
         run_nab(corpus, {"my_det": null_detector})
     with pytest.raises(InputError, match="empty"):
         run_nab([], {"null": null_detector})
+
+
+def test_fold_of_is_the_rank_of_the_sorted_keys_modulo_folds() -> None:
+    keys = ["b/x.csv", "a/z.csv", "a/y.csv", "c/w.csv", "b/v.csv"]
+    assert fold_of(keys, 2) == {
+        "a/y.csv": 0,
+        "a/z.csv": 1,
+        "b/v.csv": 0,
+        "b/x.csv": 1,
+        "c/w.csv": 0,
+    }
