@@ -31,7 +31,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -187,11 +186,28 @@ def forecast_frame(
             "yhat": yhat,
         }
         for level in levels:
-            z = NormalDist().inv_cdf((1 + level / 100) / 2)
-            cols[f"yhat-lo-{level_label(level)}"] = yhat - z * sig
-            cols[f"yhat-hi-{level_label(level)}"] = yhat + z * sig
+            lo, hi = interval_bounds(yhat, sig, level, entry.band)
+            cols[f"yhat-lo-{level_label(level)}"] = lo
+            cols[f"yhat-hi-{level_label(level)}"] = hi
         parts.append(pd.DataFrame(cols))
     return _concat(parts, [*FORECAST_COLUMNS, *_level_columns(levels)])
+
+
+def interval_bounds(
+    yhat: npt.ArrayLike,
+    sigma: npt.ArrayLike,
+    level: float,
+    band: Sequence[tuple[float, float]] | None = None,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The ``level`` % band (a percentage) around forecasts ``yhat`` with the served ``sigma``
+    (same shape): ``yhat -/+ m(l) * sigma``, ``m`` the model's calibrated ``band`` multiplier
+    (:func:`mamlctl.contract.band_multiplier`; Gaussian ``z_{(1+l)/2}`` without one). The one
+    rule of ``forecast --level``, also what the interval evaluation scores."""
+    from mamlctl.contract import band_multiplier
+
+    mid = np.asarray(yhat, dtype=np.float64)
+    half = band_multiplier(level, band) * np.asarray(sigma, dtype=np.float64)
+    return mid - half, mid + half
 
 
 def _level_columns(levels: Sequence[float]) -> list[str]:
