@@ -13,9 +13,10 @@ One self-contained ONNX file per series, usable without mamlctl:
   ``batch`` is dynamic (any >= 1).
 * **outputs**
   - ``forecast``: float32 ``[batch, H]``, the next ``H`` values in raw units;
-  - ``sigma``: float32 ``[batch, H]``, the scale for anomaly scoring in raw units: for a
+  - ``sigma``: float32 ``[batch, H]``, the scale of each step's error in raw units: for a
     ``gaussian`` head ``exp(0.5 * clamp(logvar, -10, 10)) * scale``; for a ``mean`` head the
-    series' ``residual_scale`` broadcast.
+    series' ``residual_scale`` times the family's per-step growth (1 at the first step, see
+    below), so ``sigma[:, 0]`` is the one-step scale anomaly scoring uses.
 * **normalisation inside the graph**: ``z = (window - loc) / scale``;
   ``forecast = core(z)[:, :H] * scale + loc``, then for a non-negative family
   ``max(forecast, relu(floor_fraction * min(window)))`` (a single Relu node when the fraction
