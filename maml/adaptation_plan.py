@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mamlctl.domain import AdaptScope, WeightFormat
 from mamlctl.errors import TrainingError
 from mamlctl.maml.calibration import MIN_CALIBRATION, CalibrationPrior
+from mamlctl.maml.horizon_band import HorizonBand
 
 if TYPE_CHECKING:
     from mamlctl.maml.initializer import Initializer
@@ -60,6 +61,8 @@ class AdaptPlan:
     prior: CalibrationPrior = FALLBACK_PRIOR
     prior_recorded: bool = False  # the prior comes from the initializer (else the fallback)
     min_calibration: int = MIN_CALIBRATION
+    #: the family's prediction band (None: growth 1, Gaussian bands; see maml.horizon_band)
+    band: HorizonBand | None = None
 
     @property
     def min_points(self) -> int:
@@ -94,6 +97,8 @@ class AdaptPlan:
             out["partial"] = self.partial
             out["min_calibration"] = self.min_calibration
             out["calibration_prior"] = self.prior.to_dict()
+        if self.band is not None:
+            out["horizon_band"] = self.band.to_dict()
         return out
 
 
@@ -160,4 +165,6 @@ def plan_adaptation(
         partial=partial,
         prior=CalibrationPrior.from_train_config(train),
         prior_recorded=bool(train.get("calibration_prior")),
+        # a gaussian head predicts its own per-step sigma: no band on top of it
+        band=(HorizonBand.from_train_config(train, horizon=horizon) if mc.head == "mean" else None),
     )

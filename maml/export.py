@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from mamlctl.contract import CONTRACT_VERSION, PREFIX, ModelMetadata, parse_metadata
+from mamlctl.contract import CONTRACT_VERSION, PREFIX, ModelMetadata, band_json, parse_metadata
 from mamlctl.domain import ADAPTATION_KEY, ADAPTED, ZERO_SHOT
 from mamlctl.errors import InputError
 from mamlctl.maml.onnx_contract import OPSET, canonical_json, config_hash
@@ -92,6 +92,11 @@ def build_metadata(
         PREFIX + "template_id": template.template_id,
         PREFIX + "series_initializers": json.dumps(list(template.series_initializers)),
         PREFIX + ADAPTATION_KEY: adaptation,
+        **(
+            {}
+            if template.band is None
+            else {PREFIX + "band": band_json(*zip(*template.band, strict=True))}
+        ),
     }
 
 
@@ -202,10 +207,12 @@ class TemplateCache:
         floor_fraction: float = 0.0,
         per_series: Collection[str] | None = None,
         weights: str = "float32",
+        growth: Sequence[float] | None = None,
     ) -> OnnxTemplate:
         """The template of a ``maml.models`` config (``MLPConfig`` / ``ConvConfig``);
         ``per_series``: the parameters adapted per series (None: all); ``weights``: their
-        export format (see :func:`~mamlctl.maml.onnx_template.build_template`)."""
+        export format (see :func:`~mamlctl.maml.onnx_template.build_template`); ``growth``:
+        the mean head's per-step sigma growth (:mod:`mamlctl.maml.horizon_band`)."""
         from mamlctl.maml.models import config_to_dict
 
         fraction = float(floor_fraction) if nonnegative else 0.0
@@ -217,6 +224,7 @@ class TemplateCache:
             fraction,
             adapted,
             weights,
+            None if growth is None else tuple(float(g) for g in growth),
         )
         if key not in self._templates:
             self._templates[key] = template_for_config(
@@ -226,6 +234,7 @@ class TemplateCache:
                 floor_fraction=fraction,
                 per_series=adapted,
                 weights=weights,
+                growth=key[6],
             )
         return self._templates[key]
 
@@ -239,6 +248,7 @@ def template_for_config(
     floor_fraction: float = 0.0,
     per_series: Collection[str] | None = None,
     weights: str = "float32",
+    growth: Sequence[float] | None = None,
 ) -> OnnxTemplate:
     """Build the template of a ``maml.models`` config (exports once; ~1 s)."""
     import torch
@@ -261,6 +271,7 @@ def template_for_config(
         floor_fraction=floor_fraction,
         per_series=per_series,
         weights=weights,
+        growth=growth,
     )
 
 

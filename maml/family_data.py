@@ -132,6 +132,7 @@ class ResolvedPlan:
     partial: bool = False  # partial-horizon support pairs and masked losses
     holdout: Literal["series", "time"] = "series"  # resolved by prepare()
     calibration_prior: dict[str, float] | None = None  # computed by train on held-out series
+    horizon_band: dict[str, list[float]] | None = None  # the same (maml.horizon_band)
 
     @property
     def loss(self) -> str:
@@ -221,6 +222,8 @@ class ResolvedPlan:
             out["holdout"] = self.holdout
         if self.calibration_prior is not None:
             out["calibration_prior"] = dict(self.calibration_prior)
+        if self.horizon_band is not None:
+            out["horizon_band"] = {k: list(v) for k, v in self.horizon_band.items()}
         return out
 
     def task_spec(self) -> Any:

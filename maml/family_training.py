@@ -263,12 +263,24 @@ def train_family(
         data = replace(data, plan=plan)
 
     # the calibration prior of series too short to calibrate themselves (maml.calibration)
-    prior = heldout_prior(plan, params, val, steps=cfg.inner_steps)
-    plan = replace(plan, calibration_prior=prior.to_dict())
+    # and, for a mean head, the prediction band of the family (maml.horizon_band)
+    adapted = forecast_heldout(plan, params, val, steps=cfg.inner_steps)
+    prior, band = heldout_prior(
+        plan,
+        params,
+        val,
+        steps=cfg.inner_steps,
+        forecast=adapted if plan.config.head == "mean" else None,
+    )
+    plan = replace(
+        plan,
+        calibration_prior=prior.to_dict(),
+        horizon_band=None if band is None else band.to_dict(),
+    )
     data = replace(data, plan=plan)
 
     forecasts = Forecasts(
-        adapted=forecast_heldout(plan, params, val, steps=cfg.inner_steps),
+        adapted=adapted,
         initial=forecast_heldout(plan, params, val, steps=0),
         pretrained=(
             forecast_heldout(plan, pretrained, val, steps=cfg.inner_steps)
@@ -287,6 +299,15 @@ def train_family(
     final.update(floor_metrics)
     final["floor_fraction"] = plan.bound_fraction
     final.update(_prefixed("calibration_prior_", prior.to_dict()))
+    if band is not None:  # the band's growth at the horizon's end and its 80/95 multipliers
+        final["band_growth_last"] = band.growth[-1]
+        final.update(
+            {
+                f"band_multiplier_{v:g}": m
+                for v, m in zip(band.levels, band.multipliers, strict=True)
+                if v in (80.0, 95.0)
+            }
+        )
     final["train_seconds"] = elapsed
     final["iterations"] = float(done)
     # the MAML iteration whose parameters are the initializer; -1: the pretrained baseline

@@ -18,6 +18,7 @@ import numpy as np
 from mamlctl.maml.calibration import CalibrationPrior, one_step_windows, prior_from_residuals
 from mamlctl.maml.family_data import ResolvedPlan
 from mamlctl.maml.family_split import ValidationSet
+from mamlctl.maml.horizon_band import HorizonBand, band_from_heldout
 from mamlctl.maml.onnx_contract import apply_floor
 
 if TYPE_CHECKING:
@@ -70,8 +71,18 @@ def heldout_one_step_residuals(
 
 
 def heldout_prior(
-    plan: ResolvedPlan, params: Mapping[str, Tensor], val: ValidationSet, *, steps: int
-) -> CalibrationPrior:
-    """The calibration prior of the family (default false-alarm rate 0.005 and min_z 3)."""
+    plan: ResolvedPlan,
+    params: Mapping[str, Tensor],
+    val: ValidationSet,
+    *,
+    steps: int,
+    forecast: np.ndarray | None = None,
+) -> tuple[CalibrationPrior, HorizonBand | None]:
+    """The calibration prior of the family (default false-alarm rate 0.005 and min_z 3) and,
+    given the held-out series' multi-step ``forecast`` ``[N, H]`` (raw, from the origin), its
+    prediction band (:mod:`mamlctl.maml.horizon_band`) from the same one-step residuals."""
     residuals = heldout_one_step_residuals(plan, params, val, steps=steps)
-    return prior_from_residuals(residuals, val.scale)
+    prior = prior_from_residuals(residuals, val.scale)
+    if forecast is None:
+        return prior, None
+    return prior, band_from_heldout(residuals, val.actual - forecast, val.scale)

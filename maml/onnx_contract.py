@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -39,6 +39,8 @@ INPUT_NAME = "window"
 OUTPUT_NAMES = ("forecast", "sigma")
 #: Names of the per-series normalisation initializers inside the graph.
 LOC, SCALE, RESIDUAL_SCALE = "loc", "scale", "residual_scale"
+#: Name of the mean head's per-step sigma growth ``[H]`` (a constant of the family's graph).
+GROWTH = "sigma_growth"
 #: Clamp of the gaussian head's log-variance, as in training (``maml.models.LOGVAR_*``).
 _LOGVAR_RANGE = (-10.0, 10.0)
 
@@ -76,12 +78,21 @@ class _Contract:
 
     @staticmethod
     def build(
-        core: nn.Module, *, horizon: int, head: Head, nonnegative: bool, floor_fraction: float
+        core: nn.Module,
+        *,
+        horizon: int,
+        head: Head,
+        nonnegative: bool,
+        floor_fraction: float,
+        growth: Sequence[float] | None,
     ) -> nn.Module:
         import torch
         from torch import nn
 
         fraction = float(floor_fraction)
+        # a per-step growth of the mean head's sigma, a constant of the graph (none: the
+        # residual scale for every step, the exact graph of older files)
+        grow = None if growth is None or all(g == 1.0 for g in growth) else list(growth)
 
         class ContractModule(nn.Module):
             loc: Tensor
@@ -95,6 +106,8 @@ class _Contract:
                 self.register_buffer(LOC, torch.zeros(1))
                 self.register_buffer(SCALE, torch.ones(1))
                 self.register_buffer(RESIDUAL_SCALE, torch.ones(1))
+                if grow is not None:
+                    self.register_buffer(GROWTH, torch.tensor(grow, dtype=torch.float32))
 
             def forward(self, window: Tensor) -> tuple[Tensor, Tensor]:
                 z = (window - self.loc) / self.scale
@@ -111,6 +124,8 @@ class _Contract:
                     sigma = torch.exp(0.5 * logvar) * self.scale
                 else:
                     sigma = self.residual_scale.expand_as(forecast)
+                    if grow is not None:  # after the expand: never folded with the scale
+                        sigma = sigma * getattr(self, GROWTH)
                 return forecast, sigma
 
         return ContractModule()
@@ -123,10 +138,12 @@ def contract_module(
     head: Head,
     nonnegative: bool = False,
     floor_fraction: float = 0.0,
+    growth: Sequence[float] | None = None,
 ) -> nn.Module:
     """The torch twin of an exported file: raw window -> (forecast, sigma) in raw units;
     ``nonnegative`` bounds the raw forecast below by ``relu(floor_fraction * min(window))``
-    (0 when ``floor_fraction`` is 0; sigma is unchanged).
+    (0 when ``floor_fraction`` is 0; sigma is unchanged); a mean head's ``sigma`` is
+    ``residual_scale * growth`` (``[H]``, see :mod:`mamlctl.maml.horizon_band`) when given.
 
     Set its ``loc``/``scale``/``residual_scale`` buffers (shape ``[1]``) per series.
     """
@@ -134,6 +151,15 @@ def contract_module(
         from mamlctl.errors import ConfigError
 
         raise ConfigError(f"floor fraction {floor_fraction} is outside [0, 1]")
+    if growth is not None and (len(growth) != horizon or float(growth[0]) != 1.0):
+        from mamlctl.errors import ConfigError
+
+        raise ConfigError(f"sigma growth must have H={horizon} steps and start at 1")
     return _Contract.build(
-        core, horizon=horizon, head=head, nonnegative=nonnegative, floor_fraction=floor_fraction
+        core,
+        horizon=horizon,
+        head=head,
+        nonnegative=nonnegative,
+        floor_fraction=floor_fraction,
+        growth=growth,
     )

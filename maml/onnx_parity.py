@@ -17,7 +17,7 @@ such a failure is recognisable as float32 representation, not a wrong graph.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +79,7 @@ def torch_reference(
     nonnegative: bool = False,
     floor_fraction: float = 0.0,
     quantized: Mapping[str, Any] | None = None,
+    growth: Sequence[float] | None = None,
 ) -> Reference:
     """The torch twin of a rendered file: ``core`` with ``params`` inside the contract wrapper.
 
@@ -104,6 +105,7 @@ def torch_reference(
         head=head,
         nonnegative=nonnegative,
         floor_fraction=floor_fraction,
+        growth=growth,
     ).eval()
     with torch.no_grad():
         wrapper.loc.fill_(loc)
@@ -144,6 +146,7 @@ def template_reference(
         head=template.head,
         nonnegative=template.nonnegative,
         floor_fraction=template.floor_fraction,
+        growth=template.growth,
     )
 
 

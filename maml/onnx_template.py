@@ -39,7 +39,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -149,6 +149,11 @@ class OnnxTemplate:
     param_shapes: dict[str, tuple[int, ...]]
     floor_fraction: float = 0.0  # lower bound relu(fraction * min(window)) when nonnegative
     weights: str = "float32"  # one of WEIGHT_FORMATS
+    #: the mean head's per-step sigma growth ``[H]`` (a graph constant; None: none)
+    growth: tuple[float, ...] | None = None
+    #: ``((level, multiplier), ...)`` of the family's prediction band, written to each file's
+    #: ``band`` metadata (not part of the graph; None: no key, Gaussian bands)
+    band: tuple[tuple[float, float], ...] | None = None
     #: quantized layers: the initializer's weight per parameter, as stored ([out, in]); set by
     #: :meth:`with_base`, required by :meth:`render` when the template quantizes
     base: Mapping[str, npt.NDArray[np.float32]] | None = None
@@ -294,6 +299,7 @@ def build_template(
     floor_fraction: float = 0.0,
     per_series: Collection[str] | None = None,
     weights: str = "float32",
+    growth: Sequence[float] | None = None,
 ) -> OnnxTemplate:
     """Export the contract graph around ``core`` once; see the module docstring.
 
@@ -335,6 +341,7 @@ def build_template(
                 floor_fraction=floor_fraction,
                 per_series=per_series,
                 weights=weights,
+                growth=growth,
             )
         except NotUnique as err:  # a 4-byte sentinel collided with other bytes: reseed
             last_err = err
@@ -355,6 +362,7 @@ def _build_once(
     floor_fraction: float,
     per_series: Collection[str] | None = None,
     weights: str = "float32",
+    growth: Sequence[float] | None = None,
 ) -> OnnxTemplate:
     import torch
 
@@ -369,6 +377,7 @@ def _build_once(
         head=head,
         nonnegative=nonnegative,
         floor_fraction=floor_fraction,
+        growth=growth,
     ).eval()
     scalars = {name: float(rng.uniform(0.5, 2.0)) for name in (LOC, SCALE, RESIDUAL_SCALE)}
     with torch.no_grad():
@@ -481,6 +490,7 @@ def _build_once(
         bindings=bindings,
         param_shapes={n: s for n, s in shapes.items() if n not in scalars},
         weights=weights,
+        growth=None if growth is None else tuple(float(g) for g in growth),
         signed_inputs=frozenset(p for name, p, _ in bound_layers if name in signed_weights),
     )
     if verify:

@@ -13,9 +13,10 @@ One self-contained ONNX file per series, usable without mamlctl:
   ``batch`` is dynamic (any >= 1).
 * **outputs**
   - ``forecast``: float32 ``[batch, H]``, the next ``H`` values in raw units;
-  - ``sigma``: float32 ``[batch, H]``, the scale for anomaly scoring in raw units: for a
+  - ``sigma``: float32 ``[batch, H]``, the scale of each step's error in raw units: for a
     ``gaussian`` head ``exp(0.5 * clamp(logvar, -10, 10)) * scale``; for a ``mean`` head the
-    series' ``residual_scale`` broadcast.
+    series' ``residual_scale`` times the family's per-step growth (1 at the first step, see
+    below), so ``sigma[:, 0]`` is the one-step scale anomaly scoring uses.
 * **normalisation inside the graph**: ``z = (window - loc) / scale``;
   ``forecast = core(z)[:, :H] * scale + loc``, then for a non-negative family
   ``max(forecast, relu(floor_fraction * min(window)))`` (a single Relu node when the fraction
@@ -61,7 +62,16 @@ One self-contained ONNX file per series, usable without mamlctl:
                             statistics of its last ``min(n, K)`` points and ``residual_scale``
                             and ``threshold`` the family's calibration prior). Files without
                             the key are adapted.
+  ``band``                  optional JSON ``{"levels": [...], "multipliers": [...]}``: the
+                            half-width of the ``l`` % prediction band in units of ``sigma``
+                            at each level ``l`` (percent), calibrated by ``train`` on held-out
+                            series (:func:`band_multiplier`); files without the key draw
+                            Gaussian bands (multiplier ``z_{(1+l)/2}``)
   ========================  ==============================================================
+
+A ``mean`` head's ``sigma`` is ``residual_scale * growth[h]``, ``growth`` a constant of the graph
+(the family's, from ``train``; 1 for every step in files of initializers without a band, and
+always 1 at the first step, so ``sigma[:, 0]`` is the one-step residual scale).
 
 Floats are written with ``repr`` (exact round trip). :func:`parse_metadata` reads them back from
 ``onnx`` ``metadata_props`` or onnxruntime's ``custom_metadata_map``.
@@ -69,8 +79,11 @@ Floats are written with ``repr`` (exact round trip). :func:`parse_metadata` read
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -115,6 +128,8 @@ class ModelMetadata:
     nonnegative: bool = False
     floor_fraction: float = 0.0
     adaptation: str = ADAPTED
+    #: ``((level, multiplier), ...)`` of the ``band`` key, or None (Gaussian bands)
+    band: tuple[tuple[float, float], ...] | None = None
 
 
 def parse_metadata(props: Mapping[str, str]) -> ModelMetadata:
@@ -151,6 +166,7 @@ def parse_metadata(props: Mapping[str, str]) -> ModelMetadata:
             nonnegative=props.get(key("nonnegative"), "0") == "1",
             floor_fraction=float(props.get(key("floor_fraction"), "0.0")),
             adaptation=_adaptation(props.get(key(ADAPTATION_KEY), ADAPTED)),
+            band=parse_band(props.get(key("band"))),
         )
     except KeyError as err:
         raise InputError(f"model file lacks metadata key {err.args[0]!r}") from None
@@ -162,3 +178,58 @@ def _adaptation(value: str) -> str:
     if value not in (ADAPTED, ZERO_SHOT):
         raise ValueError(f"adaptation is {value!r}, not {ADAPTED!r} or {ZERO_SHOT!r}")
     return value
+
+
+def band_json(levels: Sequence[float], multipliers: Sequence[float]) -> str:
+    """The ``band`` metadata value (canonical JSON, floats exact)."""
+    doc = {"levels": [float(v) for v in levels], "multipliers": [float(m) for m in multipliers]}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+def parse_band(text: str | None) -> tuple[tuple[float, float], ...] | None:
+    """``band`` metadata -> ``((level, multiplier), ...)`` sorted by level, or None; levels in
+    (0, 100) and multipliers positive and non-decreasing, else ``ValueError``."""
+    if not text:
+        return None
+    try:
+        doc = json.loads(text)
+        pairs = tuple(
+            sorted(
+                (float(v), float(m)) for v, m in zip(doc["levels"], doc["multipliers"], strict=True)
+            )
+        )
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"band {text!r} is malformed ({err})") from None
+    mult = [m for _, m in pairs]
+    if (
+        not pairs
+        or not all(0 < v < 100 and math.isfinite(m) and m > 0 for v, m in pairs)
+        or any(b < a for a, b in itertools.pairwise(mult))
+    ):
+        raise ValueError(f"band {text!r} is not a non-decreasing table of positive multipliers")
+    return pairs
+
+
+def band_multiplier(level: float, band: Sequence[tuple[float, float]] | None) -> float:
+    """Half-width of the ``level`` % band (a percentage) in units of ``sigma``.
+
+    Without a ``band``: the Gaussian ``z_{(1+l)/2}``. With one: its multiplier, interpolated
+    linearly between its levels; outside them the Gaussian quantile times the nearest level's
+    ratio ``multiplier / z``. Non-decreasing in ``level`` either way (nested bands).
+    """
+    from statistics import NormalDist
+
+    def gauss(v: float) -> float:
+        return NormalDist().inv_cdf((1 + v / 100) / 2)
+
+    if not band:
+        return gauss(level)
+    levels = [v for v, _ in band]
+    mult = [m for _, m in band]
+    if level <= levels[0]:
+        return mult[0] / gauss(levels[0]) * gauss(level)
+    if level >= levels[-1]:
+        return mult[-1] / gauss(levels[-1]) * gauss(level)
+    i = bisect.bisect_right(levels, level)
+    a, b = levels[i - 1], levels[i]
+    return mult[i - 1] + (mult[i] - mult[i - 1]) * (level - a) / (b - a)

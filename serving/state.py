@@ -31,6 +31,7 @@ import onnx
 import orjson
 
 from mamlctl.contract import key as contract_key
+from mamlctl.contract import parse_band
 from mamlctl.domain import ADAPTATION_KEY, AdaptedModelRecord
 from mamlctl.errors import MamlctlError
 from mamlctl.registry.model_files import open_verified
@@ -77,6 +78,9 @@ class SeriesEntry:
     row_array: npt.NDArray[np.int64] = field(repr=False)
     #: Why the series' current file failed to load, when it is served by an older model.
     load_error: str | None = None
+    #: The file's calibrated prediction band ``((level, multiplier), ...)`` (its ``band``
+    #: metadata), None for Gaussian bands (see :func:`mamlctl.contract.band_multiplier`).
+    band: tuple[tuple[float, float], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -253,6 +257,7 @@ def _entry(item: _Loaded, *, group: int, row: int, generation: int) -> SeriesEnt
         lineage_json=orjson.Fragment(_exact(orjson.dumps(lineage))),
         summary_json=_summary(rec.series_id, float(rec.threshold), lineage),
         row_array=np.array([row], dtype=np.int64),
+        band=parse_band(meta.get(contract_key("band"))),
     )
 
 

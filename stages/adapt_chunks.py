@@ -6,6 +6,7 @@ the job's summary metrics.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -224,9 +225,12 @@ class ChunkedJob:
             floor_fraction=self.plan.floor_fraction,
             per_series=adapt_names_for(config, self.plan.adapt_scope),
             weights=self.plan.weights,
+            growth=None if self.plan.band is None else self.plan.band.growth,
         )
         if template.quantized:  # int8 deltas from this initializer's weights
             template = self._based(template)
+        if self.plan.band is not None:  # the band's multipliers, in every file's metadata
+            template = replace(template, band=self.plan.band.table())
         return template
 
     def _export_and_record(

@@ -39,7 +39,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,7 +47,7 @@ import pandas as pd
 
 from mamlctl.errors import InputError
 from mamlctl.ports import INITIALIZER_ARTIFACT
-from mamlctl.stages.forecast import level_label, parse_levels
+from mamlctl.stages.forecast import interval_bounds, level_label, parse_levels
 
 with warnings.catch_warnings():
     # mlflow.types.responses warns about its own `Any` hints when first imported (MLflow 3.x)
@@ -172,9 +171,10 @@ def forecast_long_frame(
             residual_scale=result.residual_scale,
             nonnegative=plan.nonnegative,
             floor_fraction=plan.floor_fraction,
+            growth=None if plan.band is None else plan.band.growth,
         )
+    band = None if plan.band is None else plan.band.table()
     parts: list[pd.DataFrame] = []
-    normal = NormalDist()
     for i, sid in enumerate(ids):
         cols: dict[str, Any] = {
             "unique_id": sid,
@@ -182,9 +182,9 @@ def forecast_long_frame(
             "yhat": yhat[i],
         }
         for level in levels:
-            z = normal.inv_cdf((1 + level / 100) / 2)
-            cols[f"yhat-lo-{level_label(level)}"] = yhat[i] - z * sigma[i]
-            cols[f"yhat-hi-{level_label(level)}"] = yhat[i] + z * sigma[i]
+            lo, hi = interval_bounds(yhat[i], sigma[i], level, band)
+            cols[f"yhat-lo-{level_label(level)}"] = lo
+            cols[f"yhat-hi-{level_label(level)}"] = hi
         parts.append(pd.DataFrame(cols))
     columns = ["unique_id", "ds", "yhat"] + [
         f"yhat-{side}-{level_label(level)}" for level in levels for side in ("lo", "hi")
@@ -204,6 +204,7 @@ def contract_forecast(
     residual_scale: npt.NDArray[np.float64],
     nonnegative: bool,
     floor_fraction: float,
+    growth: Sequence[float] | None = None,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """``(forecast, sigma)`` ``[N, H]`` of N per-series models on their raw windows ``[N, L]``:
     the exported file's contract (normalise, core, de-normalise, lower bound, sigma) in float32
@@ -232,6 +233,8 @@ def contract_forecast(
         else:
             rs = torch.from_numpy(residual_scale.astype(np.float32))[:, None]
             sigma = rs.expand_as(forecast)
+            if growth is not None:  # the family's per-step growth (maml.horizon_band)
+                sigma = sigma * torch.tensor(list(growth), dtype=torch.float32)
     return forecast.double().numpy(), sigma.double().numpy()
 
 

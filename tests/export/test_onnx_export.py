@@ -445,3 +445,43 @@ def test_season_skip_and_nonnegative_clip_in_the_graph_follow_the_oracle(
     old = {p.key: p.value for p in onnx.load_from_string(blobs[0]).metadata_props}
     del old[ex.PREFIX + "nonnegative"]
     assert ex.parse_metadata(old).nonnegative is False
+
+
+@pytest.mark.parametrize("weights", ["float32", "int8-delta"])
+def test_sigma_growth_is_in_the_graph_and_the_band_in_the_metadata(
+    template_cache: Any, weights: str
+) -> None:
+    """Oracle: ``sigma = residual_scale * growth`` (step 1 exactly the residual scale, what the
+    anomaly score reads), the forecast as without growth, the band read back as written; an
+    all-ones growth is the old graph (same template id)."""
+    import dataclasses
+
+    from mamlctl.contract import band_multiplier
+
+    config = config_from_dict(CONFIGS["mlp-mean"])
+    torch.manual_seed(0)
+    core = build_model(config)
+    growth = (1.0, 1.5, 2.0, 2.0, 2.5, 3.0)
+    plain = template_cache.get(config, weights=weights)
+    grown = template_cache.get(config, weights=weights, growth=growth)
+    ones = template_cache.get(config, weights=weights, growth=(1.0,) * 6)
+    assert ones.template_id == plain.template_id != grown.template_id
+    band = ((80.0, 1.1), (95.0, 2.0))
+    if weights == "int8-delta":
+        base = {n: p.detach().numpy() for n, p in core.named_parameters()}
+        plain, grown = plain.with_base(base), grown.with_base(base)
+    batch = _batch(core, 2)
+    blobs = _render(dataclasses.replace(grown, band=band), batch)
+    windows = batch.loc[1] + batch.scale[1] * np.random.default_rng(3).standard_normal((4, 24))
+    forecast, sigma = ort_session(blobs[1]).run(None, {"window": windows.astype(np.float32)})
+    before, flat = ort_session(_render(plain, batch)[1]).run(
+        None, {"window": windows.astype(np.float32)}
+    )
+    np.testing.assert_array_equal(forecast, before)
+    np.testing.assert_array_equal(sigma[:, 0], flat[:, 0])
+    np.testing.assert_allclose(sigma, flat * np.asarray(growth, dtype=np.float32), rtol=1e-6)
+    meta = ex.read_metadata(blobs[1])
+    assert meta.band == band and band_multiplier(80.0, meta.band) == 1.1
+    assert ex.read_metadata(_render(plain, batch)[1]).band is None
+    with pytest.raises(ConfigError, match="start at 1"):
+        template_cache.get(config, growth=(2.0,) * 6)
