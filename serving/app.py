@@ -3,8 +3,9 @@
 Shape of the app::
 
     ScoringApp (plain ASGI)            lifespan (reload poller), auth, body limit, metrics,
-      |                                POST /v1/score, GET /healthz and /readyz
-      +-- FastAPI (built on first use) GET /v1/series/{id}, /metrics, /openapi.json, /docs
+      |                                POST /v1/score, GET /healthz, /readyz and /ping
+      +-- FastAPI (built on first use) GET /v1/series/{id}, /metrics, /openapi.json, /docs,
+                                       POST /invocations (MLflow), /v1/observe, /v2 (OIP)
                                        (+ the documented routes of the paths above)
 
 ``POST /v1/score`` is answered by the thin outer layer (FastAPI's routing, dependency and
@@ -53,7 +54,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 SCORE_PATH = "/v1/score"
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+PING_PATH = "/ping"  # MLflow's scoring protocol (mamlctl.serving.invocations)
+INVOCATIONS_PATH = "/invocations"
+OPEN_PATHS = frozenset({"/healthz", "/readyz", PING_PATH})
 JSON_TYPE = (b"content-type", b"application/json")
 _JSON_HEADERS = [JSON_TYPE]
 UNAUTHORIZED = b'{"detail":"missing or wrong bearer token"}'
@@ -340,7 +343,7 @@ def _is_binary(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     return False
 
 
-_KNOWN_PATHS = frozenset({SCORE_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json"})
+_KNOWN_PATHS = frozenset({SCORE_PATH, INVOCATIONS_PATH, *OPEN_PATHS, "/metrics", "/openapi.json"})
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

@@ -131,3 +131,65 @@ class Ready(_Doc):
     records: int = Field(description="Current models in the registry.")
     loaded_at: str
     load_seconds: float
+
+
+# --- MLflow scoring protocol (POST /invocations; mamlctl.serving.invocations) ----------------
+Cell = str | int | float | None
+
+
+class DataframeSplit(_Doc):
+    """pandas ``to_dict(orient="split")``: column names and rows (``index`` is ignored)."""
+
+    columns: list[str] = Field(description="Must hold unique_id and y; ds optional.")
+    data: list[list[Cell]]
+    index: list[Cell] | None = None
+
+
+class InvocationParams(_Doc):
+    level: list[float] | None = Field(
+        default=None, description="Interval levels in percent, each in (0, 100)."
+    )
+
+
+class InvocationSplit(_Doc):
+    dataframe_split: DataframeSplit
+    params: InvocationParams | None = None
+
+
+class InvocationRecords(_Doc):
+    dataframe_records: list[dict[str, Cell]] = Field(
+        description="One object per row: unique_id, y and (in every row or none) ds."
+    )
+    params: InvocationParams | None = None
+
+
+class Prediction(BaseModel):
+    """One forecast step of one series; plus ``yhat-lo-<l>``/``yhat-hi-<l>`` per level."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    unique_id: str
+    ds: int | str | None = Field(
+        default=None, description="Position or ISO time of the step (absent without input ds)."
+    )
+    yhat: float
+
+
+class InvocationItemError(_Doc):
+    unique_id: str
+    error: ItemErrorDetail
+
+
+class InvocationResult(_Doc):
+    predictions: list[Prediction] = Field(description="H rows per forecast series, in order.")
+    errors: list[InvocationItemError] | None = Field(
+        default=None, description="The series that could not be forecast (absent when none)."
+    )
+
+
+class InvocationErrorBody(_Doc):
+    """MLflow's error document, plus the offending field."""
+
+    error_code: str
+    message: str
+    loc: list[str | int]
