@@ -210,10 +210,12 @@ class ScoringApp:
             return
         if path == SCORE_PATH and scope["method"] == "POST":
             start = time.perf_counter()
+            body: bytes | ClientError = b""
             try:
-                body: bytes | ClientError = await _read_body(
-                    scope, receive, self.options.max_body_bytes
-                )
+                if self._token is None or self._authorized(scope):
+                    # (else the body stays unread and `_answer` says 401: the first `receive`
+                    # would send `100 Continue`, inviting an unauthenticated client's body)
+                    body = await _read_body(scope, receive, self.options.max_body_bytes)
             except ClientError as err:
                 if err.kind == "disconnect":
                     return
