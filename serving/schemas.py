@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from mamlctl.serving.limits import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY  # noqa: F401 (re-export)
 
@@ -156,10 +157,21 @@ class InvocationSplit(_Doc):
     params: InvocationParams | None = None
 
 
-class InvocationRecords(_Doc):
-    dataframe_records: list[dict[str, Cell]] = Field(
-        description="One object per row: unique_id, y and (in every row or none) ds."
+class FrameRow(BaseModel):
+    """One row of the long frame (other columns are ignored)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    unique_id: str | int = Field(description="The served series' id.")
+    ds: int | str | SkipJsonSchema[None] = Field(
+        default=None,  # absent: the rows are in time order (null is refused)
+        description="Position or ISO time; in every row or none, one kind for the frame.",
     )
+    y: float
+
+
+class InvocationRecords(_Doc):
+    dataframe_records: list[FrameRow] = Field(description="One object per row.")
     params: InvocationParams | None = None
 
 
