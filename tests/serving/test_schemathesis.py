@@ -17,16 +17,12 @@ from typing import Any
 import orjson
 import pytest
 import schemathesis
-from conftest import CONV, MLP
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import response_schema_conformance
-from serving_models import write_series
 
-from mamlctl.serving.app import ServeOptions, create_app
-from mamlctl.serving.source import StaticSource
-from mamlctl.settings import Settings
+from mamlctl.serving.app import ScoringApp
 
 #: What an OIP error message must name: a quoted input/output/model/parameter, a row, the
 #: header, or the request (body) itself.
@@ -36,18 +32,8 @@ EXAMPLES = 40
 
 
 @pytest.fixture(scope="module")
-def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    home = tmp_path_factory.mktemp("schemathesis") / "home"
-    models = home / "models"
-    records = write_series(models, MLP, ["m0", "m1"], seed=5)
-    records += write_series(models, CONV, ["c0"], seed=6, family="conv")
-    app = create_app(
-        Settings(home=home),
-        StaticSource(records, models_dir=models),
-        options=ServeOptions(reload=False, max_batch=16, max_body_bytes=64 * 1024),
-    )
-    assert app.holder.reload(force=True)
-    return schemathesis.openapi.from_asgi("/openapi.json", app)
+def api_schema(fuzz_app: ScoringApp) -> Any:
+    return schemathesis.openapi.from_asgi("/openapi.json", fuzz_app)
 
 
 def _names_the_field(status: int, doc: Any) -> bool:
