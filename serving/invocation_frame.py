@@ -152,6 +152,8 @@ def _records_frame(records: Any) -> Frame:
         for name in ("unique_id", "y", *(("ds",) if has_ds else ())):
             if name not in row:
                 raise _bad([*loc, name], f"dataframe_records[{i}] lacks column {name!r}")
+        if not has_ds and "ds" in row:
+            raise _bad([*loc, "ds"], "ds is in some rows, not the first: in every row or none")
         builder.add(row, loc, positions=None)
     return builder.done()
 
@@ -198,6 +200,13 @@ def _column_positions(columns: list[str], loc: list[str | int]) -> dict[str, int
     return {name: columns.index(name) for name in ("unique_id", "ds", "y") if name in columns}
 
 
+def _finite_number(value: Any) -> bool:
+    """A JSON number (not a bool) that is finite as a float (an int past float range is not)."""
+    if type(value) is float:
+        return math.isfinite(value)
+    return type(value) is int and abs(value) < 2**1024
+
+
 @dataclass(slots=True)
 class _Builder:
     """Checks rows one at a time and collects them per series."""
@@ -220,7 +229,7 @@ class _Builder:
         if not isinstance(sid, str) or not sid or len(sid) > _MAX_ID:
             raise _bad(at("unique_id"), f"unique_id must be a string of 1..{_MAX_ID} chars")
         y = row["y"]
-        if type(y) not in (int, float) or not math.isfinite(y):
+        if not _finite_number(y):
             raise _bad(at("y"), f"y of series {sid!r} must be a finite number"[:200])
         frame = self.frame
         if sid not in frame.values:

@@ -187,6 +187,9 @@ def test_invocations_answer_per_series(served: Served) -> None:
     assert short_only.status_code == 400 and short_only.json()["loc"][-1] == "y"
 
 
+ROW = {"unique_id": "m0", "y": 2.0}
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -198,6 +201,8 @@ def test_invocations_answer_per_series(served: Served) -> None:
         ({"dataframe_records": [{"unique_id": "m0"}]}, "y"),
         ({"dataframe_records": [{"unique_id": None, "y": 1.0}]}, "unique_id"),
         ({"dataframe_records": [{"unique_id": "m0", "ds": 1.5, "y": 1.0}]}, "ds"),
+        ({"dataframe_records": [{"unique_id": "m0", "y": 1}, {"unique_id": "m0", "ds": 2}]}, "y"),
+        ({"dataframe_records": [{"unique_id": "m0", "y": 1}, {**ROW, "ds": 2}]}, "ds"),
         ({"dataframe_records": [{"unique_id": "m0", "ds": "yesterday", "y": 1.0}]}, "ds"),
         ({"dataframe_records": "m0"}, "dataframe_records"),
         ({"instances": [[1.0]]}, "instances"),
