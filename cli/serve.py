@@ -200,13 +200,23 @@ def register(app: typer.Typer) -> None:
         os.environ["MAMLCTL_SERVE_HEAD_TIMEOUT"] = format_seconds(bounds.head_timeout)
         os.environ["MAMLCTL_SERVE_BODY_TIMEOUT"] = format_seconds(bounds.body_timeout)
         os.environ["MAMLCTL_SERVE_MAX_CONNECTIONS"] = str(bounds.max_connections)
+        os.environ["MAMLCTL_SERVE_ANNOUNCE"] = f"http://{_host_in_url(host)}:{port}"
+        os.environ.pop("MAMLCTL_SERVE_ANNOUNCE_MARKER", None)
         from contextlib import nullcontext
 
         from mamlctl.serving.metrics import multiprocess_dir
 
         # several workers: Prometheus values in shared files, so /metrics adds them up
-        with multiprocess_dir(os.environ) if workers > 1 else nullcontext():
+        with multiprocess_dir(os.environ) if workers > 1 else nullcontext() as shared:
+            if shared is not None:  # the first worker loaded prints the startup line
+                marker = shared / "startup-line"
+                marker.unlink(missing_ok=True)
+                os.environ["MAMLCTL_SERVE_ANNOUNCE_MARKER"] = str(marker)
             _run_uvicorn(uvicorn, http=http, host=host, port=port, workers=workers, level=log_level)
+
+
+def _host_in_url(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _run_uvicorn(

@@ -188,19 +188,16 @@ def inner_steps_batched(
 def sgd_step(
     names: list[str], values: list[Tensor], grads: Sequence[Tensor], inner_lr: InnerLR
 ) -> list[Tensor]:
-    """``v - alpha * g`` for every parameter, out of place (differentiable).
-
-    One ``torch._foreach_sub`` for all parameters (fewer dispatches and autograd nodes than a
-    Python loop; the same arithmetic, bit for bit)."""
-    return list(torch._foreach_sub(values, _scaled_grads(names, grads, inner_lr)))
+    """``v - alpha * g`` for every parameter, out of place (differentiable)."""
+    return [v - s for v, s in zip(values, _scaled_grads(names, grads, inner_lr), strict=True)]
 
 
 def _scaled_grads(names: list[str], grads: Sequence[Tensor], inner_lr: InnerLR) -> list[Tensor]:
-    """``alpha * g`` per parameter: one ``torch._foreach_mul`` for a float rate; per-parameter
-    rates (Meta-SGD, which may broadcast) one product each."""
+    """``alpha * g`` per parameter: a float rate, or per-parameter rates (Meta-SGD, which may
+    broadcast)."""
     if isinstance(inner_lr, Mapping):
         return [inner_lr[n] * g for n, g in zip(names, grads, strict=True)]
-    return list(torch._foreach_mul(list(grads), inner_lr))
+    return [g * inner_lr for g in grads]
 
 
 def summed_task_loss(loss_fn: LossFn, pred: Tensor, target: Tensor) -> Tensor:
@@ -322,7 +319,8 @@ def _step_in_place(
     loss = summed_task_loss(loss_fn, forward(phi_t, support_x), support_y)
     grads = torch.autograd.grad(loss, values)
     with torch.no_grad():
-        torch._foreach_sub_(values, _scaled_grads(names, grads, inner_lr))
+        for v, s in zip(values, _scaled_grads(names, grads, inner_lr), strict=True):
+            v.sub_(s)
 
 
 def task_losses(

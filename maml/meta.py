@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
+from torch.optim.adam import adam
 
 from mamlctl.errors import TrainingError
 from mamlctl.maml.engine import (
@@ -179,8 +180,9 @@ def _shaped(part: Tensor, shape: tuple[int, ...], lead: tuple[int, ...]) -> Tens
 
 
 class FlatAdam:
-    """Adam (Kingma & Ba; torch defaults) on one flat tensor: torch's fused CPU kernel, one op
-    per step (the update of ``torch.optim.Adam(fused=True)``)."""
+    """Adam (Kingma & Ba; torch defaults) on one flat tensor: torch's fused CPU kernel through
+    the public functional API (``torch.optim.adam.adam(fused=True)``, the update of
+    ``torch.optim.Adam(fused=True)``) without the optimizer object's per-step bookkeeping."""
 
     def __init__(
         self, param: Tensor, *, lr: float, betas: tuple[float, float] = (0.9, 0.999)
@@ -196,14 +198,14 @@ class FlatAdam:
 
     @torch.no_grad()
     def step(self, grad: Tensor) -> None:
-        self.step_t += 1
-        torch._fused_adam_(
+        adam(  # adds 1 to step_t, then updates param, m, v in place
             [self.param],
             [grad],
             [self.m],
             [self.v],
             [],
             [self.step_t],
+            fused=True,
             lr=self.lr,
             beta1=self.b1,
             beta2=self.b2,

@@ -14,7 +14,10 @@ this mamlctl does not know (migrated by a newer mamlctl) is refused with a
 :class:`~mamlctl.errors.StoreError` saying so, never "upgraded".
 
 A server database (``MAMLCTL_DATABASE_URL``) is never migrated implicitly: it must be at
-head (``mamlctl db upgrade``), else a :class:`~mamlctl.errors.StoreError` says so.
+head (``mamlctl db upgrade``), else a :class:`~mamlctl.errors.StoreError` says so. PostgreSQL
+goes through psycopg 3 (the ``postgres`` extra): ``postgresql://`` means
+``postgresql+psycopg://``, and without the driver installed a :class:`ConfigError` names the
+extra to install.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from mamlctl.errors import ConfigError, NotFoundError, StoreError
 from mamlctl.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: What installs the PostgreSQL driver (psycopg 3), named when it is missing.
+POSTGRES_EXTRA = "pip install 'mamlctl[postgres]'"
 
 
 def _redact(url: str) -> str:
@@ -63,6 +68,8 @@ def make_engine(target: Settings | str, *, echo: bool = False) -> Engine:
             f"invalid database URL {url!r}: expected e.g. sqlite:///path/registry.db "
             "or postgresql+psycopg://user@host/db"
         ) from None
+    if parsed.drivername == "postgresql":  # SQLAlchemy's default would be psycopg2
+        parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         folder = Path(parsed.database).parent
         try:
@@ -73,7 +80,14 @@ def make_engine(target: Settings | str, *, echo: bool = False) -> Engine:
             ) from None
     try:
         engine = create_engine(parsed, echo=echo)
-    except (SQLAlchemyError, ImportError) as err:
+    except ImportError as err:
+        if parsed.drivername == "postgresql+psycopg":
+            raise ConfigError(
+                f"database URL {_redact(url)} needs the PostgreSQL driver psycopg, which is not"
+                f" installed: {POSTGRES_EXTRA}"
+            ) from None
+        raise ConfigError(f"cannot use database URL {_redact(url)}: {err}") from None
+    except SQLAlchemyError as err:
         raise ConfigError(f"cannot use database URL {_redact(url)}: {err}") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)

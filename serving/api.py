@@ -91,6 +91,10 @@ def build_api(outer: ScoringApp) -> FastAPI:
 
     register_oip_routes(api, outer)
 
+    from mamlctl.serving.invocations import register_invocation_routes
+
+    register_invocation_routes(api, outer)
+
     @api.get("/healthz", response_model=schemas.Health, summary="Liveness (no auth).")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}

@@ -3,8 +3,9 @@
 Shape of the app::
 
     ScoringApp (plain ASGI)            lifespan (reload poller), auth, body limit, metrics,
-      |                                POST /v1/score, GET /healthz and /readyz
-      +-- FastAPI (built on first use) GET /v1/series/{id}, /metrics, /openapi.json, /docs
+      |                                POST /v1/score, GET /healthz, /readyz and /ping
+      +-- FastAPI (built on first use) GET /v1/series/{id}, /metrics, /openapi.json, /docs,
+                                       POST /invocations (MLflow), /v1/observe, /v2 (OIP)
                                        (+ the documented routes of the paths above)
 
 ``POST /v1/score`` is answered by the thin outer layer (FastAPI's routing, dependency and
@@ -53,7 +54,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 SCORE_PATH = "/v1/score"
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+PING_PATH = "/ping"  # MLflow's scoring protocol (mamlctl.serving.invocations)
+INVOCATIONS_PATH = "/invocations"
+OPEN_PATHS = frozenset({"/healthz", "/readyz", PING_PATH})
 JSON_TYPE = (b"content-type", b"application/json")
 _JSON_HEADERS = [JSON_TYPE]
 UNAUTHORIZED = b'{"detail":"missing or wrong bearer token"}'
@@ -93,6 +96,14 @@ class ServeOptions(BaseModel):
     allow_empty: bool = Field(
         default=False, description="/readyz answers 200 with no model loaded (else 503)."
     )
+    announce: str | None = Field(
+        default=None,
+        description="Print one startup line naming this address once the models are loaded"
+        " (mamlctl serve; mamlctl.serving.announce).",
+    )
+    announce_marker: str | None = Field(
+        default=None, description="File the first of several workers claims to print the line."
+    )
     load_before_accept: bool = Field(
         default=False,
         description="Finish the first load inside lifespan startup, so this process accepts no"
@@ -109,6 +120,7 @@ class _Poller:
 
     async def first_load(self) -> None:
         await asyncio.to_thread(self.outer.holder.reload, force=True)
+        self.outer.announce()
         # ready now; build the FastAPI part (docs, /metrics, /v1/series) off the cold start
         await asyncio.to_thread(lambda: self.outer.api)
         await asyncio.to_thread(sync_observer, self.outer)  # observe streams: stored windows
@@ -120,6 +132,7 @@ class _Poller:
         while self.enabled:
             await asyncio.sleep(self.interval)
             if await asyncio.to_thread(holder.reload):
+                self.outer.announce()  # the first load failed, a later one worked
                 await asyncio.to_thread(sync_observer, self.outer)
 
 
@@ -149,6 +162,21 @@ class ScoringApp:
         self._pending_rows = 0
         self._pool: ThreadPoolExecutor | None = None  # large requests (OFFLOAD_BODY_BYTES)
         self.observer = make_observer(source)  # POST /v1/observe (registry sources only)
+        self._started = time.perf_counter()  # lifespan startup: the startup line's clock
+        self._announced = False
+
+    def announce(self) -> None:
+        """Print the startup line once, when the models are first loaded (``options.announce``
+        set, and this worker claimed the marker: :mod:`mamlctl.serving.announce`)."""
+        address = self.options.announce
+        if address is None or self._announced or not self.holder.ready:
+            return
+        self._announced = True
+        from mamlctl.serving.announce import claim, startup_line
+
+        if claim(self.options.announce_marker):
+            seconds = time.perf_counter() - self._started
+            print(startup_line(self.holder.state, address, seconds), flush=True)
 
     def log_store_error(self, err: BaseException) -> None:
         log.error("observe: registry database error: %s", err, exc_info=True)
@@ -207,10 +235,12 @@ class ScoringApp:
             return
         if path == SCORE_PATH and scope["method"] == "POST":
             start = time.perf_counter()
+            body: bytes | ClientError = b""
             try:
-                body: bytes | ClientError = await _read_body(
-                    scope, receive, self.options.max_body_bytes
-                )
+                if self._token is None or self._authorized(scope):
+                    # (else the body stays unread and `_answer` says 401: the first `receive`
+                    # would send `100 Continue`, inviting an unauthenticated client's body)
+                    body = await _read_body(scope, receive, self.options.max_body_bytes)
             except ClientError as err:
                 if err.kind == "disconnect":
                     return
@@ -238,6 +268,7 @@ class ScoringApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self._started = time.perf_counter()
                 loaded = self.options.load_before_accept
                 if loaded:  # uvicorn starts accepting on the socket only after this answer
                     await self._poller.first_load()
@@ -340,7 +371,7 @@ def _is_binary(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     return False
 
 
-_KNOWN_PATHS = frozenset({SCORE_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json"})
+_KNOWN_PATHS = frozenset({SCORE_PATH, INVOCATIONS_PATH, *OPEN_PATHS, "/metrics", "/openapi.json"})
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -402,7 +433,8 @@ def app_from_env() -> ScoringApp:
     busy-poll window in seconds, ``MAMLCTL_SERVE_BATCH_THREADS`` the batch session's
     threads, ``MAMLCTL_SERVE_MAX_FAILED_SHARE`` and ``MAMLCTL_SERVE_ALLOW_EMPTY`` (``1``) the
     readiness rules, ``MAMLCTL_SERVE_LOAD_BEFORE_ACCEPT`` (``1``) the first load inside
-    startup (``mamlctl serve`` passes all six).
+    startup, ``MAMLCTL_SERVE_ANNOUNCE`` (and ``..._MARKER``) the startup line's address
+    (``mamlctl serve`` passes them all).
     """
     import os
 
@@ -420,5 +452,7 @@ def app_from_env() -> ScoringApp:
         max_failed_share=share,
         allow_empty=os.environ.get("MAMLCTL_SERVE_ALLOW_EMPTY", "0") == "1",
         load_before_accept=os.environ.get("MAMLCTL_SERVE_LOAD_BEFORE_ACCEPT", "0") == "1",
+        announce=os.environ.get("MAMLCTL_SERVE_ANNOUNCE") or None,
+        announce_marker=os.environ.get("MAMLCTL_SERVE_ANNOUNCE_MARKER") or None,
     )
     return create_app(settings, RegistrySource(settings), options=options)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from mamlctl.serving.limits import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY  # noqa: F401 (re-export)
 
@@ -131,3 +132,76 @@ class Ready(_Doc):
     records: int = Field(description="Current models in the registry.")
     loaded_at: str
     load_seconds: float
+
+
+# --- MLflow scoring protocol (POST /invocations; mamlctl.serving.invocations) ----------------
+Cell = str | int | float | None
+
+
+class DataframeSplit(_Doc):
+    """pandas ``to_dict(orient="split")``: column names and rows (``index`` is ignored)."""
+
+    columns: list[str] = Field(description="Must hold unique_id and y; ds optional.")
+    data: list[list[Cell]]
+    index: list[Cell] | None = None
+
+
+class InvocationParams(_Doc):
+    level: list[float] | None = Field(
+        default=None, description="Interval levels in percent, each in (0, 100)."
+    )
+
+
+class InvocationSplit(_Doc):
+    dataframe_split: DataframeSplit
+    params: InvocationParams | None = None
+
+
+class FrameRow(BaseModel):
+    """One row of the long frame (other columns are ignored)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    unique_id: str | int = Field(description="The served series' id.")
+    ds: int | str | SkipJsonSchema[None] = Field(
+        default=None,  # absent: the rows are in time order (null is refused)
+        description="Position or ISO time; in every row or none, one kind for the frame.",
+    )
+    y: float
+
+
+class InvocationRecords(_Doc):
+    dataframe_records: list[FrameRow] = Field(description="One object per row.")
+    params: InvocationParams | None = None
+
+
+class Prediction(BaseModel):
+    """One forecast step of one series; plus ``yhat-lo-<l>``/``yhat-hi-<l>`` per level."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    unique_id: str
+    ds: int | str | None = Field(
+        default=None, description="Position or ISO time of the step (absent without input ds)."
+    )
+    yhat: float
+
+
+class InvocationItemError(_Doc):
+    unique_id: str
+    error: ItemErrorDetail
+
+
+class InvocationResult(_Doc):
+    predictions: list[Prediction] = Field(description="H rows per forecast series, in order.")
+    errors: list[InvocationItemError] | None = Field(
+        default=None, description="The series that could not be forecast (absent when none)."
+    )
+
+
+class InvocationErrorBody(_Doc):
+    """MLflow's error document, plus the offending field."""
+
+    error_code: str
+    message: str
+    loc: list[str | int]

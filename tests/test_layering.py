@@ -109,3 +109,34 @@ def test_the_evaluation_rule_catches_a_training_loop_of_its_own(tmp_path: Path) 
         "mamlctl.maml.family_training",
         "mamlctl.maml.adaptation",
     ]
+
+
+def _private_torch_uses(path: Path) -> list[str]:
+    """``torch._x`` / ``torch.a._x`` attribute uses and ``from torch._x import`` in ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    out: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            chain, base = [node.attr], node.value
+            while isinstance(base, ast.Attribute):
+                chain.append(base.attr)
+                base = base.value
+            if isinstance(base, ast.Name) and base.id == "torch":
+                out.append(f"{node.lineno}: torch.{'.'.join(reversed(chain))}")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[0] == "torch" and any(p.startswith("_") for p in parts[1:]):
+                out.append(f"{node.lineno}: from {node.module}")
+    return out
+
+
+@pytest.mark.parametrize("folder", sorted(FORBIDDEN))
+def test_no_private_torch_api(folder: str) -> None:
+    """Only torch's public API (issue 16: no ``torch._fused_adam_`` where a public API does the
+    same): a private op may change or vanish in any release."""
+    bad = [
+        f"{path.relative_to(ROOT)}:{use}"
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for use in _private_torch_uses(path)
+    ]
+    assert bad == []

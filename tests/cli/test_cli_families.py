@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,25 @@ def test_unreachable_server_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None
         and err.startswith("error: cannot reach registry database")
         and err.count("\n") == 1
     )
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgresql+psycopg"])
+def test_postgres_without_the_driver_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, scheme: str
+) -> None:
+    """psycopg is the ``postgres`` extra: a base install given a PostgreSQL URL is told which
+    extra to install, on one line (the import failure simulated: ``import psycopg`` fails)."""
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    monkeypatch.setenv("MAMLCTL_DATABASE_URL", f"{scheme}://nobody:pw@127.0.0.1:1/x")
+    code, _out, err = run("status")
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("error: database URL postgresql") and "pw" not in err
+    assert err.rstrip().endswith("pip install 'mamlctl[postgres]'")
+
+
+def test_a_plain_postgresql_url_uses_psycopg_3() -> None:
+    from mamlctl.registry.db import make_engine
+
+    engine = make_engine("postgresql://nobody@127.0.0.1:1/x")
+    assert engine.dialect.driver == "psycopg"
+    engine.dispose()

@@ -1,7 +1,10 @@
-"""The real ``mamlctl serve`` process: Prometheus counts add up over ``--workers 2``.
+"""The real ``mamlctl serve`` process: Prometheus counts add up over ``--workers 2``; the
+startup line; MLflow's scoring protocol.
 
 Oracle: the number of requests this test sent (N): the request counter of ``/metrics`` equals
-N on every scrape, whichever worker answers it, and counts from 0 at each start.
+N on every scrape, whichever worker answers it, and counts from 0 at each start. The startup
+line names the address and the registry's series and families, once per server (workers
+included). ``/invocations`` forecasts what ``/v1/score`` forecasts for the same window.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -54,6 +58,44 @@ def _sample(text: str, name: str, labels: str = "") -> float | None:
     return None
 
 
+def _startup_lines(proc: Proc, port: int, *, timeout_s: float = 30.0) -> list[str]:
+    """The startup lines in the server's log, once one is there (the models are loaded)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = proc.log_path.read_text(errors="replace")
+        lines = [line for line in text.splitlines() if line.startswith("mamlctl serve: ")]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
+STARTUP = re.compile(
+    r"mamlctl serve: http://127\.0\.0\.1:(\d+)  (\d+) series, (\d+) family"
+    r" loaded in \d+\.\d\ds"
+)
+
+
+def test_startup_line_and_the_mlflow_protocol(seeded_registry: Any, tmp_path: Path) -> None:
+    settings = seeded_registry.settings
+    record_models(settings, ["s0", "s1", "s2"])
+    window = [float(v) for v in np.asarray(seeded_registry.values["s0"])[-L:]]
+    port = free_port()
+    proc = _serve(settings.home, tmp_path, port)
+    try:
+        lines = _startup_lines(proc, port)
+        assert len(lines) == 1, proc.log_tail()
+        match = STARTUP.fullmatch(lines[0])
+        assert match and match.groups() == (str(port), "3", "1"), lines[0]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=30) as response:
+            assert response.status == 200
+        want = _post(port, "/v1/score", {"series_id": "s0", "window": window})["forecast"]
+        frame = {"columns": ["unique_id", "y"], "data": [["s0", v] for v in window]}
+        got = _post(port, "/invocations", {"dataframe_split": frame})["predictions"]
+        assert [row["yhat"] for row in got] == want
+    finally:
+        proc.stop()
+
+
 def test_workers_counters_add_up_on_every_scrape(seeded_registry: Any, tmp_path: Path) -> None:
     settings = seeded_registry.settings
     record_models(settings, ["s0", "s1"])
@@ -76,6 +118,9 @@ def test_workers_counters_add_up_on_every_scrape(seeded_registry: Any, tmp_path:
             assert _sample(text, "mamlctl_model_info", r'family="sines",version="1"') == 1.0
             assert _sample(text, "mamlctl_models_loaded") == 2.0
             assert _sample(text, "process_resident_memory_bytes") is not None
+        time.sleep(0.5)  # the other worker has loaded too (both answered): one line still
+        lines = _startup_lines(proc, port)
+        assert len(lines) == 1 and STARTUP.fullmatch(lines[0]), proc.log_tail()
     finally:
         proc.stop()
     # a restart counts from 0 (the multiprocess folder is fresh)

@@ -47,17 +47,25 @@ def test_flat_gradient_is_the_sum_over_tasks_of_each_parameter_gradient() -> Non
 
 
 def test_flat_adam_matches_torch_optim_adam() -> None:
+    """Close to the default Adam; bit for bit the fused one (the same kernel)."""
     torch.manual_seed(2)
     ref = torch.randn(50, requires_grad=True)
+    fused = torch.randn(50, requires_grad=True)
+    with torch.no_grad():
+        fused.copy_(ref)
     mine = ref.detach().clone()
     opt = torch.optim.Adam([ref], lr=1e-2)
+    fused_opt = torch.optim.Adam([fused], lr=1e-2, fused=True)
     flat_opt = FlatAdam(mine, lr=1e-2)
     for step in range(20):
         grad = torch.randn(50) * (step + 1)
         ref.grad = grad.clone()
+        fused.grad = grad.clone()
         opt.step()
+        fused_opt.step()
         flat_opt.step(grad)
         torch.testing.assert_close(mine, ref.detach(), rtol=1e-6, atol=1e-7)
+        assert torch.equal(mine, fused.detach())
     assert flat_opt.t == 20
 
 

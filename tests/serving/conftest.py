@@ -87,3 +87,20 @@ def make_served(tmp_path: Path) -> Callable[..., Served]:
 @pytest.fixture
 def served(make_served: Callable[..., Served]) -> Served:
     return make_served()
+
+
+@pytest.fixture(scope="module")
+def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> ScoringApp:
+    """The app the fuzz tests hammer (one per module): two MLP series, one conv series of
+    another family, small batch and body limits, loaded."""
+    home = tmp_path_factory.mktemp("fuzz") / "home"
+    models = home / "models"
+    records = write_series(models, MLP, ["m0", "m1"], seed=5)
+    records += write_series(models, CONV, ["c0"], seed=6, family="conv")
+    scoring = create_app(
+        Settings(home=home),
+        StaticSource(records, models_dir=models),
+        options=ServeOptions(reload=False, max_batch=16, max_body_bytes=64 * 1024),
+    )
+    assert scoring.holder.reload(force=True)
+    return scoring

@@ -295,3 +295,46 @@ def test_the_plain_bounded_protocol_serves(make_served: Callable[..., Served]) -
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
             assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+def _head(sock: socket.socket) -> bytes:
+    """The next response head on ``sock`` (up to its blank line)."""
+    sock.settimeout(5)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(1)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize(
+    "protocol", [ScoreHttpProtocol, BoundedHttpProtocol], ids=["fast", "plain"]
+)
+@pytest.mark.parametrize("path", [b"/v1/score", b"/invocations", b"/v1/observe"])
+def test_expect_100_continue_without_the_token_is_401_and_no_100(
+    make_served: Callable[..., Served], protocol: type, path: bytes
+) -> None:
+    """RFC 9110 15.2.1: a server that will reject the request answers the final status instead
+    of ``100 Continue``: an unauthenticated client must not be invited to send its body."""
+    s = make_served(token="secret", options=ServeOptions(reload=False))
+    body = orjson.dumps({"series_id": "m0", "window": [1.0] * 12})
+
+    def head(auth: bytes) -> bytes:
+        return (
+            b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\n%sContent-Length: %d\r\n\r\n" % (path, auth, len(body))
+        )
+
+    for port in _serve(s.app, protocol):
+        for auth in (b"", b"Authorization: Bearer wrong\r\n"):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(head(auth))
+                assert _head(sock).startswith(b"HTTP/1.1 401 "), path
+        if path != b"/v1/score":
+            continue
+        with socket.create_connection(("127.0.0.1", port)) as sock:  # the token: invited
+            sock.sendall(head(b"Authorization: Bearer secret\r\n"))
+            assert _head(sock).startswith(b"HTTP/1.1 100 Continue")
+            sock.sendall(body)
+            assert _head(sock).startswith(b"HTTP/1.1 200 ")

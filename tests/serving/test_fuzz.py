@@ -11,37 +11,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from conftest import CONV, MLP, Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serving_models import write_series
 
 from mamlctl.serving import schemas
-from mamlctl.serving.app import ScoringApp, ServeOptions, create_app
-from mamlctl.serving.source import StaticSource
-from mamlctl.settings import Settings
+from mamlctl.serving.app import ScoringApp
 
 IDS = ["m0", "m1", "c0"]
 LENGTHS = {"m0": MLP.window, "m1": MLP.window, "c0": CONV.window}
 FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> ScoringApp:
-    home = tmp_path_factory.mktemp("fuzz") / "home"
-    models = home / "models"
-    records = write_series(models, MLP, ["m0", "m1"], seed=5)
-    records += write_series(models, CONV, ["c0"], seed=6, family="conv")
-    scoring = create_app(
-        Settings(home=home),
-        StaticSource(records, models_dir=models),
-        options=ServeOptions(reload=False, max_batch=16, max_body_bytes=64 * 1024),
-    )
-    assert scoring.holder.reload(force=True)
-    return scoring
 
 
 json_scalars = st.one_of(
@@ -107,22 +88,22 @@ def _check(response: Any) -> None:
 
 @FUZZ
 @given(body=bodies)
-def test_schema_shaped_requests_never_5xx(app: ScoringApp, body: Any) -> None:
-    _check(Client(app).post("/v1/score", json=body))
+def test_schema_shaped_requests_never_5xx(fuzz_app: ScoringApp, body: Any) -> None:
+    _check(Client(fuzz_app).post("/v1/score", json=body))
 
 
 @FUZZ
 @given(raw=st.binary(max_size=300))
-def test_arbitrary_bytes_never_5xx(app: ScoringApp, raw: bytes) -> None:
-    _check(Client(app).post("/v1/score", content=raw))
+def test_arbitrary_bytes_never_5xx(fuzz_app: ScoringApp, raw: bytes) -> None:
+    _check(Client(fuzz_app).post("/v1/score", content=raw))
 
 
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(sid=st.text(min_size=1, max_size=20))
-def test_series_lookup_never_5xx(app: ScoringApp, sid: str) -> None:
+def test_series_lookup_never_5xx(fuzz_app: ScoringApp, sid: str) -> None:
     from urllib.parse import quote
 
-    r = Client(app).get(f"/v1/series/{quote(sid, safe='')}")
+    r = Client(fuzz_app).get(f"/v1/series/{quote(sid, safe='')}")
     assert r.status_code in (200, 404), r.text
