@@ -48,6 +48,15 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[
             bool, typer.Option("--json", help="Print one JSON line per event on stdout.")
         ] = False,
+        readapt_every: Annotated[
+            str | None,
+            typer.Option(
+                "--readapt-every",
+                help="Also re-adapt, from the served version, every series whose model is"
+                " older than this (e.g. 1d: daily, on the points that arrived).",
+                envvar="MAMLCTL_WATCH_READAPT_EVERY",
+            ),
+        ] = None,
     ) -> None:
         """Follow the families' ALIAS in the MLflow registry and re-adapt on every move.
 
@@ -55,7 +64,9 @@ def register(app: typer.Typer) -> None:
         (promotion, or rollback to an older one) the family's series are re-adapted from that
         version and `mamlctl serve` hot-reloads them. While the tracking server is away it
         retries with exponential backoff and logs once; a failed re-adaptation leaves the
-        previous models serving. Ctrl-C stops it.
+        previous models serving. With --readapt-every PERIOD it also re-adapts each family's
+        series whose model is older than PERIOD from the served version (daily re-adaptation
+        on the points observed since); the server keeps their windows. Ctrl-C stops it.
         """
         import json
         import os
@@ -71,6 +82,7 @@ def register(app: typer.Typer) -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         validate_alias(alias)
         every = parse_duration(interval)
+        period = parse_duration(readapt_every) if readapt_every is not None else None
         cap = parse_duration(backoff_max)
         settings = load_settings()
         settings.ensure_home()
@@ -99,14 +111,16 @@ def register(app: typer.Typer) -> None:
             interval_s=every,
             backoff=Backoff(initial_s=min(1.0, cap), max_s=cap),
             on_event=on_event,
+            readapt_every_s=period,
         )
         with _stderr_log(logging.getLogger("mamlctl.watch")) as log:
             log.info(
-                "following %s of %s every %g s (store %s)",
+                "following %s of %s every %g s (store %s)%s",
                 alias,
                 ", ".join(only) or "every family",
                 every,
                 settings.resolved_tracking_uri,
+                f"; re-adapting models older than {period:g} s" if period else "",
             )
             loop.run(max_polls=1 if once else None)
 

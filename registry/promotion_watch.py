@@ -11,6 +11,15 @@ The loop is pure apart from three injected seams, so tests drive it without real
 * ``follower: Follower``: what serves now (registry DB) and the re-adaptation itself;
 * ``clock`` / ``sleep``: monotonic seconds and a sleep that may return early (webhook wake-up).
 
+**Scheduled re-adaptation** (``readapt_every_s``, ``watch --readapt-every 1d``): while the
+alias has not moved, the loop asks the follower to re-adapt, from the served version, every
+series of the family whose model is older than ``readapt_every_s`` (the adapt stage's
+``stale_after``; series observed since hold new points, so their models follow the data's
+rhythm). It checks on its first poll (catching up after a stop, or from cron with ``--once``)
+and then every ``readapt_every_s / 10`` (at least the poll interval), so a model is re-adapted
+between 1 and 1.1 periods after its last adaptation. The server swaps the new files in and
+keeps each series' window and detector state.
+
 Failure rules (issue 8):
 
 * tracking server unreachable (while resolving or while loading the version) -> one warning per
@@ -54,6 +63,11 @@ class Follower(Protocol):
         """Re-adapt ``family``'s series from ``ref``; returns the number of series adapted."""
         ...
 
+    def refresh(self, family: str, ref: InitializerRef, older_than_s: float) -> int:
+        """Re-adapt from ``ref`` (the served version) the series whose model is older than
+        ``older_than_s`` seconds; returns the number of series adapted."""
+        ...
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Backoff:
@@ -92,6 +106,7 @@ EVENT_KINDS = (
     "promoted",  # alias moved to a newer version, re-adapted
     "rolled_back",  # alias moved to an older (or previously served) version, re-adapted
     "adapt_failed",  # re-adaptation failed; previous models keep serving
+    "readapted",  # scheduled re-adaptation of the served version's stale series
     "no_alias",  # the family has no version with the alias
     "outage",  # the tracking server stopped answering (once per outage)
     "recovered",  # it answers again
@@ -105,6 +120,7 @@ class _FamilyState:
     seen: set[str] = field(default_factory=set)  # run ids
     failed: str | None = None  # run whose re-adaptation failed (not retried)
     no_alias_logged: bool = False
+    next_refresh: float | None = None  # clock time of the next scheduled re-adaptation check
 
 
 class WatchLoop:
@@ -122,9 +138,13 @@ class WatchLoop:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] = time.sleep,
         on_event: Callable[[WatchEvent], None] | None = None,
+        readapt_every_s: float | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ConfigError(f"watch interval must be positive, got {interval_s}")
+        if readapt_every_s is not None and not readapt_every_s > 0:
+            raise ConfigError(f"re-adaptation period must be positive, got {readapt_every_s}")
+        self.readapt_every_s = readapt_every_s
         self._connect = connect
         self._follower = follower
         self._families = families
@@ -231,6 +251,7 @@ class WatchLoop:
         state.no_alias_logged = False
         if ref.run_id == state.served:
             state.failed = None
+            self._maybe_refresh(family, ref, state)
             return
         if ref.run_id == state.failed:
             return  # already reported; wait for the alias to move again
@@ -269,6 +290,41 @@ class WatchLoop:
             f"{adapted} series re-adapted, the server reloads them",
             level=logging.INFO,
         )
+
+    def _maybe_refresh(self, family: str, ref: InitializerRef, state: _FamilyState) -> None:
+        """Scheduled re-adaptation of the served version's stale series (module docstring)."""
+        period = self.readapt_every_s
+        now = self._clock()
+        if period is None or (state.next_refresh is not None and now < state.next_refresh):
+            return
+        state.next_refresh = now + max(period / 10.0, self.interval_s)
+        try:
+            adapted = self._follower.refresh(family, ref, period)
+        except TrackingUnavailableError:
+            state.next_refresh = None  # retried after recovery
+            raise
+        except MamlctlError as err:
+            self._emit(
+                "adapt_failed",
+                family=family,
+                version=ref.version,
+                previous=ref.version,
+                message=f"scheduled re-adaptation of {family} from {ref.registered_model} "
+                f"v{ref.version} failed: {err}; the current models keep serving",
+                level=logging.ERROR,
+            )
+            return
+        if adapted:
+            self._emit(
+                "readapted",
+                family=family,
+                version=ref.version,
+                previous=ref.version,
+                adapted=adapted,
+                message=f"{family}: {adapted} series re-adapted from v{ref.version} (models "
+                f"older than {period:g} s), the server reloads them",
+                level=logging.INFO,
+            )
 
     def _emit(
         self,

@@ -92,3 +92,23 @@ class AdaptingFollower:
         if self._on_report is not None:
             self._on_report(report)
         return int(report.adapted) + int(report.up_to_date)
+
+    def refresh(self, family: str, ref: InitializerRef, older_than_s: float) -> int:
+        from datetime import timedelta
+
+        from mamlctl.maml.adaptation import AdaptConfig
+        from mamlctl.stages.adapt import AdaptRequest
+        from mamlctl.stages.api import run_adaptation
+
+        request = AdaptRequest(
+            family=family,
+            version=ref.version,
+            stale_after=timedelta(seconds=older_than_s),
+            chunk_series=WHOLE_FAMILY_CHUNK,
+        )
+        report = run_adaptation(
+            self._settings, self._store(), request, self._config or AdaptConfig()
+        )
+        if self._on_report is not None:
+            self._on_report(report)
+        return int(report.adapted) + int(report.zero_shot)

@@ -58,6 +58,26 @@ class FakeFollower:
         v = self.serving.get(family)
         return None if v is None else (f"r{v}", v)  # FakeRegistry's run ids
 
+    refreshes: list[tuple[str, int, float]] = field(default_factory=list)
+    #: models per family, each with the (fake) clock time it was adapted at
+    adapted_at: dict[str, list[float]] = field(default_factory=dict)
+    clock: FakeTime | None = None
+    refresh_fails: bool = False
+    renewals: list[float] = field(default_factory=list)  # model age when re-adapted
+
+    def refresh(self, family: str, ref: InitializerRef, older_than_s: float) -> int:
+        """Re-adapt the models older than ``older_than_s`` (the adapt stage's stale_after)."""
+        assert self.clock is not None and self.serving.get(family) == ref.version
+        self.refreshes.append((family, ref.version, self.clock.now))
+        if self.refresh_fails:
+            raise TrainingError("adaptation diverged")
+        stamps = self.adapted_at.setdefault(family, [])
+        stale = [i for i, t in enumerate(stamps) if t < self.clock.now - older_than_s]
+        for i in stale:
+            self.renewals.append(self.clock.now - stamps[i])
+            stamps[i] = self.clock.now
+        return len(stale)
+
     def readapt(self, family: str, ref: InitializerRef) -> int:
         self.calls.append((family, ref.version))
         if ref.version in self.unloadable:
@@ -82,7 +102,11 @@ class FakeTime:
 
 
 def make_loop(
-    registry: FakeRegistry, follower: FakeFollower, t: FakeTime, families: tuple[str, ...] = ("a",)
+    registry: FakeRegistry,
+    follower: FakeFollower,
+    t: FakeTime,
+    families: tuple[str, ...] = ("a",),
+    readapt_every_s: float | None = None,
 ) -> WatchLoop:
     return WatchLoop(
         connect=registry.connect,
@@ -92,6 +116,7 @@ def make_loop(
         backoff=Backoff(initial_s=1.0, factor=2.0, max_s=8.0),
         clock=t.clock,
         sleep=t.sleep,
+        readapt_every_s=readapt_every_s,
     )
 
 
@@ -239,3 +264,45 @@ def test_invalid_backoff_and_interval() -> None:
             families=(),
             interval_s=0,
         )
+
+
+DAY = 86400.0
+
+
+def test_scheduled_readaptation_renews_every_model_within_one_tenth_of_a_period() -> None:
+    """``--readapt-every 1d``: checked at the first poll and every period / 10; each model is
+    re-adapted between 1 and 1.1 days after its last adaptation, from the served version."""
+    t = FakeTime()
+    reg = FakeRegistry(aliases={"a": 1})
+    fol = FakeFollower(reg, serving={"a": 1}, clock=t)
+    fol.adapted_at["a"] = [-2 * DAY, -0.5 * DAY, 0.0]  # one stale at start, two fresh
+    loop = make_loop(reg, fol, t, readapt_every_s=DAY)
+    loop.run(max_polls=1)
+    assert fol.refreshes == [("a", 1, 0.0)] and fol.adapted_at["a"] == [0.0, -0.5 * DAY, 0.0]
+    assert kinds(loop) == ["readapted"] and loop.events[0].adapted == 1
+    loop.run(max_polls=int(3 * DAY / 5))  # three days of 5 s polls
+    checks = [when for _, _, when in fol.refreshes]
+    assert all(b - a == pytest.approx(DAY / 10) for a, b in itertools.pairwise(checks))
+    assert len(checks) == 30  # at 0, then every 0.1 day up to 2.9 days
+    assert fol.calls == []  # the alias never moved: no promotion re-adaptation
+    # after the catch-up at 0, every model is renewed 1 to 1.1 days after its last adaptation
+    assert fol.renewals[0] == 2 * DAY
+    assert all(DAY < age <= 1.1 * DAY + 1e-6 for age in fol.renewals[1:])
+    events = [e for e in loop.events if e.kind == "readapted"]
+    assert sum(e.adapted or 0 for e in events) == len(fol.renewals) == 8
+    assert all(t.now - stamp <= 1.1 * DAY for stamp in fol.adapted_at["a"])
+
+
+def test_scheduled_readaptation_is_off_by_default_and_failures_keep_serving() -> None:
+    t = FakeTime()
+    reg = FakeRegistry(aliases={"a": 1})
+    fol = FakeFollower(reg, serving={"a": 1}, clock=t, adapted_at={"a": [-5 * DAY]})
+    make_loop(reg, fol, t).run(max_polls=100)
+    assert fol.refreshes == []
+    fol.refresh_fails = True
+    loop = make_loop(reg, fol, t, readapt_every_s=DAY)
+    loop.run(max_polls=2)
+    assert kinds(loop) == ["adapt_failed"] and fol.serving["a"] == 1
+    assert "scheduled re-adaptation" in loop.events[0].message
+    with pytest.raises(ConfigError, match="re-adaptation period"):
+        make_loop(reg, fol, t, readapt_every_s=0.0)

@@ -208,6 +208,43 @@ def test_watch_cli_once_catches_up_and_names_unknown_families(
     assert served_version(settings, "sines") == 1
     again = CliRunner().invoke(app, ["watch", "--once", "--json"])
     assert again.exit_code == 0 and not again.stdout.strip()  # nothing moved: no event
+    # scheduled re-adaptation: models older than the period are re-adapted from v1 (cron)
+    before = _current(settings)
+    fresh = CliRunner().invoke(app, ["watch", "--once", "--json", "--readapt-every", "1h"])
+    assert fresh.exit_code == 0 and not fresh.stdout.strip()  # none older than an hour
+    import time
+
+    import numpy as np
+
+    from mamlctl.domain import Series
+    from mamlctl.registry.db import open_registry
+    from mamlctl.registry.ingest import IncomingSeries, store_series
+
+    time.sleep(1.1)
+    # three series received 3 new points since (observe or ingest): only they change
+    grown = {f"s{i}": sines_home.values[f"s{i}"] for i in range(3)}
+    with open_registry(settings) as factory, factory.begin() as session:
+        store_series(
+            session,
+            [
+                IncomingSeries(
+                    series=Series(series_id=k, values=np.r_[v, v[-24:-21]]),
+                    source="seed",
+                    interval_seconds=3600.0,
+                )
+                for k, v in grown.items()
+            ],
+        )
+    daily = CliRunner().invoke(app, ["watch", "--once", "--json", "--readapt-every", "1s"])
+    assert daily.exit_code == 0, daily.output
+    events = [json.loads(line) for line in daily.stdout.splitlines() if line.startswith("{")]
+    assert [(e["kind"], e["version"], e["adapted"]) for e in events] == [("readapted", 1, 3)]
+    after = _current(settings)
+    assert set(after) == set(before)
+    newer = {s for s in before if after[s].adapted_at > before[s].adapted_at}
+    assert newer == set(grown)  # the others hold no new point: the same model, kept
+    assert all(after[s].support_end == before[s].support_end + 3 for s in grown)
+    assert {r.initializer_version for r in after.values()} == {1}
     unknown = CliRunner().invoke(app, ["watch", "--family", "nope", "--once"])
     assert unknown.exit_code == 1
     assert unknown.output.strip().splitlines()[-1].startswith("error: ")
