@@ -42,6 +42,7 @@ from mamlctl.serving.holder import StateHolder
 from mamlctl.serving.metrics import Metrics
 from mamlctl.serving.observe import make_observer, sync_observer
 from mamlctl.serving.scoring import ClientError, parse, score
+from mamlctl.serving.shards import Shard
 from mamlctl.serving.source import ModelSource
 from mamlctl.settings import Settings
 
@@ -130,10 +131,22 @@ _Answer = tuple[int, bytes, int, str | None, list[tuple[bytes, bytes]]]
 class ScoringApp:
     """Outer ASGI layer (see module docstring). ``api`` is the inner FastAPI app."""
 
-    def __init__(self, settings: Settings, source: ModelSource, options: ServeOptions) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        source: ModelSource,
+        options: ServeOptions,
+        *,
+        shard: Shard | None = None,
+    ) -> None:
         self.options = options
         self.metrics = Metrics.create()
-        self.holder = StateHolder(source, self.metrics, batch_threads=options.batch_threads)
+        self.holder = StateHolder(
+            source, self.metrics, batch_threads=options.batch_threads, shard=shard
+        )
+        if shard is not None:
+            server = shard.ring.servers[shard.index]
+            self.metrics.shard_info.labels(str(shard.index), str(shard.count), server).set(1)
         self._token = expected_token(settings)  # ConfigError when set but empty
         self._api: Any = None
         self._api_lock = threading.Lock()
@@ -389,10 +402,15 @@ async def _send(
 
 
 def create_app(
-    settings: Settings, source: ModelSource, *, options: ServeOptions | None = None
+    settings: Settings,
+    source: ModelSource,
+    *,
+    options: ServeOptions | None = None,
+    shard: Shard | None = None,
 ) -> ScoringApp:
-    """The scoring ASGI app for ``source``'s models, configured by ``settings``/``options``."""
-    return ScoringApp(settings, source, options or ServeOptions())
+    """The scoring ASGI app for ``source``'s models, configured by ``settings``/``options``;
+    with ``shard``, only the series the shard ring maps to it (:mod:`mamlctl.serving.shards`)."""
+    return ScoringApp(settings, source, options or ServeOptions(), shard=shard)
 
 
 def app_from_env() -> ScoringApp:
@@ -402,10 +420,12 @@ def app_from_env() -> ScoringApp:
     busy-poll window in seconds, ``MAMLCTL_SERVE_BATCH_THREADS`` the batch session's
     threads, ``MAMLCTL_SERVE_MAX_FAILED_SHARE`` and ``MAMLCTL_SERVE_ALLOW_EMPTY`` (``1``) the
     readiness rules, ``MAMLCTL_SERVE_LOAD_BEFORE_ACCEPT`` (``1``) the first load inside
-    startup (``mamlctl serve`` passes all six).
+    startup (``mamlctl serve`` passes all six), ``MAMLCTL_SERVE_SHARD`` (``I/N``) with
+    ``MAMLCTL_SERVE_SHARD_RING`` (comma-separated) this server's shard, when set.
     """
     import os
 
+    from mamlctl.serving.shards import parse_shard, split_ring
     from mamlctl.serving.source import RegistrySource
 
     settings = Settings()
@@ -421,4 +441,7 @@ def app_from_env() -> ScoringApp:
         allow_empty=os.environ.get("MAMLCTL_SERVE_ALLOW_EMPTY", "0") == "1",
         load_before_accept=os.environ.get("MAMLCTL_SERVE_LOAD_BEFORE_ACCEPT", "0") == "1",
     )
-    return create_app(settings, RegistrySource(settings), options=options)
+    spec = os.environ.get("MAMLCTL_SERVE_SHARD", "")
+    ring = split_ring(os.environ.get("MAMLCTL_SERVE_SHARD_RING", ""))
+    shard = parse_shard(spec, ring) if spec else None
+    return create_app(settings, RegistrySource(settings), options=options, shard=shard)
