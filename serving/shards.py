@@ -158,15 +158,16 @@ def split_ring(text: str) -> list[str]:
 def nginx_conf(ring: Ring, *, listen: str, max_body_bytes: int) -> str:
     """An nginx ``http``-block fragment (maps, upstream, server) that routes every request to
     the shard :meth:`Ring.owner` names: by ``X-Series-Id``, else by the id in
-    ``/v1/series/{id}``. ``max_fails=0``: a shard that fails stays its series' only target (a
-    retry on another shard could only answer 421), so the client sees nginx's 502 instead."""
+    ``/v1/series/{id}[/...]``; requests with neither go round-robin. ``max_fails=0``: a shard
+    that fails stays its series' only target (a retry on another shard could only answer
+    421), so the client sees nginx's 502 instead."""
     servers = "".join(f"    server {name} max_fails=0;\n" for name in ring.servers)
     return f"""\
 # mamlctl serving shards: `mamlctl serve --shard I/{len(ring.servers)} --shard-ring \
 {",".join(ring.servers)}`
 # on each server below (I = its line number, from 0); the order and spelling must match.
 map $uri $mamlctl_path_series {{
-    ~^/v1/series/(?<mamlctl_sid>[^/]+)$ $mamlctl_sid;
+    ~^/v1/series/(?<mamlctl_sid>[^/]+)(/|$) $mamlctl_sid;
     default "";
 }}
 map $http_x_series_id $mamlctl_series {{

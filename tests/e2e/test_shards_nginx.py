@@ -84,9 +84,11 @@ def test_the_ring_agrees_with_real_nginx(tmp_path: Path) -> None:
     try:
         wrong = []
         for k, sid in enumerate(ids):
-            # most by the header; every tenth by the GET path (its id is plain ASCII)
+            # most by the header; every tenth by the GET path (its id is plain ASCII), with a
+            # sub-resource every twentieth
             by_path = k % 10 == 0 and sid.isascii()
-            path = f"/v1/series/{sid}" if by_path else "/v1/score"
+            path = f"/v1/series/{sid}" + ("/anomalies" if k % 20 == 0 else "")
+            path = path if by_path else "/v1/score"
             status, body = _request(conn, "GET", path, sid=None if by_path else sid)
             assert status == 200
             if int(body) != backs[ring.owner(sid)]:

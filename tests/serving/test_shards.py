@@ -166,6 +166,15 @@ def test_a_series_of_another_shard_is_a_421_naming_its_owner(tmp_path: Path) -> 
     assert np.array_equal(doc["forecast"][0], ref["forecast"][0])
     assert list(doc["status"]) == [200, 421]
     assert doc["meta"]["errors"][0]["error"]["type"] == "misdirected"
+    # the Open Inference Protocol names the series in a tensor: a foreign one is a 421 too
+    tensors = [
+        {"name": "window", "datatype": "FP32", "shape": [1, MLP.window], "data": _window(1)},
+        {"name": "series_id", "datatype": "BYTES", "shape": [1], "data": [theirs]},
+    ]
+    r = clients[0].post("/v2/models/hourly/infer", json={"inputs": tensors})
+    assert r.status_code == 421 and "belongs to shard 1/2" in r.json()["error"], r.text
+    tensors[1]["data"] = [mine]
+    assert clients[0].post("/v2/models/hourly/infer", json={"inputs": tensors}).status_code == 200
 
 
 # ----------------------------------------------------------------------------- the CLI
