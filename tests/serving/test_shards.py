@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -212,3 +213,40 @@ def test_serve_refuses_bad_shard_options_in_one_line(
     (tmp_path / "models").mkdir()
     out = CliRunner().invoke(cli_app, ["serve", "--port", "0", *args])
     assert out.exit_code == 1 and out.output.count("\n") == 1 and why in out.output, out.output
+
+
+def test_observe_on_a_shard_scores_its_series_and_misdirects_the_others(
+    seeded_registry: Any,
+) -> None:
+    """``POST /v1/observe`` routes by the same header: the owner scores (the seasonal-naive
+    file's forecast is the value one period back), another shard answers 421 per item."""
+    from observe_fixtures import L, record_models
+
+    from mamlctl.serving.source import RegistrySource
+
+    settings = seeded_registry.settings
+    ids = [f"s{i}" for i in range(6)]
+    record_models(settings, ids)
+    shard = parse_shard("0/2", list(RING))
+    mine = [sid for sid in ids if shard.owns(sid)]
+    theirs = [sid for sid in ids if not shard.owns(sid)]
+    assert mine and theirs
+    source = RegistrySource(settings)
+    try:
+        app = create_app(settings, source, options=ServeOptions(reload=False), shard=shard)
+        assert app.holder.reload(force=True) and app.observer is not None
+        app.observer.sync(app.holder.state)
+        client = Client(app)
+        item = {"series_id": mine[0], "timestamp": 240, "value": 7.0}
+        got = client.post("/v1/observe", json=item, headers={"X-Series-Id": mine[0]})
+        assert got.status_code == 200, got.text
+        window = np.asarray(seeded_registry.values[mine[0]])[-L:]
+        assert got.json()["forecast"] == float(np.float32(window[0]))
+        foreign = {"series_id": theirs[0], "timestamp": 240, "value": 7.0}
+        r = client.post("/v1/observe", json=foreign)
+        assert r.status_code == 421 and r.json()["detail"][0]["type"] == "misdirected", r.text
+        both = client.post("/v1/observe", json={"items": [foreign, {**item, "timestamp": 241}]})
+        first, second = both.json()["results"]
+        assert first["error"]["status"] == 421 and second["status"] == "scored"
+    finally:
+        source.close()
