@@ -44,6 +44,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "export",
     "gc",
     "serve",
+    "shards",
     # the monitoring loop's records (POST /v1/observe)
     "anomalies",
     # forecasts and anomaly scans from the exported files, as Nixtla frames

@@ -155,6 +155,24 @@ def register(app: typer.Typer) -> None:
                 envvar="MAMLCTL_SERVE_MAX_CONNECTIONS",
             ),
         ] = limits.DEFAULT_MAX_CONNECTIONS,
+        shard: Annotated[
+            str | None,
+            typer.Option(
+                help="Serve only shard I of N (I from 0): the series that nginx's consistent"
+                " hash over --shard-ring maps to entry I (`mamlctl shards nginx-conf`).",
+                envvar="MAMLCTL_SERVE_SHARD",
+                show_default=False,
+            ),
+        ] = None,
+        shard_ring: Annotated[
+            str | None,
+            typer.Option(
+                help="With --shard: the N shards' upstream addresses, comma-separated, exactly"
+                " as the balancer's `server` lines spell them, in the same order.",
+                envvar="MAMLCTL_SERVE_SHARD_RING",
+                show_default=False,
+            ),
+        ] = None,
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
     ) -> None:
         """Serve forecasts and anomaly scores of every adapted series over HTTP."""
@@ -182,6 +200,7 @@ def register(app: typer.Typer) -> None:
                 f"models folder {settings.models_dir} does not exist: run `mamlctl adapt` first"
             )
         _check_port_free(host, port)
+        _shard_env(settings, shard, shard_ring, host=host, port=port)
         import uvicorn
 
         from mamlctl.timeseries.durations import format_seconds
@@ -217,6 +236,40 @@ def register(app: typer.Typer) -> None:
 
 def _host_in_url(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _shard_env(
+    settings: Any, spec: str | None, ring_text: str | None, *, host: str, port: int
+) -> None:
+    """Check ``--shard``/``--shard-ring``, hand them to the workers and print the startup
+    line: the shard, its ring entry and its share of the registry's current models."""
+    from mamlctl.errors import ConfigError, StoreError
+    from mamlctl.serving.shards import parse_shard, split_ring
+
+    if not spec:
+        if ring_text:
+            raise ConfigError("--shard-ring is given without --shard I/N")
+        os.environ.pop("MAMLCTL_SERVE_SHARD", None)
+        os.environ.pop("MAMLCTL_SERVE_SHARD_RING", None)
+        return
+    shard = parse_shard(spec, split_ring(ring_text or ""))
+    os.environ["MAMLCTL_SERVE_SHARD"] = shard.label
+    os.environ["MAMLCTL_SERVE_SHARD_RING"] = ",".join(shard.ring.servers)
+    from mamlctl.serving.source import RegistrySource
+
+    source = RegistrySource(settings)
+    try:
+        ids = [r.series_id for r in source.current()]
+        share = f"{sum(map(shard.owns, ids))} of the registry's {len(ids)} current models"
+    except StoreError as err:
+        share = f"share unknown until the registry answers ({err})"
+    finally:
+        source.close()
+    typer.echo(
+        f"mamlctl serve: shard {shard.label} ({shard.ring.servers[shard.index]} in the ring)"
+        f" on http://{host}:{port}: {share}",
+        err=True,
+    )
 
 
 def _run_uvicorn(

@@ -19,6 +19,9 @@ Modules, in the order a request meets them:
   previous model when its new file fails; re-tries failed files on every poll).
 - :mod:`~mamlctl.serving.state`: the immutable :class:`ServingState` (series -> runtime row and
   lineage) built by ``build_state(records, models_dir=..., fingerprint=..., generation=...)``.
+- :mod:`~mamlctl.serving.shards`: ``serve --shard I/N``: which series a shard loads, by nginx's
+  consistent-hash ring over ``--shard-ring`` (exactly as nginx routes them), the 421 of a series
+  another shard owns, and the nginx config that routes by series id.
 - :mod:`~mamlctl.serving.source`: where records come from (``RegistrySource(settings)`` reads
   the registry database; ``StaticSource(records, models_dir=...)`` for tests and embedding).
 - :mod:`~mamlctl.serving.model_reader`, :mod:`~mamlctl.serving.layout`: verified reads of many

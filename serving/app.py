@@ -43,6 +43,7 @@ from mamlctl.serving.holder import StateHolder
 from mamlctl.serving.metrics import Metrics
 from mamlctl.serving.observe import make_observer, sync_observer
 from mamlctl.serving.scoring import ClientError, parse, score
+from mamlctl.serving.shards import Shard
 from mamlctl.serving.source import ModelSource
 from mamlctl.settings import Settings
 
@@ -143,10 +144,22 @@ _Answer = tuple[int, bytes, int, str | None, list[tuple[bytes, bytes]]]
 class ScoringApp:
     """Outer ASGI layer (see module docstring). ``api`` is the inner FastAPI app."""
 
-    def __init__(self, settings: Settings, source: ModelSource, options: ServeOptions) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        source: ModelSource,
+        options: ServeOptions,
+        *,
+        shard: Shard | None = None,
+    ) -> None:
         self.options = options
         self.metrics = Metrics.create()
-        self.holder = StateHolder(source, self.metrics, batch_threads=options.batch_threads)
+        self.holder = StateHolder(
+            source, self.metrics, batch_threads=options.batch_threads, shard=shard
+        )
+        if shard is not None:
+            server = shard.ring.servers[shard.index]
+            self.metrics.shard_info.labels(str(shard.index), str(shard.count), server).set(1)
         self._token = expected_token(settings)  # ConfigError when set but empty
         self._api: Any = None
         self._api_lock = threading.Lock()
@@ -420,10 +433,15 @@ async def _send(
 
 
 def create_app(
-    settings: Settings, source: ModelSource, *, options: ServeOptions | None = None
+    settings: Settings,
+    source: ModelSource,
+    *,
+    options: ServeOptions | None = None,
+    shard: Shard | None = None,
 ) -> ScoringApp:
-    """The scoring ASGI app for ``source``'s models, configured by ``settings``/``options``."""
-    return ScoringApp(settings, source, options or ServeOptions())
+    """The scoring ASGI app for ``source``'s models, configured by ``settings``/``options``;
+    with ``shard``, only the series the shard ring maps to it (:mod:`mamlctl.serving.shards`)."""
+    return ScoringApp(settings, source, options or ServeOptions(), shard=shard)
 
 
 def app_from_env() -> ScoringApp:
@@ -434,10 +452,12 @@ def app_from_env() -> ScoringApp:
     threads, ``MAMLCTL_SERVE_MAX_FAILED_SHARE`` and ``MAMLCTL_SERVE_ALLOW_EMPTY`` (``1``) the
     readiness rules, ``MAMLCTL_SERVE_LOAD_BEFORE_ACCEPT`` (``1``) the first load inside
     startup, ``MAMLCTL_SERVE_ANNOUNCE`` (and ``..._MARKER``) the startup line's address
-    (``mamlctl serve`` passes them all).
+    (``mamlctl serve`` passes them all), ``MAMLCTL_SERVE_SHARD`` (``I/N``) with
+    ``MAMLCTL_SERVE_SHARD_RING`` (comma-separated) this server's shard, when set.
     """
     import os
 
+    from mamlctl.serving.shards import parse_shard, split_ring
     from mamlctl.serving.source import RegistrySource
 
     settings = Settings()
@@ -455,4 +475,7 @@ def app_from_env() -> ScoringApp:
         announce=os.environ.get("MAMLCTL_SERVE_ANNOUNCE") or None,
         announce_marker=os.environ.get("MAMLCTL_SERVE_ANNOUNCE_MARKER") or None,
     )
-    return create_app(settings, RegistrySource(settings), options=options)
+    spec = os.environ.get("MAMLCTL_SERVE_SHARD", "")
+    ring = split_ring(os.environ.get("MAMLCTL_SERVE_SHARD_RING", ""))
+    shard = parse_shard(spec, ring) if spec else None
+    return create_app(settings, RegistrySource(settings), options=options, shard=shard)

@@ -15,6 +15,7 @@ import threading
 
 from mamlctl.errors import MamlctlError, StoreError
 from mamlctl.serving.metrics import Metrics
+from mamlctl.serving.shards import Shard
 from mamlctl.serving.source import ModelSource
 from mamlctl.serving.state import ServingState, build_state, empty_state, recovered
 
@@ -24,10 +25,19 @@ log = logging.getLogger("mamlctl.serving")
 class StateHolder:
     """The one mutable reference: the current :class:`ServingState`."""
 
-    def __init__(self, source: ModelSource, metrics: Metrics, *, batch_threads: int = 1) -> None:
+    def __init__(
+        self,
+        source: ModelSource,
+        metrics: Metrics,
+        *,
+        batch_threads: int = 1,
+        shard: Shard | None = None,
+    ) -> None:
         self.source = source
         self.metrics = metrics
         self.batch_threads = batch_threads
+        #: loads only this shard's series of the source (None: all)
+        self.shard = shard
         self.state: ServingState = empty_state()
         self.ready = False
         self.last_error: str | None = None
@@ -51,6 +61,7 @@ class StateHolder:
                     generation=self.state.generation + 1,
                     batch_threads=self.batch_threads,
                     previous=self.state if self.ready else None,
+                    shard=self.shard,
                 )
             except Exception as err:  # the poller must survive anything a reload meets
                 self.last_error = (

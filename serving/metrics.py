@@ -58,6 +58,7 @@ class Metrics:
     load_failures: Gauge
     anomalies: Counter
     model_info: Gauge
+    shard_info: Gauge
     #: values live in ``PROMETHEUS_MULTIPROC_DIR`` (several workers): count at once, scrape all
     multiprocess: bool = False
     _info_labels: set[tuple[str, str]] = field(default_factory=set)
@@ -125,6 +126,13 @@ class Metrics:
                 "mamlctl_model_info",
                 "1 for each family and initializer version the server serves series of.",
                 ("family", "version"),
+                registry=reg,
+                multiprocess_mode=gauge_mode,
+            ),
+            shard_info=Gauge(
+                "mamlctl_shard_info",
+                "1, labelled with this server's shard (serve --shard I/N) and ring entry.",
+                ("shard", "shards", "server"),
                 registry=reg,
                 multiprocess_mode=gauge_mode,
             ),

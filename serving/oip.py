@@ -227,6 +227,9 @@ def infer(
     entries = []
     for i, sid in enumerate(ids):
         entry = state.entries.get(sid)
+        shard = state.shard
+        if entry is None and shard is not None and sid and not shard.owns(sid):
+            raise OipError(421, shard.misdirected(sid))
         if entry is None or entry.family != model.family:
             raise OipError(404, f"series {sid!r} is not served by model {name!r}")
         if entry.window != windows.shape[1]:

@@ -129,9 +129,12 @@ class Ready(_Doc):
     bank_bytes: int
     failures: int = Field(description="Current models whose file failed to load.")
     stale: int = Field(description="Of those, series still served by their previous model.")
-    records: int = Field(description="Current models in the registry.")
+    records: int = Field(description="Current models in the registry (a shard: its own).")
     loaded_at: str
     load_seconds: float
+    shard: str | None = Field(
+        default=None, description="`I/N` of a shard (`serve --shard`); absent otherwise."
+    )
 
 
 # --- MLflow scoring protocol (POST /invocations; mamlctl.serving.invocations) ----------------

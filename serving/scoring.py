@@ -34,7 +34,14 @@ _MAX_ID = 512
 
 #: Error types a batch answers in the item's place (the rest fail the whole request).
 ITEM_ERROR_KINDS = frozenset(
-    {"not_found", "window_length", "actual_length", "finite_number", "model_overflow"}
+    {
+        "not_found",
+        "misdirected",
+        "window_length",
+        "actual_length",
+        "finite_number",
+        "model_overflow",
+    }
 )
 
 
@@ -61,7 +68,11 @@ def _unprocessable(loc: Sequence[str | int], msg: str, kind: str) -> ClientError
 
 
 def not_found(state: ServingState, sid: str, loc: Sequence[str | int]) -> ClientError:
-    """The 404 of a series that is not served (unknown, or its model failed to load)."""
+    """The 404 of a series that is not served (unknown, or its model failed to load); on a
+    shard, the 421 of a series another shard owns (:mod:`mamlctl.serving.shards`)."""
+    shard = state.shard
+    if shard is not None and sid and not shard.owns(sid):
+        return ClientError(421, loc, shard.misdirected(sid)[:300], "misdirected")
     why = state.failures.get(sid)
     msg = f"unknown series {sid!r}" if why is None else f"series {sid!r} not loaded: {why}"
     return ClientError(404, loc, msg[:300], "not_found")

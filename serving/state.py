@@ -45,6 +45,7 @@ from mamlctl.serving.bank import (
 from mamlctl.serving.layout import Layout, layout_of, tail_metadata
 from mamlctl.serving.model_reader import VerifiedReader, prefetch
 from mamlctl.serving.runtime import BankRuntime, Runtime, SessionsRuntime, make_session
+from mamlctl.serving.shards import Shard
 
 log = logging.getLogger("mamlctl.serving")
 
@@ -96,8 +97,10 @@ class ServingState:
     failures: Mapping[str, str]
     #: The current records whose files failed (re-tried on later polls).
     failed_records: Mapping[str, AdaptedModelRecord] = field(default_factory=dict)
-    #: Current records in the source (served, or failed).
+    #: Current records in the source (served, or failed); a shard counts only its own.
     n_records: int = 0
+    #: This server's shard (``serve --shard I/N``); None: it serves every series.
+    shard: Shard | None = None
 
     @property
     def n_series(self) -> int:
@@ -121,6 +124,7 @@ class ServingState:
             "records": self.n_records,
             "loaded_at": self.loaded_at.isoformat(),
             "load_seconds": round(self.load_seconds, 4),
+            **({} if self.shard is None else {"shard": self.shard.label}),
         }
 
 
@@ -274,14 +278,16 @@ def build_state(
     generation: int,
     batch_threads: int = 1,
     previous: ServingState | None = None,
+    shard: Shard | None = None,
 ) -> ServingState:
-    """Load, verify and bank every record's model file; see the module docstring.
+    """Load, verify and bank every record's model file (of ``shard``'s series only, when
+    given: :mod:`mamlctl.serving.shards`); see the module docstring.
 
     ``batch_threads`` > 1 gives each bank a second session with that many intra-op threads
     for large batches (:class:`BankRuntime`). A series whose file fails keeps its entry (and
     runtime) from ``previous``, the state being replaced."""
     start = time.perf_counter()
-    records = list(records)
+    records = list(records) if shard is None else [r for r in records if shard.owns(r.series_id)]
     builders: dict[Any, BankBuilder] = {}
     groups: dict[Any, list[_Loaded]] = {}
     failures: dict[str, str] = {}
@@ -342,6 +348,7 @@ def build_state(
         failures=failures,
         failed_records=failed_records,
         n_records=len(records),
+        shard=shard,
     )
 
 

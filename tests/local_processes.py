@@ -148,3 +148,30 @@ def start_mlflow_server(
     proc = start(name, mlflow_server_argv(root, port), env=env, log_dir=root, cwd=root)
     wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
     return proc
+
+
+def start_nginx(
+    http_fragment: str, root: Path, *, env: dict[str, str], name: str = "nginx"
+) -> Proc:
+    """Debian's ``nginx`` in the foreground with ``http_fragment`` (maps, upstreams, servers)
+    as its ``http`` block; pid, logs and temp folders under ``root``. Waiting for it to answer
+    is the caller's (it knows which path to ask)."""
+    root.mkdir(parents=True, exist_ok=True)
+    # as root, nginx's workers run as "nobody" unless told otherwise: keep them able to reach
+    # the temp folders below a private test folder
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    conf = root / "nginx.conf"
+    conf.write_text(
+        f"{user}worker_processes 1;\npid {root / 'nginx.pid'};\nerror_log {root / 'error.log'};\n"
+        "events { worker_connections 256; }\n"
+        "http {\n    access_log off;\n"
+        + "".join(
+            f"    {kind}_temp_path {root / kind};\n"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        + http_fragment
+        + "}\n"
+    )
+    argv = ["nginx", "-p", str(root), "-e", str(root / "error.log"), "-c", str(conf)]
+    argv += ["-g", "daemon off;"]
+    return start(name, argv, env=env, log_dir=root)
