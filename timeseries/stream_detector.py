@@ -333,9 +333,10 @@ def step(
 
 def append(window: FloatArray, value: float, *, length: int | None = None) -> FloatArray:
     """``window`` with ``value`` appended, keeping its last ``length`` (default: its length)
-    values; a window still shorter than ``length`` grows."""
+    values; a window still shorter than ``length`` grows. The window's dtype is kept (the
+    server holds float32 windows: the model's input type, half the memory)."""
     size = window.shape[0] if length is None else length
-    out = np.empty(min(window.shape[0] + 1, size), dtype=np.float64)
+    out = np.empty(min(window.shape[0] + 1, size), dtype=window.dtype)
     out[:-1] = window[window.shape[0] + 1 - out.shape[0] :]
     out[-1] = value
     return out

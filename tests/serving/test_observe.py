@@ -162,6 +162,9 @@ def test_restart_and_reload_keep_windows_and_records(home, served) -> None:  # t
     assert [a["rank_score"] for a in first + second] == [v.rank_score for v in offline]
     assert [a["out_of_range"] for a in first + second] == [v.out_of_range for v in offline]
     assert first[28]["out_of_range"] and first[28]["rank_score"] == 1.0  # the dropout
+    # the server holds float32 windows (the model's input type): the same forecasts as the
+    # float64 offline run above, half the memory per series
+    assert again.app.observer.streams["s2"].detector.window.dtype == np.float32
     assert len(again.client.get("/v1/series/s2/anomalies").json()["anomalies"]) == 2
     # re-adapted (version 2, a model reading one step later): the window is kept
     new_paths = record_models(settings, ["s2"], version=2, lag_shift=1)
