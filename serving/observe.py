@@ -88,6 +88,7 @@ class Observer:
         self.config = config or DetectorConfig()
         self.streams: dict[str, Stream] = {}
         self.recent = RecentAnswers()
+        self._thresholds: dict[float, float] = {}
         self._generation = -1
         self._lock = threading.Lock()
 
@@ -192,7 +193,9 @@ class Observer:
             item.answer = {**head, "status": "warming_up", "value": item.value, "gap": item.gap}
             item.answer["lineage"] = entry.lineage_json
             return
-        z_thr = threshold_z(entry.threshold, self.config)
+        z_thr = self._thresholds.get(entry.threshold)
+        if z_thr is None:  # one per distinct calibrated threshold, not per observation
+            z_thr = self._thresholds[entry.threshold] = threshold_z(entry.threshold, self.config)
         stream.detector, v = step(
             stream.detector,
             item.value,

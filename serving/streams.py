@@ -38,7 +38,7 @@ from mamlctl.timeseries.stream_detector import (
 #: Answers kept for duplicates, over all series together (the latest ones; an older duplicate
 #: is answered from the database with its stored value). One bound for the whole server, so
 #: the memory per series does not grow with it: ~1 KB per kept answer.
-RECENT_ANSWERS = 16384
+RECENT_ANSWERS = 4096
 
 Key = datetime | int
 

@@ -241,23 +241,15 @@ def rank(
 
 def ranking_to_json(ranking: Ranking) -> str:
     """The ranking state as the registry stores it (a JSON object; infinities as null)."""
-    import json
 
-    def num(x: float) -> float | None:
-        return x if math.isfinite(x) else None
+    def num(x: float) -> str:  # repr: the shortest text that reads back to the same float
+        return repr(x) if math.isfinite(x) else "null"
 
-    return json.dumps(
-        {
-            "v": 1,
-            "recent": list(ranking.recent),
-            "count": ranking.count,
-            "mean": ranking.mean,
-            "var": ranking.var,
-            "red": ranking.red,
-            "low": num(ranking.low),
-            "high": num(ranking.high),
-        },
-        separators=(",", ":"),
+    recent = ",".join(map(repr, ranking.recent))
+    return (  # written per observed series per request: formatted directly, not json.dumps
+        f'{{"v":1,"recent":[{recent}],"count":{ranking.count},"mean":{ranking.mean!r},'
+        f'"var":{ranking.var!r},"red":{"true" if ranking.red else "false"},'
+        f'"low":{num(ranking.low)},"high":{num(ranking.high)}}}'
     )
 
 
@@ -319,7 +311,7 @@ def step(
         sigma=sigma,
         residual=residual,
         z=z,
-        anomaly_score=float(score_from_z(z)),
+        anomaly_score=math.erf(z / _SQRT2),  # score_from_z(z), without numpy per scalar
         magnitude=tail_magnitude(z),
         is_anomaly=flagged,
         replaced=replaced,

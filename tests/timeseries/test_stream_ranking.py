@@ -8,6 +8,7 @@ definitions meet (a re-estimation every row); a JSON round trip that changes not
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -164,3 +165,25 @@ def test_a_stream_split_in_two_with_a_json_restart_scores_the_same() -> None:
     )
     assert [v.rank_score for v in first + second] == [v.rank_score for v in whole]
     assert whole[292].out_of_range and whole[292].rank_score == 1.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(-1e6, 1e6), st.floats(-1e6, 1e6), st.floats(1e-6, 1e3))
+def test_the_scalar_score_is_score_from_z_bit_for_bit(value: float, forecast: float, sigma: float):  # type: ignore[no-untyped-def]
+    """``step`` computes ``erf(z / sqrt 2)`` with ``math`` per observation; it must equal the
+    one score of :mod:`mamlctl.timeseries.anomaly` exactly (records, plots and tests use it)."""
+    from mamlctl.timeseries.anomaly import score_from_z
+    from mamlctl.timeseries.stream_detector import step
+
+    _, verdict = step(StreamState(np.zeros(4)), value, forecast, sigma, z_threshold=3.0)
+    assert verdict.anomaly_score == float(score_from_z(verdict.z))
+    assert json.loads(ranking_to_json(Ranking(recent=(0.1, 1e-300), low=-1.5))) == {
+        "v": 1,
+        "recent": [0.1, 1e-300],
+        "count": 0,
+        "mean": 0.0,
+        "var": 0.0,
+        "red": False,
+        "low": -1.5,
+        "high": None,
+    }
