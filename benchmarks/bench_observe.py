@@ -161,14 +161,16 @@ def state_memory(home: Path, ids: list[str], steps: int) -> dict[str, Any]:
         return sum(s.size_diff for s in b.compare_to(a, "filename"))
 
     n = len(ids)
-    window = next(iter(observer.streams.values())).window
+    first = next(iter(observer.streams.values()))
+    window = first.window
     return {
         "series": n,
         "window": window,
         "bytes_per_series_loaded": round(grown(base, loaded) / n, 1),
         "bytes_per_series_after_steps": round(grown(base, after) / n, 1),
         "steps": steps,
-        "window_array_bytes": 8 * window,
+        "window_array_bytes": int(first.detector.window.nbytes),
+        "recent_answers_kept": len(observer.recent._answers),
     }
 
 
@@ -180,13 +182,31 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=8, help="observations per series (memory)")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--residual-scale-rel",
+        type=float,
+        default=3.0,
+        help="models' residual scale / support scale (3: a few %% flagged, as a fleet would"
+        " be; 0.1: most observations flagged, each writing an anomaly record)",
+    )
     args = parser.parse_args()
     values = bs.load_m4_hourly()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-observe-"))
-    home = work / f"home-x{args.copies}"
+    home = work / f"home-x{args.copies}-r{args.residual_scale_rel:g}"
     bs.log(f"building {home}")
-    ids, _ = bs.build_home(home, values, copies=args.copies, seed=0, store_points=bs.K)
-    out: dict[str, Any] = {"series": len(ids), "load_before": os.getloadavg()}
+    ids, _ = bs.build_home(
+        home,
+        values,
+        copies=args.copies,
+        seed=0,
+        store_points=bs.K,
+        residual_scale_rel=args.residual_scale_rel,
+    )
+    out: dict[str, Any] = {
+        "series": len(ids),
+        "residual_scale_rel": args.residual_scale_rel,
+        "load_before": os.getloadavg(),
+    }
     bs.log("serving")
     out["serve"] = serve_figures(home, ids, args)
     bs.log("state memory")

@@ -101,11 +101,14 @@ def build_home(
     store_points: int | None = None,
     scope: str = "all",
     weights: str = "int8-delta",
+    residual_scale_rel: float = 0.1,
 ) -> tuple[list[str], dict[str, list[float]]]:
     """Registry + files for ``copies`` x the series in ``values``; returns ids and windows.
 
     ``weights``: the export's weight format (``adapt --weights``; default int8 deltas from the
-    initializer, as the product's).
+    initializer, as the product's). ``residual_scale_rel``: the models' residual scale in units
+    of each series' support scale (their weights are not adapted, so a small one makes the
+    anomaly flag fire on most observations).
 
     ``scope="head"``: only the last layer gets a per-series perturbation (what head-only
     adaptation, ANIL, produces: the body is the initializer's in every file)."""
@@ -156,7 +159,7 @@ def build_home(
         params=params,
         loc=loc,
         scale=scale,
-        residual_scale=0.1 * scale,
+        residual_scale=residual_scale_rel * scale,
         threshold=np.full(n, 0.999),
     )
     family = Family(
@@ -202,7 +205,7 @@ def build_home(
                 support=K,
                 window=L,
                 horizon=H,
-                residual_scale=float(0.1 * scale[i]),
+                residual_scale=float(residual_scale_rel * scale[i]),
                 threshold=0.999,
                 adapted_at=adapted_at,
             )
