@@ -248,6 +248,10 @@ def register(app: typer.Typer) -> None:
                 "data, on the points stored so far (0: adapt once, on the probation).",
             ),
         ] = 0.0,
+        flag: Annotated[
+            str,
+            typer.Option("--flag", help="The server's flag rule (serve --flag): z or rank."),
+        ] = "z",
         folds: Annotated[
             int, typer.Option("--folds", help="Files are scored by initializers of other folds.")
         ] = 4,
@@ -289,7 +293,12 @@ def register(app: typer.Typer) -> None:
 
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         served = ServedOptions(
-            folds=folds, iterations=iterations, seed=seed, batch=batch, readapt_days=readapt_days
+            folds=folds,
+            iterations=iterations,
+            seed=seed,
+            batch=batch,
+            readapt_days=readapt_days,
+            flag=flag,
         )
         served.check()
         torch.set_num_threads(1)
@@ -340,6 +349,7 @@ def register(app: typer.Typer) -> None:
                 "seed": seed,
                 "batch": batch,
                 "readapt_days": readapt_days,
+                "flag": flag,
             },
             "scores": {
                 name: {p: r.score for p, r in rep.results.items()}

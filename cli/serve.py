@@ -124,6 +124,15 @@ def register(app: typer.Typer) -> None:
                 envvar="MAMLCTL_SERVE_ALLOW_EMPTY",
             ),
         ] = False,
+        flag: Annotated[
+            str,
+            typer.Option(
+                "--flag",
+                help="/v1/observe's is_anomaly: z (z >= the series' calibrated threshold) or"
+                " rank (rank_score >= 0.5: out of range or a red anomaly likelihood).",
+                envvar="MAMLCTL_SERVE_FLAG",
+            ),
+        ] = "z",
         max_head_bytes: Annotated[
             int,
             typer.Option(
@@ -213,6 +222,13 @@ def register(app: typer.Typer) -> None:
         os.environ["MAMLCTL_SERVE_BATCH_THREADS"] = str(batch_threads)
         os.environ["MAMLCTL_SERVE_MAX_FAILED_SHARE"] = str(max_failed_share)
         os.environ["MAMLCTL_SERVE_ALLOW_EMPTY"] = "1" if allow_empty else "0"
+        from mamlctl.timeseries.stream_detector import FLAG_RULES
+
+        if flag not in FLAG_RULES:
+            from mamlctl.errors import InputError
+
+            raise InputError(f"--flag must be one of {', '.join(FLAG_RULES)}, got {flag!r}")
+        os.environ["MAMLCTL_SERVE_FLAG"] = flag
         # workers share one socket: each takes connections only once its models are loaded
         os.environ["MAMLCTL_SERVE_LOAD_BEFORE_ACCEPT"] = "1" if workers > 1 else "0"
         os.environ["MAMLCTL_SERVE_MAX_HEAD_BYTES"] = str(bounds.max_head_bytes)

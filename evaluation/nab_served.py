@@ -95,6 +95,8 @@ class ServedOptions:
     batch: int = 256
     #: re-adapt every this many days of each file's own data (its clock; 0: adapt once)
     readapt_days: float = 0.0
+    #: the server's flag rule (``serve --flag``): ``z`` or ``rank``
+    flag: str = "z"
 
     def check(self) -> None:
         if self.folds < 2:
@@ -107,6 +109,8 @@ class ServedOptions:
             raise InputError(f"--readapt-days must be >= 0, got {self.readapt_days}")
         if self.seed < 0:
             raise InputError(f"--seed must be >= 0, got {self.seed}")
+        if self.flag not in ("z", "rank"):
+            raise InputError(f"--flag must be z or rank, got {self.flag!r}")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -329,7 +333,7 @@ def run_fold(
     adapt_before = report.adapt_s
     began = time.perf_counter()
     answers: dict[str, list[dict[str, Any]]] = {s.key: [] for s in members}
-    with Serving(settings, max_batch=options.batch) as server:
+    with Serving(settings, max_batch=options.batch, flag=options.flag) as server:
         cursor = {s.key: probationary_length(len(s)) for s in members}
         rounds = 0
         while any(cursor[s.key] < len(s) for s in members):
@@ -400,9 +404,10 @@ class Serving:
     """``create_app`` over the home's registry, models loaded and streams synced; ``post``
     goes through an in-process ASGI client."""
 
-    def __init__(self, settings: Settings, *, max_batch: int) -> None:
+    def __init__(self, settings: Settings, *, max_batch: int, flag: str = "z") -> None:
         self.settings = settings
         self.max_batch = max_batch
+        self.flag = flag
 
     def __enter__(self) -> Serving:
         import httpx
@@ -411,7 +416,11 @@ class Serving:
         from mamlctl.serving.source import RegistrySource
 
         self.source = RegistrySource(self.settings)
-        options = ServeOptions(reload=False, max_batch=max(self.max_batch, 1))
+        options = ServeOptions(
+            reload=False,
+            max_batch=max(self.max_batch, 1),
+            flag=self.flag,  # type: ignore[arg-type]
+        )
         self.app = create_app(self.settings, self.source, options=options)
         if not self.app.holder.reload(force=True) or self.app.observer is None:
             raise InputError("the server loaded no model from the home")

@@ -29,7 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,6 +46,7 @@ from mamlctl.serving.scoring import ClientError, parse, score
 from mamlctl.serving.shards import Shard
 from mamlctl.serving.source import ModelSource
 from mamlctl.settings import Settings
+from mamlctl.timeseries.stream_detector import DetectorConfig
 
 log = logging.getLogger("mamlctl.serving")
 
@@ -104,6 +105,11 @@ class ServeOptions(BaseModel):
     )
     announce_marker: str | None = Field(
         default=None, description="File the first of several workers claims to print the line."
+    )
+    flag: Literal["z", "rank"] = Field(
+        default="z",
+        description="/v1/observe's is_anomaly: z (z >= the series' calibrated threshold) or"
+        " rank (rank_score >= 0.5: out of range, or a red anomaly likelihood).",
     )
     load_before_accept: bool = Field(
         default=False,
@@ -174,7 +180,8 @@ class ScoringApp:
         self._pending_ok = 0
         self._pending_rows = 0
         self._pool: ThreadPoolExecutor | None = None  # large requests (OFFLOAD_BODY_BYTES)
-        self.observer = make_observer(source)  # POST /v1/observe (registry sources only)
+        # POST /v1/observe (registry sources only)
+        self.observer = make_observer(source, DetectorConfig(flag=options.flag))
         self._started = time.perf_counter()  # lifespan startup: the startup line's clock
         self._announced = False
 
@@ -472,6 +479,7 @@ def app_from_env() -> ScoringApp:
         max_failed_share=share,
         allow_empty=os.environ.get("MAMLCTL_SERVE_ALLOW_EMPTY", "0") == "1",
         load_before_accept=os.environ.get("MAMLCTL_SERVE_LOAD_BEFORE_ACCEPT", "0") == "1",
+        flag=os.environ.get("MAMLCTL_SERVE_FLAG", "z"),
         announce=os.environ.get("MAMLCTL_SERVE_ANNOUNCE") or None,
         announce_marker=os.environ.get("MAMLCTL_SERVE_ANNOUNCE_MARKER") or None,
     )

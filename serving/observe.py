@@ -324,14 +324,14 @@ def _forecast(
     return out
 
 
-def make_observer(source: Any) -> Observer | None:
+def make_observer(source: Any, config: DetectorConfig | None = None) -> Observer | None:
     """The observe loop over ``source``'s registry database; None for other sources."""
     engine = getattr(source, "engine", None)
     if engine is None:
         return None
     from sqlalchemy.orm import sessionmaker
 
-    return Observer(sessionmaker(engine, expire_on_commit=False))
+    return Observer(sessionmaker(engine, expire_on_commit=False), config)
 
 
 def sync_observer(outer: Any) -> None:

@@ -189,13 +189,14 @@ class Client:
 class Served:
     """The app over the registry (``RegistrySource``), models loaded, streams synced."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, flag: str = "z") -> None:
         from mamlctl.serving.app import ServeOptions, create_app
         from mamlctl.serving.source import RegistrySource
 
         self.settings = settings
         self.source = RegistrySource(settings)
-        self.app = create_app(settings, self.source, options=ServeOptions(reload=False))
+        options = ServeOptions(reload=False, flag=flag)  # type: ignore[arg-type]
+        self.app = create_app(settings, self.source, options=options)
         assert self.app.holder.reload(force=True)
         assert self.app.observer is not None
         self.app.observer.sync(self.app.holder.state)

@@ -47,6 +47,12 @@ extreme). Per series, O(1) state (:class:`Ranking`):
 * ``rank_score`` = 1 when ``out_of_range``, else NAB's log scaling of the likelihood
   ``log(1.0000000001 - L) / log(1e-10)`` clipped to [0, 1].
 
+**The flag** is the calibrated ``z`` rule above by default (``flag="z"``); ``flag="rank"``
+(``mamlctl serve --flag rank``) flags ``rank_score >= 0.5`` instead: a value out of range, or
+a red likelihood (tail <= 1e-5). On NAB the ``z`` rule flagged 14-20% of the rows outside the
+labelled windows (its per-series residual scales are too small there) and the rank rule 0.04%
+(``benchmarks/RESULTS.md``).
+
 Chosen on NAB's odd-ranked files (``benchmarks/RESULTS.md``, issue 15): on one served run, the
 spatial check alone, the likelihood alone and the two together were compared, with Numenta's
 published parameters and no fitted ones; the two together won.
@@ -77,6 +83,7 @@ from mamlctl.timeseries.anomaly_likelihood import MIN_MEAN, MIN_VARIANCE, RED_TA
 FloatArray = npt.NDArray[np.float64]
 
 __all__ = [
+    "FLAG_RULES",
     "DetectorConfig",
     "Ranking",
     "StreamState",
@@ -102,6 +109,10 @@ _SQRT2 = math.sqrt(2.0)
 _LOG_EPS = math.log(1e-10)
 
 
+#: The flag rules (:attr:`DetectorConfig.flag`).
+FLAG_RULES = ("z", "rank")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DetectorConfig:
     """The detector's knobs (defaults documented in the module docstring)."""
@@ -114,6 +125,10 @@ class DetectorConfig:
     historic_window: int = 8640
     estimation_samples: int = 100
     spatial_tolerance: float = 0.05
+    #: what ``is_anomaly`` is: ``z`` (``z >= z_threshold``, the calibrated rule) or ``rank``
+    #: (``rank_score >= rank_flag``: out of range, or a red anomaly likelihood)
+    flag: str = "z"
+    rank_flag: float = 0.5
 
     def __post_init__(self) -> None:
         if not (0.0 < self.min_z <= self.max_z and math.isfinite(self.max_z)):
@@ -124,6 +139,10 @@ class DetectorConfig:
             raise InputError("short_window and historic_window must be >= 1, estimation >= 0")
         if not (self.spatial_tolerance >= 0.0 and math.isfinite(self.spatial_tolerance)):
             raise InputError(f"spatial_tolerance must be >= 0, got {self.spatial_tolerance}")
+        if self.flag not in FLAG_RULES:
+            raise InputError(f"flag must be one of {', '.join(FLAG_RULES)}, got {self.flag!r}")
+        if not 0.0 < self.rank_flag <= 1.0:
+            raise InputError(f"rank_flag must lie in (0, 1], got {self.rank_flag}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,12 +318,12 @@ def step(
     z = abs(residual) / sigma
     if not math.isfinite(z):
         raise InputError(f"residual {residual} over sigma {sigma} is not finite")
-    flagged = z >= z_threshold
-    run = state.run + 1 if flagged else 0
-    replaced = flagged and run <= cfg.max_replaced
     unit = scale if scale is not None and math.isfinite(scale) and scale > 0 else sigma
     raw = math.erf(abs(residual) / unit / _SQRT2)
     ranking, likelihood, outside, rank_score = rank(state.ranking, value, raw, cfg)
+    flagged = z >= z_threshold if cfg.flag == "z" else rank_score >= cfg.rank_flag
+    run = state.run + 1 if flagged else 0
+    replaced = flagged and run <= cfg.max_replaced
     verdict = Verdict(
         value=value,
         forecast=forecast,

@@ -103,8 +103,10 @@ def test_the_factory_reads_the_serve_options(
     monkeypatch.setenv("MAMLCTL_SERVE_BATCH_THREADS", "3")
     monkeypatch.setenv("MAMLCTL_SERVE_MAX_FAILED_SHARE", "0.25")
     monkeypatch.setenv("MAMLCTL_SERVE_ALLOW_EMPTY", "1")
+    monkeypatch.setenv("MAMLCTL_SERVE_FLAG", "rank")
     scoring = app_from_env()
     options = scoring.options
+    assert options.flag == "rank"
     assert (options.reload_interval, options.busy_poll, options.batch_threads) == (0.5, 0.00025, 3)
     assert (options.max_failed_share, options.allow_empty) == (0.25, True)
     assert scoring.holder.batch_threads == 3 and scoring.busy_poll.window == 0.00025
@@ -190,3 +192,13 @@ def test_a_second_serve_reads_back_what_the_first_wrote(
     second = CliRunner().invoke(app, ["serve"])
     assert second.exit_code == 0, second.output
     assert {key: os.environ[f"MAMLCTL_SERVE_{key}"] for key in keys} == written
+
+
+def test_a_bad_flag_rule_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MAMLCTL_HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    result = CliRunner().invoke(app, ["serve", "--flag", "loud"])
+    assert result.exit_code == 1
+    assert (
+        result.output.strip().splitlines()[-1] == "error: --flag must be one of z, rank, got 'loud'"
+    )

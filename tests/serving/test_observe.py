@@ -285,3 +285,36 @@ def test_recent_answers_are_one_bound_for_all_series() -> None:
         {"position": 4},
     ]
     assert recent.get("s1", 4) is None  # keyed by series and timestamp
+
+
+def test_the_rank_flag_rule_flags_what_the_ranking_score_says(home) -> None:  # type: ignore[no-untyped-def]
+    """``serve --flag rank``: ``is_anomaly`` is ``rank_score >= 0.5`` (out of range, or a red
+    likelihood), the records follow it, and the offline detector with the same rule agrees."""
+    from mamlctl.timeseries.stream_detector import DetectorConfig
+
+    settings, paths, values = home
+    rng = np.random.default_rng(11)
+    t = np.arange(240, 400)
+    clean = 7.0 + 1.4 * np.sin(2 * np.pi * t / 24 + 1.0) + 0.05 * rng.standard_normal(160)
+    clean[150] += 9.0  # beyond the range: flagged by either rule
+    served = Served(settings, flag="rank")
+    items = [
+        {"series_id": "s2", "timestamp": 240 + k, "value": float(v)} for k, v in enumerate(clean)
+    ]
+    got = served.observe(*items)["results"]
+    assert [a["is_anomaly"] for a in got] == [a["rank_score"] >= 0.5 for a in got]
+    assert got[150]["is_anomaly"] and got[150]["out_of_range"]
+    start, scale = offline_start(paths["s2"], values["s2"], L)
+    offline = run_stream(
+        start,
+        clean,
+        onnx_forecaster(paths["s2"]),
+        z_threshold=got[0]["threshold_z"],
+        scale=scale,
+        config=DetectorConfig(flag="rank"),
+    )[1]
+    assert [a["is_anomaly"] for a in got] == [v.is_anomaly for v in offline]
+    assert [a["forecast"] for a in got] == [v.forecast for v in offline]
+    records = served.client.get("/v1/series/s2/anomalies").json()["anomalies"]
+    assert [r["position"] for r in records] == [a["position"] for a in got if a["is_anomaly"]]
+    served.close()

@@ -187,3 +187,31 @@ def test_the_scalar_score_is_score_from_z_bit_for_bit(value: float, forecast: fl
         "low": -1.5,
         "high": None,
     }
+
+
+def test_the_flag_rule_is_z_or_rank() -> None:
+    from mamlctl.errors import InputError
+
+    values, _ = _stream(300, 5)
+
+    def forecaster(w: np.ndarray) -> tuple[float, float]:
+        return float(w[-1]), 0.01  # a tiny sigma: the z rule flags nearly everything
+
+    start = StreamState(values[:8].copy(), 0, Ranking(low=values[:8].min(), high=values[:8].max()))
+    runs = {
+        rule: run_stream(
+            start,
+            values[8:],
+            forecaster,
+            z_threshold=4.0,
+            scale=1.0,
+            config=DetectorConfig(flag=rule, estimation_samples=20),
+        )[1]
+        for rule in ("z", "rank")
+    }
+    assert [v.is_anomaly for v in runs["z"]] == [v.z >= 4.0 for v in runs["z"]]
+    assert [v.is_anomaly for v in runs["rank"]] == [v.rank_score >= 0.5 for v in runs["rank"]]
+    assert sum(v.is_anomaly for v in runs["z"]) > 200 > sum(v.is_anomaly for v in runs["rank"])
+    assert runs["rank"][150 - 8].is_anomaly  # the spike beyond the range
+    with pytest.raises(InputError, match="flag must be one of z, rank"):
+        DetectorConfig(flag="loud")
