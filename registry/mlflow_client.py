@@ -107,9 +107,23 @@ def probe(target: TrackingTarget, *, timeout_s: float = 3.0) -> None:
         )
 
 
+def quiet_mlflow_logs() -> None:
+    """MLflow's own INFO lines ("Creating initial MLflow database tables...", "Validating
+    input example...") stay out of mamlctl's output: its loggers report warnings and errors
+    only, unless ``MAMLCTL_MLFLOW_LOG_LEVEL`` names another level (e.g. ``INFO`` to debug)."""
+    import logging
+    import os
+
+    import mlflow  # noqa: F401  (its import installs its handler; set the level after it)
+
+    level = os.environ.get("MAMLCTL_MLFLOW_LOG_LEVEL", "WARNING").upper()
+    logging.getLogger("mlflow").setLevel(getattr(logging, level, logging.WARNING))
+
+
 def connect(target: TrackingTarget, *, probe_timeout_s: float = 3.0) -> MlflowClient:
     """An explicit-URI client, after checking a remote server answers."""
     apply_fast_fail_defaults()
+    quiet_mlflow_logs()
     probe(target, timeout_s=probe_timeout_s)
     if target.artifact_root is not None:
         target.artifact_root.mkdir(parents=True, exist_ok=True)
