@@ -250,8 +250,8 @@ def register(app: typer.Typer) -> None:
         ] = 0.0,
         flag: Annotated[
             str,
-            typer.Option("--flag", help="The server's flag rule (serve --flag): z or rank."),
-        ] = "z",
+            typer.Option("--flag", help="The server's flag rule (serve --flag): rank or z."),
+        ] = "rank",
         folds: Annotated[
             int, typer.Option("--folds", help="Files are scored by initializers of other folds.")
         ] = 4,

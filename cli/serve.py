@@ -128,11 +128,11 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 "--flag",
-                help="/v1/observe's is_anomaly: z (z >= the series' calibrated threshold) or"
-                " rank (rank_score >= 0.5: out of range or a red anomaly likelihood).",
+                help="/v1/observe's is_anomaly: rank (rank_score >= 0.5: out of range or a red"
+                " anomaly likelihood) or z (z >= the series' calibrated threshold).",
                 envvar="MAMLCTL_SERVE_FLAG",
             ),
-        ] = "z",
+        ] = "rank",
         max_head_bytes: Annotated[
             int,
             typer.Option(

@@ -95,8 +95,8 @@ class ServedOptions:
     batch: int = 256
     #: re-adapt every this many days of each file's own data (its clock; 0: adapt once)
     readapt_days: float = 0.0
-    #: the server's flag rule (``serve --flag``): ``z`` or ``rank``
-    flag: str = "z"
+    #: the server's flag rule (``serve --flag``): ``rank`` (its default) or ``z``
+    flag: str = "rank"
 
     def check(self) -> None:
         if self.folds < 2:
@@ -404,7 +404,7 @@ class Serving:
     """``create_app`` over the home's registry, models loaded and streams synced; ``post``
     goes through an in-process ASGI client."""
 
-    def __init__(self, settings: Settings, *, max_batch: int, flag: str = "z") -> None:
+    def __init__(self, settings: Settings, *, max_batch: int, flag: str = "rank") -> None:
         self.settings = settings
         self.max_batch = max_batch
         self.flag = flag

@@ -107,9 +107,9 @@ class ServeOptions(BaseModel):
         default=None, description="File the first of several workers claims to print the line."
     )
     flag: Literal["z", "rank"] = Field(
-        default="z",
-        description="/v1/observe's is_anomaly: z (z >= the series' calibrated threshold) or"
-        " rank (rank_score >= 0.5: out of range, or a red anomaly likelihood).",
+        default="rank",
+        description="/v1/observe's is_anomaly: rank (rank_score >= 0.5: out of range, or a red"
+        " anomaly likelihood) or z (z >= the series' calibrated threshold).",
     )
     load_before_accept: bool = Field(
         default=False,
@@ -479,7 +479,7 @@ def app_from_env() -> ScoringApp:
         max_failed_share=share,
         allow_empty=os.environ.get("MAMLCTL_SERVE_ALLOW_EMPTY", "0") == "1",
         load_before_accept=os.environ.get("MAMLCTL_SERVE_LOAD_BEFORE_ACCEPT", "0") == "1",
-        flag=os.environ.get("MAMLCTL_SERVE_FLAG", "z"),
+        flag=os.environ.get("MAMLCTL_SERVE_FLAG", "rank"),
         announce=os.environ.get("MAMLCTL_SERVE_ANNOUNCE") or None,
         announce_marker=os.environ.get("MAMLCTL_SERVE_ANNOUNCE_MARKER") or None,
     )

@@ -190,6 +190,8 @@ class Served:
     """The app over the registry (``RegistrySource``), models loaded, streams synced."""
 
     def __init__(self, settings: Settings, *, flag: str = "z") -> None:
+        """``flag``: these tests inject anomalies where the calibrated ``z`` rule is the oracle,
+        so they pin it (``serve``'s default is ``rank``; its own tests pass ``flag="rank"``)."""
         from mamlctl.serving.app import ServeOptions, create_app
         from mamlctl.serving.source import RegistrySource
 

@@ -47,11 +47,14 @@ extreme). Per series, O(1) state (:class:`Ranking`):
 * ``rank_score`` = 1 when ``out_of_range``, else NAB's log scaling of the likelihood
   ``log(1.0000000001 - L) / log(1e-10)`` clipped to [0, 1].
 
-**The flag** is the calibrated ``z`` rule above by default (``flag="z"``); ``flag="rank"``
-(``mamlctl serve --flag rank``) flags ``rank_score >= 0.5`` instead: a value out of range, or
-a red likelihood (tail <= 1e-5). On NAB the ``z`` rule flagged 14-20% of the rows outside the
-labelled windows (its per-series residual scales are too small there) and the rank rule 0.04%
-(``benchmarks/RESULTS.md``).
+**The flag** (``DetectorConfig.flag``): ``rank`` flags ``rank_score >= 0.5``, a value out of
+range or a red likelihood (tail <= 1e-5); it is ``mamlctl serve``'s default. ``z`` is the
+calibrated rule above (``serve --flag z``; this module's default, the rule in isolation). On
+NAB the ``z`` rule flagged 10-20% of the rows outside the labelled windows (its per-series
+residual scales are too small on a quarter of the files) and the rank rule 0.04%; on injected
+spikes, shifts and dropouts, 10-26% against 0.01-0.03% (``benchmarks/RESULTS.md``). The rank
+rule's price: in a series' first ``estimation_samples`` scored points only out-of-range
+values flag (the likelihood has no estimate yet).
 
 Chosen on NAB's odd-ranked files (``benchmarks/RESULTS.md``, issue 15): on one served run, the
 spatial check alone, the likelihood alone and the two together were compared, with Numenta's

@@ -21,7 +21,8 @@ from mamlctl.timeseries.stream_detector import run_stream
 
 def _serve(home: Path, tmp_path: Path, port: int, name: str) -> Proc:
     env = {**os.environ, "MAMLCTL_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    argv = mamlctl_argv("serve", "--port", str(port), "--reload-interval", "1s")
+    # the z rule: its flag at the injected value is the oracle here (serve's default is rank)
+    argv = mamlctl_argv("serve", "--port", str(port), "--reload-interval", "1s", "--flag", "z")
     proc = start(name, argv, env=env, log_dir=tmp_path)
     wait_http(f"http://127.0.0.1:{port}/readyz", proc=proc)
     return proc

@@ -25,7 +25,13 @@ from mamlctl.evaluation.nab_scoring import prepare_file, score_corpus
 from mamlctl.evaluation.nab_served import interval_of as _interval
 from mamlctl.evaluation.nab_served import kept_rows, nab_family, row_score, trainable
 from mamlctl.serving.runtime import make_session
-from mamlctl.timeseries.stream_detector import Ranking, StreamState, run_stream, threshold_z
+from mamlctl.timeseries.stream_detector import (
+    DetectorConfig,
+    Ranking,
+    StreamState,
+    run_stream,
+    threshold_z,
+)
 
 #: rows, spike row (None: no anomaly) per file; 600 rows -> probation 90 < K = 120
 SPEC = (("catA", "a", 800, 500), ("catA", "b", 600, 400), ("catB", "c", 800, None))
@@ -117,6 +123,7 @@ def test_cli_evaluate_nab_served_scores_are_the_servers(tmp_path: Path) -> None:
             forecaster,
             z_threshold=threshold_z(record.threshold),
             scale=scale,
+            config=DetectorConfig(flag="rank"),  # serve's (and evaluate nab's) default rule
         )
         expected = np.array([v.rank_score for v in verdicts])
         np.testing.assert_allclose(got[p:], expected, rtol=1e-6, atol=1e-9)

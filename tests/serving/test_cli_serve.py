@@ -39,6 +39,7 @@ def test_serve_runs_uvicorn_with_the_factory(
     assert os.environ["MAMLCTL_SERVE_ALLOW_EMPTY"] == "0"
     # two workers share one socket: each loads before it accepts (no 503 from a loading one)
     assert os.environ["MAMLCTL_SERVE_LOAD_BEFORE_ACCEPT"] == "1"
+    assert os.environ["MAMLCTL_SERVE_FLAG"] == "rank"  # the default flag rule
 
 
 def test_an_empty_api_token_refuses_to_serve(
@@ -103,10 +104,10 @@ def test_the_factory_reads_the_serve_options(
     monkeypatch.setenv("MAMLCTL_SERVE_BATCH_THREADS", "3")
     monkeypatch.setenv("MAMLCTL_SERVE_MAX_FAILED_SHARE", "0.25")
     monkeypatch.setenv("MAMLCTL_SERVE_ALLOW_EMPTY", "1")
-    monkeypatch.setenv("MAMLCTL_SERVE_FLAG", "rank")
+    monkeypatch.setenv("MAMLCTL_SERVE_FLAG", "z")
     scoring = app_from_env()
     options = scoring.options
-    assert options.flag == "rank"
+    assert options.flag == "z"
     assert (options.reload_interval, options.busy_poll, options.batch_threads) == (0.5, 0.00025, 3)
     assert (options.max_failed_share, options.allow_empty) == (0.25, True)
     assert scoring.holder.batch_threads == 3 and scoring.busy_poll.window == 0.00025
