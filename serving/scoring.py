@@ -17,6 +17,7 @@ numbers -- put ``{"series_id", "error": {"status", "type", "msg", "loc"}}`` in t
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -317,6 +318,10 @@ def _groups(entries: Sequence[SeriesEntry]) -> list[tuple[list[int], int]]:
     return [(idx, group) for group, idx in by_group.items()]
 
 
+_ROW = operator.attrgetter("row")
+_GROUP = operator.attrgetter("group")
+
+
 def run_groups(
     state: ServingState,
     entries: Sequence[SeriesEntry],
@@ -328,10 +333,10 @@ def run_groups(
     per runtime group. All groups must share H (422 otherwise: the binary format's rule);
     ``positions[k]`` is row k's index in the request (the error's ``loc``), default k."""
     n = len(entries)
-    rows = np.fromiter((e.row for e in entries), dtype=np.int64, count=n)
-    first = entries[0].group
-    if all(e.group == first for e in entries):
-        return state.runtimes[first].run(windows, rows)
+    rows = np.fromiter(map(_ROW, entries), dtype=np.int64, count=n)  # map: no Python step per row
+    groups_seen = set(map(_GROUP, entries))
+    if len(groups_seen) == 1:
+        return state.runtimes[groups_seen.pop()].run(windows, rows)
     groups = _groups(entries)
     forecast: npt.NDArray[np.float32] | None = None
     sigma: npt.NDArray[np.float32] | None = None

@@ -22,6 +22,8 @@ import orjson
 import pytest
 import uvicorn
 from conftest import Served
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from serving_models import Spec, make_model_bytes
 
 from mamlctl.serving import bank as bk
@@ -421,3 +423,44 @@ def test_builder_keeps_numbers_equal_in_every_file_as_constants() -> None:
         tol = 1e-6 * infos[i]["scale"]
         assert (np.abs(forecast[rows == i] - ref_f) <= tol + 4 * np.spacing(np.abs(ref_f))).all()
         assert (np.abs(sigma[rows == i] - ref_s) <= tol + 4 * np.spacing(np.abs(ref_s))).all()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    picks=st.lists(
+        st.sampled_from(["m0", "m1", "m2", "m3", "m4", "c0", "zz"]), min_size=1, max_size=24
+    ),
+    n_actual=st.integers(0, 3),
+    nan_row=st.one_of(st.none(), st.integers(0, 23)),
+    seed=st.integers(0, 2**16),
+)
+def test_the_all_valid_fast_decode_answers_as_the_per_row_checks(
+    served: Served, picks: list[str], n_actual: int, nan_row: int | None, seed: int
+) -> None:
+    """Oracle: the same body scored with the batch-wide fast path switched off (every row
+    through ``_check_row``): byte-identical responses, whatever mix of valid rows, unknown
+    series, other window lengths (the conv family) and non-finite values."""
+    from mamlctl.serving import binary
+
+    rng = np.random.default_rng(seed)
+    windows = rng.normal(0, 3, (len(picks), 12)).astype(np.float32)
+    if nan_row is not None and nan_row < len(picks):
+        windows[nan_row, nan_row % 12] = np.nan
+    actual = rng.normal(0, 3, (len(picks), n_actual)) if n_actual else None
+    body = encode_request(picks, windows, actual)
+    state = served.app.holder.state
+    try:
+        fast = binary.score_binary(state, body, max_batch=4096)
+    except binary.ClientError as err:
+        fast = err.body()
+    original = binary._all_servable
+    binary._all_servable = lambda *_: False  # type: ignore[assignment]
+    try:
+        slow = binary.score_binary(state, body, max_batch=4096)
+    except binary.ClientError as err:
+        slow = err.body()
+    finally:
+        binary._all_servable = original  # type: ignore[assignment]
+    assert fast == slow
