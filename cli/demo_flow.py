@@ -20,7 +20,7 @@ import numpy as np
 from mamlctl.errors import ConfigError
 
 if TYPE_CHECKING:
-    from mamlctl.cli.demo_server import ThreadedServer
+    from mamlctl.cli.demo_server import ServerProcess
     from mamlctl.domain import Family
     from mamlctl.settings import Settings
 
@@ -110,7 +110,7 @@ def shipped_file(name: str) -> Path:
     return path
 
 
-def run_demo(options: DemoOptions, stages: Stages) -> tuple[dict[str, Any], ThreadedServer]:
+def run_demo(options: DemoOptions, stages: Stages) -> tuple[dict[str, Any], ServerProcess]:
     """Run every stage; returns the summary and the still-running server (caller stops it)."""
     import os
 
@@ -262,7 +262,7 @@ def _test_continuations(ids: set[str]) -> dict[str, np.ndarray]:
 
 def _serve_and_score(
     settings: Settings, family: Family, options: DemoOptions, stages: Stages
-) -> tuple[ThreadedServer, dict[str, Any]]:
+) -> tuple[ServerProcess, dict[str, Any]]:
     import httpx
 
     from mamlctl.cli.demo_server import measure_latency, score, start_server, wait_ready

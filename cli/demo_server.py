@@ -1,21 +1,28 @@
-"""The scoring server inside the demo's process: uvicorn in a thread on a free loopback port,
-and the few HTTP calls the demo makes to it (httpx). Not a command module."""
+"""The scoring server of the demo: ``mamlctl serve`` itself, started as a child process on a
+free loopback port, and the few HTTP calls the demo makes to it (httpx). Not a command module.
+
+The demo's latency line is therefore what ``mamlctl serve`` answers (its HTTP fast path,
+uvloop, one worker), not an in-process stand-in sharing the demo's interpreter and GIL.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import statistics
-import threading
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mamlctl.errors import StoreError
 
 if TYPE_CHECKING:
     import httpx
-    import uvicorn
 
     from mamlctl.settings import Settings
 
@@ -30,60 +37,83 @@ def free_port() -> int:
 
 
 @dataclass(slots=True)
-class ThreadedServer:
-    """``mamlctl serve``'s app (registry source, hot reload) served from a daemon thread."""
+class ServerProcess:
+    """A running ``mamlctl serve`` (registry source, hot reload) on ``url``."""
 
-    server: uvicorn.Server
-    thread: threading.Thread
+    process: subprocess.Popen[bytes]
     url: str
+    log_path: Path
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout_s)
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
     def wait(self) -> None:
-        """Block until Ctrl-C (``--keep-server``)."""
+        """Block until Ctrl-C (``--keep-server``) or the server exits."""
         try:
-            while self.thread.is_alive():
-                self.thread.join(0.5)
+            self.process.wait()
         finally:
             self.stop()
 
 
 def start_server(
     settings: Settings, *, port: int | None = None, reload_interval_s: float = 1.0
-) -> ThreadedServer:
-    """Start the scoring server in this process and wait until it is listening."""
-    import uvicorn
+) -> ServerProcess:
+    """Start ``mamlctl serve`` on ``settings``' home and wait until it accepts connections.
 
-    from mamlctl.serving.app import ServeOptions, create_app
-    from mamlctl.serving.source import RegistrySource
-
-    app = create_app(
-        settings,
-        RegistrySource(settings),
-        options=ServeOptions(reload_interval=reload_interval_s),
-    )
+    Its log goes to ``serve.log`` in the home; a server that exits or does not listen within
+    60 s is a :class:`StoreError` naming that log's last line."""
     chosen = port or free_port()
-    config = uvicorn.Config(
-        app,
-        host=HOST,
-        port=chosen,
-        log_level="warning",
-        access_log=False,
-        lifespan="on",
-        loop="asyncio",
-        http="h11",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="mamlctl-demo-server", daemon=True)
-    thread.start()
+    # hermetic, as the demo's own settings: no MAMLCTL_*/MLFLOW_* of the caller's shell
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAMLCTL_", "MLFLOW_"))}
+    env["MAMLCTL_HOME"] = str(settings.home)
+    if settings.database_url:
+        env["MAMLCTL_DATABASE_URL"] = settings.database_url
+    log_path = settings.home / "serve.log"
+    command = [
+        sys.executable,
+        "-c",
+        "from mamlctl.cli.app import main; main()",
+        "serve",
+        "--host",
+        HOST,
+        "--port",
+        str(chosen),
+        "--reload-interval",
+        f"{reload_interval_s:g}s",
+    ]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    server = ServerProcess(process=process, url=f"http://{HOST}:{chosen}", log_path=log_path)
     deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
+    while True:
+        if process.poll() is not None:
+            raise StoreError(f"the scoring server exited ({process.returncode}): {_tail(log_path)}")
+        try:
+            with socket.create_connection((HOST, chosen), timeout=1):
+                return server
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            server.stop()
             raise StoreError(f"the scoring server did not start on {HOST}:{chosen}")
         time.sleep(0.05)
-    return ThreadedServer(server=server, thread=thread, url=f"http://{HOST}:{chosen}")
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1][:300] if lines else "no output"
 
 
 def wait_ready(client: httpx.Client, *, timeout_s: float = 60.0) -> dict[str, Any]:

@@ -71,6 +71,9 @@ def test_demo_summary_matches_registry_and_onnx_files(demo_run: dict[str, Any]) 
         # the score is |actual - forecast| / sigma against the threshold the registry holds
         assert r["threshold"] == pytest.approx(rec.threshold)
     assert s["latency"]["requests"] == 20 and s["latency"]["p50_ms"] > 0
+    # the latency line is `mamlctl serve`'s own (a child process), not an in-process server
+    log = (home / "serve.log").read_text()
+    assert f"mamlctl serve: {s['server']['url']}" in log, log
     assert any("mamlctl ui" in line for line in s["next"])
 
 
