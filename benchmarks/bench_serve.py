@@ -72,6 +72,46 @@ end
 """
 
 
+def machine_info() -> dict[str, Any]:
+    """What a serving figure depends on: the CPU (``lscpu``'s model name), the instruction sets
+    onnxruntime's kernels choose between (MLAS picks its GEMM and int8 kernels by them), the
+    onnxruntime and numpy versions, the core count and the load average now."""
+    import onnxruntime
+
+    model, flags = "unknown", set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        found = re.search(r"^Model name:\s*(.+)$", lscpu, re.M)
+        model = found.group(1).strip() if found else model
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    isa = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+    return {
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+        "isa": [f for f in isa if f in flags],
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "load_avg_start": os.getloadavg(),
+    }
+
+
+def _busy_poll_setting(serve_args: Sequence[str]) -> str:
+    """The busy-poll window the server ran with (``--busy-poll X`` or ``--busy-poll=X``)."""
+    for i, arg in enumerate(serve_args):
+        if arg.startswith("--busy-poll="):
+            return arg.split("=", 1)[1]
+        if arg == "--busy-poll" and i + 1 < len(serve_args):
+            return serve_args[i + 1]
+    return os.environ.get("MAMLCTL_SERVE_BUSY_POLL", "default (100us)")
+
+
 def log(msg: str) -> None:
     print(f"[bench_serve] {msg}", file=sys.stderr, flush=True)
 
@@ -510,7 +550,7 @@ def main() -> None:
     homes = args.homes or work
     homes.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "load_avg_start": os.getloadavg()},
+        "machine": machine_info(),
         "model": {"kind": "mlp", "window": L, "horizon": H, "hidden": list(HIDDEN), "head": "mean"},
         "duration_s_per_run": args.duration,
         "adapt_scope": args.adapt_scope,
@@ -640,6 +680,18 @@ def main() -> None:
             ours["idle_cpu_pct"] = round(100 * (cpu_seconds(proc.pid) - idle_cpu) / 3.0, 1)
             stop(proc)
             result["mamlctl"] = ours
+            # the headline: server CPU per request, the figure least moved by other work
+            result["headline"] = {
+                "server_cpu_us_per_single_request_c1": ours["single_c1"][
+                    "server_cpu_us_per_request"
+                ]
+                if "single_c1" in ours
+                else None,
+                "server_cpu_us_per_row_binary256": round(
+                    ours["batch256_binary"]["server_cpu_ms_per_batch"] * 1e3 / 256, 2
+                ),
+                "busy_poll": _busy_poll_setting(serve_args),
+            }
             if mproc is not None:
                 theirs.update(rss_mb(mproc.pid))
                 stop(mproc)
