@@ -82,11 +82,14 @@ class BankRuntime:
 
     @classmethod
     def from_bank(cls, bank: BankGraph, *, batch_threads: int = 1) -> BankRuntime:
-        model = bank.model.SerializeToString()
+        from mamlctl.serving.bank_pack import pack_row_gathers
+
+        graph, banks = pack_row_gathers(bank.model, bank.banks)  # fewer nodes, same numbers
+        model = graph.SerializeToString()
         batch = make_session(model, threads=batch_threads) if batch_threads > 1 else None
         return cls(
             session=make_session(model),
-            banks=bank.banks,
+            banks=banks,
             window=bank.window,
             n_rows=bank.n_rows,
             batch_session=batch,
