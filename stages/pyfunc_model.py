@@ -5,8 +5,9 @@
 
     model/MLmodel                       python_function flavor, signature, input example,
                                         model config (the family's shape), requirements
-    model/python_model.pkl              an :class:`InitializerForecaster` (by reference: the
-                                        class lives here, in the installed package)
+    model/pyfunc_code.py                the model's code (MLflow's models from code,
+                                        :mod:`mamlctl.stages.pyfunc_code`): it names an
+                                        :class:`InitializerForecaster`; nothing is pickled
     model/artifacts/initializer/        the initializer folder, byte for byte as ``initializer/``
                                         (weights.safetensors, initializer.json, family.json)
 
@@ -329,7 +330,7 @@ def save_pyfunc_model(
     )
     mlflow.pyfunc.save_model(
         path=str(path),
-        python_model=InitializerForecaster(),
+        python_model=str(Path(__file__).with_name("pyfunc_code.py")),  # from code: no pickle
         artifacts={ARTIFACT_KEY: str(initializer_dir)},
         signature=signature,
         input_example=example,

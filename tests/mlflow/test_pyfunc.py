@@ -143,6 +143,9 @@ def test_version_is_an_mlflow_model_and_store_load_still_works(
     assert mlmodel.saved_input_example_info is not None
     pyfunc = mlmodel.flavors["python_function"]
     assert pyfunc["artifacts"]["initializer"]["path"] == "artifacts/initializer"
+    # models from code: the model is a code file, nothing in its folder is a pickle
+    assert "python_model" not in pyfunc and "pyfunc_code.py" in (local / "MLmodel").read_text()
+    assert not [p.name for p in local.rglob("*") if p.suffix in (".pkl", ".pickle")]
     # the run's initializer/ and the model's copy are the same bytes; store.load reads it
     for name in ("weights.safetensors", "initializer.json"):
         got = client.download_artifacts(mv.run_id, f"initializer/{name}", str(tmp_path / "x"))
