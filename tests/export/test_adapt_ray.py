@@ -59,7 +59,7 @@ def ray_cluster() -> Iterator[str]:
         procs.append(_start(head_cmd, env, logs / "head.log"))
         _wait_for_port(port, procs[0])
         procs.append(_start([RAY, "start", "--address", address, *common], env, logs / "n2.log"))
-        _wait_for_nodes(address, 2, procs)
+        _wait_for_log(logs / "n2.log", "Ray runtime started", procs[1])
         yield address
     finally:
         for proc in reversed(procs):
@@ -88,21 +88,27 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("the Ray head node did not listen within 60 s")
 
 
-def _wait_for_nodes(address: str, n: int, procs: list[subprocess.Popen[bytes]]) -> None:
-    probe = (
-        "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
-        "print(sum(1 for x in ray.nodes() if x['Alive']))"
-    )
+def _wait_for_log(log: Path, line: str, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        assert all(p.poll() is None for p in procs), "a ray start process exited"
-        out = subprocess.run(
-            [sys.executable, "-c", probe, address], capture_output=True, text=True, timeout=60
-        )
-        if out.returncode == 0 and out.stdout.strip() == str(n):
+        assert proc.poll() is None, f"ray start exited: {log.read_text()[-2000:]}"
+        if line in log.read_text(errors="replace"):
             return
-        time.sleep(0.5)
-    raise RuntimeError(f"the Ray cluster at {address} did not reach {n} nodes within 60 s")
+        time.sleep(0.2)
+    raise RuntimeError(f"no {line!r} in {log} within 60 s")
+
+
+@pytest.fixture(scope="module")
+def ray_driver(ray_cluster: str) -> Iterator[str]:
+    """This process as the Ray driver of the module's jobs (``adapt --ray`` through the
+    CliRunner reuses the connection), so that the second job finds the workers warm."""
+    import logging
+
+    ray.init(address=ray_cluster, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        yield ray_cluster
+    finally:
+        ray.shutdown()
 
 
 @pytest.fixture
@@ -166,18 +172,18 @@ def sine_values(n: int, *, amplitude: float, phase: float, level: float, seed: i
     return level + amplitude * np.sin(2 * np.pi * t / 24 + phase) + noise
 
 
-def _adapt(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """``mamlctl adapt`` in a process of its own (a Ray driver, as a user runs it)."""
-    cmd = [sys.executable, "-c", "from mamlctl.cli.app import main; main()"]
-    out = subprocess.run(
-        [*cmd, "adapt", "--family", "sines", "--chunk", CHUNK, "--json", *args],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=240,
+def _adapt(*args: str) -> dict[str, Any]:
+    """``mamlctl adapt`` in this process: without ``--ray`` the oracle, with it this process is
+    the driver (see ``ray_driver``)."""
+    from typer.testing import CliRunner
+
+    from mamlctl.cli.app import app
+
+    result = CliRunner().invoke(
+        app, ["adapt", "--family", "sines", "--chunk", CHUNK, "--json", *args]
     )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return dict(json.loads(out.stdout))
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout))
 
 
 def _rows(settings: Settings) -> dict[str, list[Any]]:
@@ -216,10 +222,10 @@ def _same_numbers(a: Any, b: Any) -> None:
         assert a.metadata.get(key) == b.metadata.get(key)
 
 
-def test_adapt_on_ray_equals_in_process(ray_cluster: str, home: Settings) -> None:
+def test_adapt_on_ray_equals_in_process(ray_driver: str, home: Settings) -> None:
     local = _adapt()
     before = _rows(home)
-    remote = _adapt("--force", "--ray", ray_cluster)
+    remote = _adapt("--force", "--ray", ray_driver)
     after = _rows(home)
 
     for key in ("adapted", "zero_shot", "up_to_date", "too_short", "selected", "plan"):
@@ -240,14 +246,12 @@ def test_adapt_on_ray_equals_in_process(ray_cluster: str, home: Settings) -> Non
 
 
 def test_adapt_on_ray_survives_a_killed_worker(
-    ray_cluster: str, home: Settings, tmp_path: Path
+    ray_driver: str, home: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     marker = tmp_path / "killed"
-    report = _adapt(
-        "--ray",
-        ray_cluster,
-        env={"MAMLCTL_TEST_RAY_FAULT": f"after-record:{marker}"},
-    )
+    monkeypatch.setenv("MAMLCTL_TEST_RAY_FAULT", f"after-record:{marker}")
+    report = _adapt("--ray", ray_driver)
+    monkeypatch.delenv("MAMLCTL_TEST_RAY_FAULT")
     assert marker.is_file()  # a worker died right after its chunk's transaction committed
     killed = int(marker.read_text())
     with contextlib.suppress(ProcessLookupError):
@@ -261,11 +265,12 @@ def test_adapt_on_ray_survives_a_killed_worker(
         assert history[0].is_current
         assert history[0].metadata["adapt_run_id"] == report["run_id"]
     # and the job is complete: a rerun finds nothing to do
-    again = _adapt("--ray", ray_cluster)
+    again = _adapt()
     assert again["up_to_date"] == ADAPTED + ZERO_SHOT and again["adapted"] == 0
 
 
 def test_adapt_ray_unreachable_address_is_one_line(home: Settings) -> None:
+    """``mamlctl adapt`` as a user runs it (its own process): one line, exit 1."""
     cmd = [sys.executable, "-c", "from mamlctl.cli.app import main; main()"]
     port = free_port()
     out = subprocess.run(
