@@ -162,6 +162,14 @@ def register(app: typer.Typer) -> None:
             f"in {report.seconds:.2f} s; "
             + (f"MLflow run {report.run_id}" if report.run_id else "no MLflow run (nothing to do)")
         )
+        if report.cluster is not None:
+            workers = report.cluster["workers"]
+            typer.echo(
+                f"ray: {report.cluster['tasks']} chunk task(s) on {len(workers)} worker(s) of "
+                f"{len({w['node_id'] for w in workers})} node(s) in "
+                f"{report.cluster['chunk_phase_s']:.2f} s; peak RSS per worker "
+                f"{max((w['peak_rss_mb'] for w in workers), default=0):.0f} MB"
+            )
         if report.parity:
             worst = max(p["max_rel_error"] for p in report.parity)
             typer.echo(

@@ -112,6 +112,10 @@ class AdaptReport:
     stale_runs_ended: tuple[str, ...] = ()
     #: What ``gc_grace_s`` collected (None: not asked).
     gc: GcReport | None = None
+    #: Where the chunks ran on a Ray cluster (``adapt --ray``; None: in this process): the
+    #: chunk phase's wall time, tasks, and per worker process its node, tasks, series, busy
+    #: seconds and peak RSS (:class:`mamlctl.stages.adapt_ray.RayChunkRunner`).
+    cluster: dict[str, Any] | None = None
 
 
 def adapt_hash(initializer: InitializerRef, plan: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ the job's summary metrics.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,6 +90,8 @@ class ChunkOutcome:
     quantization_errors: list[float]
     sums: dict[str, float]  # adaptation metric x series, summed (see ChunkedJob.metrics)
     n: int
+    #: Where and how the slice ran (a Ray task: node, pid, seconds, peak RSS); {} in-process.
+    worker: dict[str, Any] = field(default_factory=dict)
 
 
 class _Todo:

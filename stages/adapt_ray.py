@@ -31,10 +31,12 @@ just before (after) recording its chunk; the retry then has to finish the job.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -88,6 +90,8 @@ class RayChunkRunner:
         self.fault = parse_fault(os.environ.get(FAULT_ENV))
         self._ray: Any = None
         self._owned = False
+        #: The last job's chunk phase (see :func:`cluster_stats`); None before one ran.
+        self.stats: dict[str, Any] | None = None
 
     def __enter__(self) -> RayChunkRunner:
         # Ray's driver prints the cluster's events (a worker that died, ...) on sys.stdout,
@@ -135,6 +139,7 @@ class RayChunkRunner:
             total=len(selected),
             fault=self.fault,
         )
+        started = time.perf_counter()
         outcomes = _run_tasks(
             self._ray,
             spec,
@@ -144,11 +149,47 @@ class RayChunkRunner:
             max_retries=self.max_retries,
             progress=progress,
         )
+        self.stats = cluster_stats(outcomes, seconds=time.perf_counter() - started)
         for outcome in outcomes:  # in selection order: the in-process parity sample
             job.absorb(outcome)
             for k, v in outcome.counts.items():
                 counts[k] += v
         return counts
+
+
+def cluster_stats(outcomes: list[ChunkOutcome], *, seconds: float) -> dict[str, Any]:
+    """The chunk phase of a job: its wall time (first task submitted to last result), tasks,
+    and per worker process (a retried chunk counts where it finished) its node, tasks, series,
+    busy seconds and peak RSS."""
+    workers: dict[str, dict[str, Any]] = {}
+    for outcome in outcomes:
+        w = outcome.worker
+        key = f"{w.get('node_id')}:{w.get('pid')}"
+        entry = workers.setdefault(
+            key,
+            {
+                "node": w.get("node"),
+                "node_id": w.get("node_id"),
+                "pid": w.get("pid"),
+                "tasks": 0,
+                "series": 0,
+                "busy_s": 0.0,
+            },
+        )
+        entry["tasks"] += 1
+        entry["series"] += int(w.get("series", 0))
+        entry["busy_s"] += float(w.get("seconds", 0.0))
+        entry["peak_rss_mb"] = max(entry.get("peak_rss_mb", 0.0), float(w.get("peak_rss_mb", 0)))
+    for entry in workers.values():
+        entry["busy_s"] = round(entry["busy_s"], 3)
+        entry["ms_per_series"] = (
+            round(1000 * entry["busy_s"] / entry["series"], 4) if entry["series"] else None
+        )
+    return {
+        "chunk_phase_s": round(seconds, 3),
+        "tasks": len(outcomes),
+        "workers": sorted(workers.values(), key=lambda e: (str(e["node_id"]), e["pid"] or 0)),
+    }
 
 
 def parse_fault(value: str | None) -> tuple[str, str] | None:
@@ -291,11 +332,26 @@ def run_chunk(
 ) -> ChunkOutcome:
     """A Ray task: the chunk ``ids`` (from index ``start`` of the job's selection) adapted,
     exported and recorded by :meth:`ChunkedJob.run`, as in-process."""
+    import resource
+
     from mamlctl.maml.adaptation import adapt_histories
 
+    started = time.perf_counter()
     job = _job_of(spec)
     counts = job.run(ids, current, adapt_histories, None, offset=start, job_total=spec.total)
-    return job.take_outcome(counts)
+    outcome = job.take_outcome(counts)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return dataclasses.replace(
+        outcome,
+        worker={
+            "node": _node(),
+            "node_id": _node_id(),
+            "pid": os.getpid(),
+            "series": len(ids),
+            "seconds": time.perf_counter() - started,
+            "peak_rss_mb": round(peak_kb / 1024, 1),
+        },
+    )
 
 
 def _job_of(spec: JobSpec) -> ChunkedJob:
@@ -349,6 +405,15 @@ def _node() -> str:
         return str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
     except Exception:
         return socket.gethostname()
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:
+        return None
 
 
 class _FaultyModels:

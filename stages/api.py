@@ -224,7 +224,7 @@ def run_adaptation(
 
             runner = stack.enter_context(RayChunkRunner(ray_address, settings))
         factory = stack.enter_context(open_registry(settings))
-        return adapt_family(
+        report = adapt_family(
             request,
             config if config is not None else AdaptConfig(),
             models=SqlAdaptedModelStore(factory),
@@ -233,6 +233,11 @@ def run_adaptation(
             progress=progress,
             runner=runner,
         )
+    if runner is not None and runner.stats is not None:
+        import dataclasses
+
+        report = dataclasses.replace(report, cluster=runner.stats)
+    return report
 
 
 def _selection(series: str | Iterable[str] | pd.DataFrame | None) -> tuple[str, ...]:

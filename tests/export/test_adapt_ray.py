@@ -233,6 +233,10 @@ def test_adapt_on_ray_equals_in_process(ray_driver: str, home: Settings) -> None
     assert (local["adapted"], local["zero_shot"]) == (ADAPTED, ZERO_SHOT)
     assert remote["metrics"] == local["metrics"]  # same chunks, summed in the same order
     assert [p["series_id"] for p in remote["parity"]] == [p["series_id"] for p in local["parity"]]
+    assert local["cluster"] is None
+    cluster = remote["cluster"]
+    assert cluster["tasks"] == 5  # 39 series in chunks of 8
+    assert sum(w["series"] for w in cluster["workers"]) == ADAPTED + ZERO_SHOT
     assert sorted(after) == sorted(before)
     for sid, history in after.items():
         assert len(history) == 2  # the in-process model, then the Ray job's
