@@ -212,10 +212,10 @@ def connect(address: str) -> tuple[Any, bool]:
         import ray
     except ImportError:
         raise ConfigError(f"adapt --ray needs Ray, which is not installed: {RAY_EXTRA}") from None
-    if ray.is_initialized():
-        return ray, False
     if address != "auto":
         _check_reachable(address)
+    if ray.is_initialized():  # a driver connected already (an embedding program, the tests)
+        return ray, False
     import logging
 
     try:
@@ -248,13 +248,33 @@ def _check_reachable(address: str) -> None:
             "(e.g. 10.0.0.5:6379), ray://host:port, or auto"
         )
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=5.0):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5.0) as sock:
+            answer = b"" if address.startswith("ray://") else _http2_hello(sock)
     except OSError as err:
         raise StoreError(
             f"cannot reach the Ray cluster at {address}: {err.strerror or err} (start one with "
             "`ray start --head`, or check --ray / MAMLCTL_RAY_ADDRESS)"
         ) from None
+    # The head's GCS is a gRPC (HTTP/2) server: its first frame is SETTINGS (type 4). Anything
+    # else (a database, a web server on that port) would leave ray.init retrying for ever.
+    if not address.startswith("ray://") and (len(answer) < 9 or answer[3] != 0x04):
+        raise StoreError(
+            f"{address} answers, but not as a Ray head node (no gRPC server there): give the "
+            "head's GCS port (`ray start --head --port`, 6379 by default)"
+        )
+
+
+def _http2_hello(sock: socket.socket) -> bytes:
+    """The first bytes a server answers to an HTTP/2 preface and an empty SETTINGS frame."""
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+    data = b""
+    with contextlib.suppress(OSError):  # a timeout or a reset: whatever came is the answer
+        while len(data) < 9:
+            chunk = sock.recv(9 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    return data
 
 
 def _run_tasks(

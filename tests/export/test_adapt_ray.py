@@ -287,3 +287,36 @@ def test_adapt_ray_unreachable_address_is_one_line(home: Settings) -> None:
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in lines[0]
+
+
+@pytest.mark.parametrize("address", ["foo", "127.0.0.1:0", "127.0.0.1:http"])
+def test_adapt_ray_bad_address_is_a_config_error(address: str) -> None:
+    from mamlctl.errors import ConfigError
+    from mamlctl.stages.adapt_ray import connect
+
+    with pytest.raises(ConfigError, match="invalid Ray address"):
+        connect(address)
+
+
+def test_adapt_ray_address_of_another_server_is_refused() -> None:
+    """A port that answers but is no Ray head (a database, a web server) fails at once, instead
+    of ray.init retrying for ever."""
+    import socket
+    import threading
+
+    from mamlctl.errors import StoreError
+    from mamlctl.stages.adapt_ray import connect
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        port = server.getsockname()[1]
+        with pytest.raises(StoreError, match="not as a Ray head node"):
+            connect(f"127.0.0.1:{port}")
+        thread.join(timeout=10)
