@@ -80,6 +80,16 @@ def register(app: typer.Typer) -> None:
                 "none). Longer than any adaptation job of the family running at the same time.",
             ),
         ] = None,
+        ray: Annotated[
+            str | None,
+            typer.Option(
+                "--ray",
+                envvar="MAMLCTL_RAY_ADDRESS",
+                help="Run the chunks as Ray tasks on this cluster: host:port of its head node, "
+                "or auto (needs the ray extra; the registry database and MAMLCTL_MODELS_ROOT "
+                "must be reachable from every node).",
+            ),
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
     ) -> None:
         """Adapt every (or the selected / stale) series of FAMILY from its champion initializer.
@@ -97,6 +107,8 @@ def register(app: typer.Typer) -> None:
         from mamlctl.stages.api import run_adaptation
         from mamlctl.timeseries.durations import parse_duration, parse_timedelta
 
+        if ray is not None and not ray.strip():
+            raise ConfigError("--ray needs an address: host:port of the head node, or auto")
         if gc_grace is not None and not gc:
             raise ConfigError("--gc-grace needs --gc")
         gc_grace_s = parse_duration(gc_grace or "24h", allow_zero=True) if gc else None
@@ -129,7 +141,9 @@ def register(app: typer.Typer) -> None:
             def on_chunk(done: int, total: int) -> None:
                 bar.update(task, completed=done, total=total, info=f"{done}/{total} series")
 
-            report = run_adaptation(settings, store, request, config, progress=on_chunk)
+            report = run_adaptation(
+                settings, store, request, config, progress=on_chunk, ray_address=ray
+            )
         for line in report.warnings:
             typer.echo(f"warning: {line}", err=True)
         if as_json:
@@ -148,6 +162,14 @@ def register(app: typer.Typer) -> None:
             f"in {report.seconds:.2f} s; "
             + (f"MLflow run {report.run_id}" if report.run_id else "no MLflow run (nothing to do)")
         )
+        if report.cluster is not None:
+            workers = report.cluster["workers"]
+            typer.echo(
+                f"ray: {report.cluster['tasks']} chunk task(s) on {len(workers)} worker(s) of "
+                f"{len({w['node_id'] for w in workers})} node(s) in "
+                f"{report.cluster['chunk_phase_s']:.2f} s; peak RSS per worker "
+                f"{max((w['peak_rss_mb'] for w in workers), default=0):.0f} MB"
+            )
         if report.parity:
             worst = max(p["max_rel_error"] for p in report.parity)
             typer.echo(

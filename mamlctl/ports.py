@@ -182,7 +182,9 @@ class AdaptedModelStore(Protocol):
         adapted_at: datetime,
         entries: Sequence[NewModel],
     ) -> None:
-        """Record one chunk's models: each becomes its series' current one, all or none."""
+        """Record one chunk's models: each becomes its series' current one, all or none. A
+        series whose current model is already this job's (same initializer version and
+        ``adapted_at``: a retried chunk) is skipped, so a job records each series once."""
         ...
 
     def referenced_model_paths(self) -> set[str]:

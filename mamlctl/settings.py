@@ -1,9 +1,10 @@
 """Typed settings, built once at the edge (CLI command, app factory) and passed down.
 
 Environment variables use the prefix ``MAMLCTL_`` (``MAMLCTL_HOME``, ``MAMLCTL_DATABASE_URL``,
-``MAMLCTL_TRACKING_URI``, ``MAMLCTL_API_TOKEN``). ``MLFLOW_TRACKING_URI`` is honoured when
-``MAMLCTL_TRACKING_URI`` is unset. Nothing is created on disk by constructing a Settings: the
-home folder is made by :meth:`Settings.ensure_home`, which the commands that write call.
+``MAMLCTL_TRACKING_URI``, ``MAMLCTL_MODELS_ROOT``, ``MAMLCTL_API_TOKEN``).
+``MLFLOW_TRACKING_URI`` is honoured when ``MAMLCTL_TRACKING_URI`` is unset. Nothing is created
+on disk by constructing a Settings: the home folder is made by :meth:`Settings.ensure_home`,
+which the commands that write call.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class Settings(BaseSettings):
     )
     registry_uri: str | None = Field(
         default=None, description="MLflow model-registry URI; default: the tracking URI."
+    )
+    models_root: Path | None = Field(
+        default=None,
+        description="Folder of the adapted model files; default: models/ in home. On a cluster "
+        "(adapt --ray) a path every node sees at the same place (a shared folder).",
     )
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token required by the scoring server when set."
@@ -83,8 +89,9 @@ class Settings(BaseSettings):
 
     @property
     def models_dir(self) -> Path:
-        """Adapted per-series ONNX files live here; the server opens files only below it."""
-        return self.home / "models"
+        """Adapted per-series ONNX files live here; the server opens files only below it
+        (``MAMLCTL_MODELS_ROOT``, else ``models/`` in the home)."""
+        return self.models_root if self.models_root is not None else self.home / "models"
 
     @property
     def migration_lock_path(self) -> Path:

@@ -3,6 +3,12 @@
 :func:`mamlctl.registry.model_queries.record_adapted_model` costs about five statements a row
 (measured 7.7 ms a row on SQLite under load: 222 s for 10,000 series); a job records a chunk of
 series with a handful of statements instead, with the same semantics (a test compares them).
+
+Recording is idempotent per job: every row of a job carries the job's start time
+(``adapted_at``, microseconds), so a series whose current row already has this initializer
+version and this ``adapted_at`` was recorded by the same job (a chunk retried after its worker
+died once its transaction had committed, see :mod:`mamlctl.stages.adapt_ray`) and is skipped:
+nothing is recorded twice.
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ def record_models_bulk(
     """Record many adapted models in a few statements (the semantics of
     :func:`mamlctl.registry.model_queries.record_adapted_model`, which costs ~5 statements a
     row): lock the series rows (PostgreSQL; in id order), flip their current rows, insert the
-    new current rows. The caller's transaction commits; never commits itself."""
+    new current rows. An entry whose series' current row already has this initializer version
+    and ``adapted_at`` (the same job's, see the module doc) is skipped. Returns the rows
+    inserted. The caller's transaction commits; never commits itself."""
     from sqlalchemy import insert, select, update
 
     from mamlctl.errors import NotFoundError
@@ -72,7 +80,24 @@ def record_models_bulk(
             f"{registered_model} version {initializer_version} (run {initializer_run_id}) is "
             "not recorded in the registry"
         )
-    all_pks = [pks[sid] for sid in ids]
+    when = adapted_at.astimezone(UTC).replace(tzinfo=None)
+    done: set[int] = set()  # series whose current row is this job's already
+    for start in range(0, len(ids), 500):
+        chunk_pks = [pks[sid] for sid in ids[start : start + 500]]
+        done.update(
+            session.scalars(
+                select(AdaptedModelRow.series_pk).where(
+                    AdaptedModelRow.series_pk.in_(chunk_pks),
+                    AdaptedModelRow.is_current.is_(True),
+                    AdaptedModelRow.initializer_version_id == init_id,
+                    AdaptedModelRow.adapted_at == when,
+                )
+            )
+        )
+    entries = [e for e in entries if pks[e.series_id] not in done]
+    if not entries:
+        return 0
+    all_pks = [pks[e.series_id] for e in entries]
     for start in range(0, len(all_pks), 500):
         session.execute(
             update(AdaptedModelRow)
@@ -82,7 +107,6 @@ def record_models_bulk(
             )
             .values(is_current=False)
         )
-    when = adapted_at.astimezone(UTC).replace(tzinfo=None)
     session.execute(
         insert(AdaptedModelRow),
         [

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from mamlctl.maml.adaptation import AdaptConfig
     from mamlctl.ports import AdaptedModelStore, AdaptInitializerStore, AdaptRun
     from mamlctl.registry.model_gc import GcReport
+    from mamlctl.stages.adapt_chunks import ChunkedJob
 
 #: Series parity-checked per job (1,000 random windows each), spread over the selection.
 PARITY_SAMPLE = 4
@@ -62,6 +63,12 @@ META_ADAPT_HASH = "adapt_hash"
 META_JOB_RUN = "adapt_run_id"
 
 Progress = Callable[[int, int], None]
+#: Runs a job's chunks: ``runner(job, selected, current, progress)`` -> counts (``adapted``,
+#: ``zero_shot``, ``up_to_date``). In-process by default (``job.run``); on a Ray cluster
+#: :class:`mamlctl.stages.adapt_ray.RayChunkRunner`, whose tasks call ``job.run`` too.
+ChunkRunner = Callable[
+    ["ChunkedJob", list[str], dict[str, AdaptedModelRecord], Progress | None], dict[str, int]
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +112,10 @@ class AdaptReport:
     stale_runs_ended: tuple[str, ...] = ()
     #: What ``gc_grace_s`` collected (None: not asked).
     gc: GcReport | None = None
+    #: Where the chunks ran on a Ray cluster (``adapt --ray``; None: in this process): the
+    #: chunk phase's wall time, tasks, and per worker process its node, tasks, series, busy
+    #: seconds and peak RSS (:class:`mamlctl.stages.adapt_ray.RayChunkRunner`).
+    cluster: dict[str, Any] | None = None
 
 
 def adapt_hash(initializer: InitializerRef, plan: dict[str, Any]) -> str:
@@ -151,10 +162,12 @@ def adapt_family(
     initializers: AdaptInitializerStore,
     models_dir: Path,
     progress: Progress | None = None,
+    runner: ChunkRunner | None = None,
 ) -> AdaptReport:
     """Run one adaptation job (see module doc) over its ports: ``models`` (the registry),
     ``initializers`` (the model store), ``models_dir`` (the model files, an existing folder).
-    ``progress(done, total)`` after each chunk."""
+    ``progress(done, total)`` after each chunk. ``runner`` runs the chunks (default: here, in
+    this process; :class:`mamlctl.stages.adapt_ray.RayChunkRunner` on a Ray cluster)."""
     from mamlctl.maml.adaptation import adapt_histories, plan_adaptation
     from mamlctl.maml.initializer import load_initializer
     from mamlctl.registry.model_files import remove_temporaries
@@ -233,9 +246,20 @@ def adapt_family(
         now=now,
         run_id=run_ctx.run_id if run_ctx is not None else None,
     )
+
+    def in_process(
+        job: ChunkedJob,
+        selected: list[str],
+        current: dict[str, AdaptedModelRecord],
+        progress: Progress | None,
+    ) -> dict[str, int]:
+        counts: dict[str, int] = job.run(selected, current, adapt_histories, progress)
+        return counts
+
+    run_chunks = runner or in_process
     warnings: list[str] = []
     if run_ctx is None:
-        counts = job.run(selected, current, adapt_histories, progress)
+        counts = run_chunks(job, selected, current, progress)
     else:
         with _failing_run(run_ctx) as run:
             run.log_params(
@@ -249,7 +273,7 @@ def adapt_family(
                     "stale_after": str(request.stale_after),
                 }
             )
-            counts = job.run(selected, current, adapt_histories, progress)
+            counts = run_chunks(job, selected, current, progress)
 
         # The registry holds the job's rows now: from here MLflow is best effort.
         def log_results(run: AdaptRun) -> None:

@@ -6,7 +6,7 @@ the job's summary metrics.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,6 +80,20 @@ def has_work(
     return False
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkOutcome:
+    """One slice of a job, as a worker hands it back (:meth:`ChunkedJob.take_outcome`)."""
+
+    counts: dict[str, int]
+    too_short: list[str]
+    parity: list[dict[str, Any]]
+    quantization_errors: list[float]
+    sums: dict[str, float]  # adaptation metric x series, summed (see ChunkedJob.metrics)
+    n: int
+    #: Where and how the slice ran (a Ray task: node, pid, seconds, peak RSS); {} in-process.
+    worker: dict[str, Any] = field(default_factory=dict)
+
+
 class _Todo:
     """Series of one chunk that take one path (adapted or zero-shot)."""
 
@@ -130,6 +144,37 @@ class ChunkedJob:
         self._sums: dict[str, float] = {}
         self._n = 0
 
+    def take_outcome(self, counts: dict[str, int]) -> ChunkOutcome:
+        """What this job object gathered since the last call (its ``run``'s ``counts``, too
+        short series, parity sample, metric sums), handed over and reset: a Ray task returns
+        it to the driver's job, which :meth:`absorb` s it."""
+        out = ChunkOutcome(
+            counts=dict(counts),
+            too_short=self.too_short,
+            parity=self.parity,
+            quantization_errors=self.quantization_errors,
+            sums=self._sums,
+            n=self._n,
+        )
+        self.too_short, self.parity, self.quantization_errors = [], [], []
+        self._sums, self._n = {}, 0
+        return out
+
+    def absorb(self, outcome: ChunkOutcome) -> None:
+        """Add a chunk's outcome (from :meth:`take_outcome` in a worker) to this job's, in
+        selection order: the parity sample stays at most ``parity_sample`` series, plus the
+        first zero-shot one, as in-process."""
+        self.too_short.extend(outcome.too_short)
+        for entry in outcome.parity:
+            first_zero_shot = entry["adaptation"] == ZERO_SHOT and not self._zero_shot_checked
+            if len(self.parity) < self.request.parity_sample or first_zero_shot:
+                self._zero_shot_checked |= entry["adaptation"] == ZERO_SHOT
+                self.parity.append(entry)
+        self.quantization_errors.extend(outcome.quantization_errors)
+        for k, v in outcome.sums.items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        self._n += outcome.n
+
     def metrics(self) -> dict[str, float]:
         from mamlctl.maml.onnx_parity import ParityStats, summarise
 
@@ -150,6 +195,9 @@ class ChunkedJob:
         current: dict[str, AdaptedModelRecord],
         adapt_fn: Callable[..., Any],
         progress: Progress | None,
+        *,
+        offset: int = 0,
+        job_total: int | None = None,
     ) -> dict[str, int]:
         """Adapt (or serve zero-shot), export and record ``selected`` chunk by chunk.
 
@@ -160,19 +208,25 @@ class ChunkedJob:
         ``zero-shot``; only a series with fewer than L points is too short. A current model is
         up to date when it has the same support end, the same job hash and the same lineage
         this job would give: a zero-shot model is replaced once its series can adapt.
+
+        ``selected`` may be one slice of the job's selection (a Ray task's chunk, see
+        :mod:`mamlctl.stages.adapt_ray`): ``offset`` is the index of its first series in the
+        selection and ``job_total`` the selection's length, so that the parity sample picks the
+        same series as an in-process job.
         """
         from mamlctl.maml.zero_shot import can_zero_shot, zero_shot_histories
 
         need = self.plan.full_points  # K + C: what calibrating on a series' own points takes
         counts = {"adapted": 0, "zero_shot": 0, "up_to_date": 0}
         total = len(selected)
+        whole = total if job_total is None else job_total
         step = max(1, self.request.chunk_series)
-        parity_every = max(1, total // max(1, self.request.parity_sample)) if total else 1
+        parity_every = max(1, whole // max(1, self.request.parity_sample)) if whole else 1
         for start in range(0, total, step):
             ids = selected[start : start + step]
             todo = {ADAPTED: _Todo(), ZERO_SHOT: _Todo()}
             points = self.models.last_points(ids, need)
-            for offset, (sid, (values, positions)) in enumerate(zip(ids, points, strict=True)):
+            for index, (sid, (values, positions)) in enumerate(zip(ids, points, strict=True)):
                 n = int(values.shape[0])
                 if n >= self.plan.min_points:  # K: adapted (calibrated on what is left)
                     mode = ADAPTED
@@ -187,7 +241,7 @@ class ChunkedJob:
                 ):
                     counts["up_to_date"] += 1
                     continue
-                todo[mode].add(sid, values, end, start + offset)
+                todo[mode].add(sid, values, end, offset + start + index)
             for mode, work in todo.items():
                 if not work.ids:
                     continue

@@ -201,26 +201,43 @@ def run_adaptation(
     config: AdaptConfig | None = None,
     *,
     progress: Progress | None = None,
+    ray_address: str | None = None,
 ) -> AdaptReport:
     """The adapt stage (:func:`mamlctl.stages.adapt.adapt_family`) on the real ports the
     settings name: the registry database (opened, and migrated when embedded, for the job),
     ``store`` (e.g. :func:`mamlctl.registry.mlflow_store.open_store`), the models folder.
-    ``config``: the adaptation settings (default: ``AdaptConfig()``, ``mamlctl adapt``'s)."""
+    ``config``: the adaptation settings (default: ``AdaptConfig()``, ``mamlctl adapt``'s).
+    ``ray_address``: run the chunks as Ray tasks on that cluster (``host:port`` or ``auto``,
+    :mod:`mamlctl.stages.adapt_ray`); None: in this process."""
+    import contextlib
+
     from mamlctl.maml.adaptation import AdaptConfig
     from mamlctl.registry.db import open_registry
     from mamlctl.registry.series_store import SqlAdaptedModelStore
     from mamlctl.stages.adapt import adapt_family
 
     settings.ensure_home()
-    with open_registry(settings) as factory:
-        return adapt_family(
+    with contextlib.ExitStack() as stack:
+        runner = None
+        if ray_address is not None:  # connect first: a bad address fails before the job
+            from mamlctl.stages.adapt_ray import RayChunkRunner
+
+            runner = stack.enter_context(RayChunkRunner(ray_address, settings))
+        factory = stack.enter_context(open_registry(settings))
+        report = adapt_family(
             request,
             config if config is not None else AdaptConfig(),
             models=SqlAdaptedModelStore(factory),
             initializers=store,
             models_dir=settings.models_dir,
             progress=progress,
+            runner=runner,
         )
+    if runner is not None and runner.stats is not None:
+        import dataclasses
+
+        report = dataclasses.replace(report, cluster=runner.stats)
+    return report
 
 
 def _selection(series: str | Iterable[str] | pd.DataFrame | None) -> tuple[str, ...]:

@@ -272,9 +272,15 @@ class MemoryAdaptedModelStore:
         adapted_at: datetime,
         entries: Sequence[NewModel],
     ) -> None:
-        ids = {e.series_id for e in entries}
-        if len(ids) != len(entries):
+        if len({e.series_id for e in entries}) != len(entries):
             raise StoreError("a series appears twice in one batch of adapted models")
+        done = {  # already recorded by this job (a retried chunk): skipped, as the SQL store
+            m.series_id
+            for m in self.models
+            if m.is_current and m.initializer_run_id == ref.run_id and m.adapted_at == adapted_at
+        }
+        entries = [e for e in entries if e.series_id not in done]
+        ids = {e.series_id for e in entries}
         new = [
             AdaptedModelRecord(
                 series_id=e.series_id,

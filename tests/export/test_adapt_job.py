@@ -325,7 +325,7 @@ def test_bulk_recording_equals_record_adapted_model(seeded_registry: Any) -> Non
     with open_registry(seeded_registry.settings) as factory:
         with factory.begin() as s:
             q.record_initializer_version(s, family="sines", version=1, run_id="r1")
-            for sid in ("s0", "s1"):  # a previous current model each
+            for sid in ("s0", "s1"):  # a previous current model each, of an earlier job
                 q.record_adapted_model(
                     s,
                     series_id=sid,
@@ -335,7 +335,7 @@ def test_bulk_recording_equals_record_adapted_model(seeded_registry: Any) -> Non
                     sha256="a" * 64,
                     residual_scale=1.0,
                     threshold=0.99,
-                    **common,
+                    **{**common, "adapted_at": when - timedelta(days=1)},
                 )
         with factory.begin() as s:
             ref = q.record_adapted_model(
@@ -375,6 +375,53 @@ def test_bulk_recording_equals_record_adapted_model(seeded_registry: Any) -> Non
     assert got is not None
     assert got == AdaptedModelRecord(**{**_fields(ref), "series_id": "s1"})
     assert [h.is_current for h in history] == [False, True]
+
+
+def test_bulk_recording_is_once_per_job(seeded_registry: Any) -> None:
+    """A chunk recorded again by the same job (same initializer, same adapted_at: a Ray task
+    retried after its worker died post-commit) adds nothing; another job's rows still go in."""
+    from mamlctl.registry import queries as q
+    from mamlctl.registry.bulk_models import NewModel, record_models_bulk
+    from mamlctl.registry.db import open_registry
+
+    when = datetime(2026, 11, 26, 10, 0, 0, 123456, tzinfo=UTC)
+
+    def record(at: datetime, sha: str) -> int:
+        with factory.begin() as s:
+            return record_models_bulk(
+                s,
+                registered_model="maml-sines",
+                initializer_version=1,
+                initializer_run_id="r1",
+                support=60,
+                window=L,
+                horizon=H,
+                adapted_at=at,
+                entries=[
+                    NewModel(
+                        series_id=sid,
+                        path=f"p-{sid}-{sha}",
+                        sha256=sha * 64,
+                        residual_scale=0.5,
+                        threshold=0.998,
+                        support_end=239,
+                        metadata={},
+                    )
+                    for sid in ("s0", "s1")
+                ],
+            )
+
+    with open_registry(seeded_registry.settings) as factory:
+        with factory.begin() as s:
+            q.record_initializer_version(s, family="sines", version=1, run_id="r1")
+        assert record(when, "a") == 2
+        assert record(when, "b") == 0  # the same job again (even with other bytes): skipped
+        assert record(when + timedelta(microseconds=1), "c") == 2  # the next job
+        with factory() as s:
+            for sid in ("s0", "s1"):
+                history = q.adapted_model_history(s, sid)
+                assert [h.sha256[0] for h in history] == ["a", "c"]
+                assert [h.is_current for h in history] == [False, True]
 
 
 def _fields(rec: AdaptedModelRecord) -> dict[str, Any]:
